@@ -1,0 +1,1 @@
+"""Prefect flows: nightly segmentation of new acquisitions (one subflow each)."""

@@ -1,0 +1,185 @@
+"""Batched overlap-tile inference on one device.
+
+``predict_plane`` is the canonical definition (DESIGN.md) made fast: pad the
+plane with numpy "reflect", cut the global tile grid into windows, run them
+through the network in fixed-size batches, stitch, crop. Every window is the
+same array the canonical loop would feed the network alone, and every batch
+has the same size (the last one is padded), so the result does not depend
+on how tiles were grouped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import islice
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from pipeline.geometry import TileGrid
+from pipeline.model import UNet
+
+PAPER_TILE = 388  # output tile edge of the paper (572 -> 388)
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}") from None
+
+
+def prepare_model(
+    model: UNet,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    channels_last: bool = False,
+) -> UNet:
+    """Put ``model`` in eval mode on ``device`` in ``dtype`` (in place; a no-op when already there)."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model.to(device=device, dtype=resolve_dtype(dtype))
+    model.to(memory_format=memory_format)  # type: ignore[call-overload]  # accepted at run time, missing from the stubs
+    return model.eval()
+
+
+def predict_windows(
+    model: UNet,
+    windows: npt.NDArray[np.float32],
+    *,
+    batch_size: int = 8,
+    channels_last: bool = False,
+) -> npt.NDArray[np.float32]:
+    """Softmax probabilities for a stack of input windows.
+
+    ``windows`` is (N, C, S, S) with S a valid input size; the result is
+    (N, n_classes, S - 2*halo, S - 2*halo) float32. The network runs in
+    batches of exactly ``batch_size`` windows (zero-filled at the end) on
+    the model's device and in its dtype.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if windows.ndim != 4 or windows.shape[1] != model.config.in_channels:
+        raise ValueError(
+            f"windows must be (N, {model.config.in_channels}, S, S), got shape {windows.shape}"
+        )
+    size = windows.shape[-1]
+    out_size = model.geometry.output_size(size)
+    parameter = next(model.parameters())
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    result = np.empty((len(windows), model.config.n_classes, out_size, out_size), np.float32)
+    batch = torch.zeros((batch_size, *windows.shape[1:]), dtype=torch.float32)
+    with torch.inference_mode():
+        for start in range(0, len(windows), batch_size):
+            stop = min(start + batch_size, len(windows))
+            batch.zero_()
+            batch[: stop - start] = torch.from_numpy(np.ascontiguousarray(windows[start:stop]))
+            inputs = batch.to(device=parameter.device, dtype=parameter.dtype, memory_format=memory_format)
+            logits = model(inputs).float()
+            for k in range(stop - start):
+                # one window at a time: softmax kernels split work by tensor size, and a
+                # different split can change the last bit
+                result[start + k] = torch.softmax(logits[k : k + 1], dim=1)[0].cpu().numpy()
+    return result
+
+
+def iter_tile_windows(
+    padded: npt.NDArray[np.float32], grid: TileGrid
+) -> Iterator[tuple[tuple[int, int], npt.NDArray[np.float32]]]:
+    """Yield ``((i, j), window)`` of every tile in raster order.
+
+    ``padded`` is (C, rows*t + 2h, cols*t + 2h): the plane (or block) already
+    mirror-padded, its origin at plane coordinate ``(-h, -h)`` of the grid.
+    """
+    t, s = grid.tile, grid.window_size
+    for i, j in grid.tiles():
+        yield (i, j), padded[:, i * t : i * t + s, j * t : j * t + s]
+
+
+def predict_padded(
+    model: UNet,
+    padded: npt.NDArray[Any],
+    tile: int,
+    *,
+    batch_size: int = 8,
+    channels_last: bool = False,
+) -> npt.NDArray[np.float32]:
+    """Predict every tile of a mirror-padded array of whole tiles.
+
+    ``padded`` is (C, rows*t + 2h, cols*t + 2h); returns (n_classes, rows*t,
+    cols*t), tile (i, j) at rows ``i*t:(i+1)*t``, columns ``j*t:(j+1)*t``.
+    Windows are gathered one batch at a time, so memory stays at one batch
+    of windows plus the output.
+    """
+    halo = model.geometry.halo
+    if padded.ndim != 3:
+        raise ValueError(f"padded input must be (C, H, W), got shape {padded.shape}")
+    rows, cols = ((n - 2 * halo) // tile for n in padded.shape[1:])
+    if rows < 1 or cols < 1 or padded.shape[1:] != (rows * tile + 2 * halo, cols * tile + 2 * halo):
+        raise ValueError(
+            f"padded input of shape {padded.shape} is not a whole number of {tile}-pixel tiles "
+            f"plus a {halo}-pixel halo on each side"
+        )
+    grid = TileGrid((rows * tile, cols * tile), tile, halo)
+    out = np.empty((model.config.n_classes, rows * tile, cols * tile), np.float32)
+    tiles = iter_tile_windows(np.asarray(padded, dtype=np.float32), grid)
+    while batch := list(islice(tiles, batch_size)):
+        windows = np.stack([window for _, window in batch])
+        probabilities = predict_windows(model, windows, batch_size=batch_size, channels_last=channels_last)
+        for ((i, j), _), probability in zip(batch, probabilities):
+            out[:, i * tile : (i + 1) * tile, j * tile : (j + 1) * tile] = probability
+    return out
+
+
+def predict_plane(
+    model: UNet,
+    plane: npt.NDArray[Any],
+    *,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    tile: int = PAPER_TILE,
+    channels_last: bool = False,
+) -> npt.NDArray[np.float32]:
+    """Softmax probabilities (n_classes, H, W) of one plane, by the canonical tiling.
+
+    Parameters
+    ----------
+    model
+        The U-Net; moved to ``device`` / cast to ``dtype`` in place when given.
+    plane
+        (H, W) for a one-channel model, or (C, H, W); any size >= 1 x 1.
+        Values are used as they are: normalise before calling.
+    batch_size
+        Windows per forward pass; the output does not depend on it.
+    tile
+        Output tile edge; ``tile + 2*halo`` must be a valid input size.
+
+    Examples
+    --------
+    >>> model = UNet(base_channels=4)
+    >>> predict_plane(model, np.zeros((100, 700), np.float32)).shape
+    (2, 100, 700)
+    """
+    prepare_model(model, device=device, dtype=dtype, channels_last=channels_last)
+    model.geometry.input_size(tile)  # raises if the tile cannot be produced
+    channels = np.asarray(plane)[np.newaxis] if np.ndim(plane) == 2 else np.asarray(plane)
+    if channels.ndim != 3 or channels.shape[0] != model.config.in_channels or min(channels.shape) < 1:
+        raise ValueError(
+            f"plane must be (H, W) or ({model.config.in_channels}, H, W) with H, W >= 1, "
+            f"got shape {np.shape(plane)}"
+        )
+    height, width = channels.shape[1:]
+    grid = TileGrid((height, width), tile, model.geometry.halo)
+    padded = np.pad(channels.astype(np.float32, copy=False), ((0, 0), *grid.pad_widths), mode="reflect")
+    out = predict_padded(model, padded, tile, batch_size=batch_size, channels_last=channels_last)
+    return out[:, :height, :width]

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.cli import cli
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    """The installed console script in a real subprocess, as a user runs it."""
+    script = Path(sys.executable).with_name("unet-pipeline")
+    return subprocess.run([str(script), *args], capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_model_init_then_info(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    made = run("model", "init", str(path), "--base-channels", "4", "--depth", "3", "--seed", "7")
+    assert made.returncode == 0, made.stderr
+    assert "untrained" in made.stdout
+    info = run("model", "info", str(path), "--json")
+    assert info.returncode == 0, info.stderr
+    described = json.loads(info.stdout)
+    assert described["architecture"] == {"in_channels": 1, "n_classes": 2, "base_channels": 4, "depth": 3}
+    assert described["halo"] == 20
+    assert described["training"] == {"status": "untrained", "seed": 7}
+    assert described["sha256"] in made.stdout
+
+
+def test_model_init_is_reproducible_by_seed(tmp_path: Path) -> None:
+    runner = CliRunner()
+    shas = []
+    for name in ("a", "b"):
+        result = runner.invoke(cli, ["model", "init", str(tmp_path / name), "--base-channels", "2", "--seed", "3"])
+        assert result.exit_code == 0, result.output
+        shas.append(result.output.split("sha256 ")[1].strip())
+    assert shas[0] == shas[1]
+
+
+def test_model_init_refuses_to_overwrite(tmp_path: Path) -> None:
+    path = tmp_path / "m.safetensors"
+    path.write_text("precious")
+    result = CliRunner().invoke(cli, ["model", "init", str(path), "--base-channels", "2"])
+    assert result.exit_code == 2
+    assert "already exists; pass --overwrite" in result.output
+    assert path.read_text() == "precious"
+
+
+def test_missing_checkpoint_is_one_line_exit_2(tmp_path: Path) -> None:
+    result = run("model", "info", str(tmp_path / "absent.safetensors"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: no checkpoint at")
+    assert "Traceback" not in result.stderr
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    result = run("--debug", "model", "info", str(tmp_path / "absent.safetensors"))
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
+
+
+def test_convert_command(tmp_path: Path) -> None:
+    from pipeline.model import UNet
+
+    pickled = tmp_path / "old.pt"
+    torch.save(UNet(base_channels=2, depth=2).state_dict(), pickled)
+    refused = CliRunner().invoke(cli, ["model", "info", str(pickled)])
+    assert refused.exit_code == 2
+    assert "unet-pipeline model convert" in refused.output
+    converted = CliRunner().invoke(cli, ["model", "convert", str(pickled), str(tmp_path / "new.safetensors")])
+    assert converted.exit_code == 0, converted.output
+    info = CliRunner().invoke(cli, ["model", "info", str(tmp_path / "new.safetensors"), "--json"])
+    assert json.loads(info.output)["architecture"]["depth"] == 2
+
+
+@pytest.mark.slow
+def test_demo_writes_picture_and_says_untrained(tmp_path: Path) -> None:
+    result = run("demo", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    assert "UNTRAINED" in result.stdout
+    picture = tmp_path / "demo" / "demo.png"
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

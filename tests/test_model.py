@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.geometry import UNetGeometry
+from pipeline.model import UNet, UNetConfig, center_crop, count_parameters
+
+
+def test_paper_configuration_parameters_and_shape() -> None:
+    with torch.device("meta"):
+        paper = UNet(in_channels=1, n_classes=2, base_channels=64, depth=5)
+        out = paper(torch.empty(1, 1, 572, 572))
+    assert count_parameters(paper) == 31_030_658
+    assert tuple(out.shape) == (1, 2, 388, 388)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+def test_output_shape_follows_geometry(depth: int) -> None:
+    geometry = UNetGeometry(depth)
+    size = geometry.min_input_size + 2 * geometry.pool_factor
+    with torch.device("meta"):
+        net = UNet(in_channels=3, n_classes=4, base_channels=2, depth=depth)
+        out = net(torch.empty(2, 3, size, size + geometry.pool_factor))
+    assert tuple(out.shape) == (
+        2,
+        4,
+        geometry.output_size(size),
+        geometry.output_size(size + geometry.pool_factor),
+    )
+
+
+def test_narrow_model_runs_for_real(narrow_model: UNet) -> None:
+    with torch.inference_mode():
+        out = narrow_model(torch.rand(1, 1, 188, 572))
+    assert tuple(out.shape) == (1, 2, 4, 388)
+    assert torch.isfinite(out).all()
+
+
+def test_invalid_input_size_names_nearest_valid_sizes(narrow_model: UNet) -> None:
+    with pytest.raises(ValueError, match="nearest are 556 or 572"):
+        narrow_model(torch.zeros(1, 1, 570, 572))
+
+
+def test_center_crop_is_centred() -> None:
+    x = torch.arange(36.0).reshape(1, 1, 6, 6)
+    assert center_crop(x, 2, 2).flatten().tolist() == [14.0, 15.0, 20.0, 21.0]
+
+
+def test_he_normal_initialisation() -> None:
+    torch.manual_seed(0)
+    net = UNet(base_channels=32)
+    conv = net.encoder[2][0]  # 64 -> 128 channels, 3x3: fan_in 576
+    std = conv.weight.std().item()
+    assert math.isclose(std, math.sqrt(2 / (64 * 9)), rel_tol=0.05)
+    up = net.decoder[0].upconv
+    assert math.isclose(up.weight.std().item(), math.sqrt(2 / up.in_channels), rel_tol=0.05)
+    assert all((m.bias == 0).all() for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"base_channels": 0}, {"depth": 0}, {"n_classes": 1}, {"in_channels": 2.5}]
+)
+def test_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="UNetConfig"):
+        UNetConfig(**kwargs)  # type: ignore[arg-type]
