@@ -16,10 +16,15 @@ import torch
 
 from pipeline import __version__
 from pipeline.checkpoint import convert_state_dict, load_checkpoint, save_checkpoint
+from pipeline.config import load_config
+from pipeline.demo import run_demo
 from pipeline.errors import InputError, PipelineError
 from pipeline.model import UNet, count_parameters
 from pipeline.normalization import METHODS, Normalization
+from pipeline.omezarr import open_output, read_state
 from pipeline.predict import PAPER_TILE
+from pipeline.run import SegmentRequest
+from pipeline.run import segment as run_segment
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +49,10 @@ class _Cli(click.Group):
 def cli(debug: bool, quiet: bool) -> None:
     """Exact overlap-tile U-Net segmentation of large microscopy volumes."""
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pipeline").setLevel(level)
+    if not debug:  # other libraries speak only of problems (distributed sets its own level on import)
+        logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 @cli.group()
@@ -140,26 +148,105 @@ def model_convert(source: Path, target: Path, normalization: str) -> None:
 
 
 @cli.command()
+@click.argument("input_url", metavar="IN")
+@click.argument("output_url", metavar="OUT")
+@click.option("--model", "checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML config (default: built-in).")
+@click.option("--cluster", help="local | cuda | tcp://HOST:PORT of a running scheduler.")
+@click.option("--workers", type=int, help="Worker processes of a local cluster.")
+@click.option("--block-tiles", type=int, help="Block edge in tiles (a multiple of the shard edge).")
+@click.option("--threads", type=int, help="Intra-op threads per worker (execution profile).")
+@click.option("--batch-size", type=int, help="Windows per forward pass (execution profile).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device (execution profile).")
+@click.option("--output-dtype", type=click.Choice(["uint8", "float32"]), help="Stored probability type.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output of this pipeline.")
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
+def segment(
+    input_url: str,
+    output_url: str,
+    checkpoint: Path,
+    config_file: Path | None,
+    cluster: str | None,
+    workers: int | None,
+    block_tiles: int | None,
+    threads: int | None,
+    batch_size: int | None,
+    device: str | None,
+    output_dtype: str | None,
+    overwrite: bool,
+    no_progress: bool,
+) -> None:
+    """Segment volume IN into an OME-Zarr store OUT."""
+    flags = {
+        "cluster.address": cluster,
+        "cluster.workers": workers,
+        "tiling.block_tiles": None if block_tiles is None else [block_tiles, block_tiles],
+        "profile.threads": threads,
+        "profile.batch_size": batch_size,
+        "profile.device": device,
+        "output.dtype": output_dtype,
+    }
+    config = load_config(config_file, {key: value for key, value in flags.items() if value is not None})
+    record = run_segment(
+        SegmentRequest(
+            input_url=input_url,
+            output_url=output_url,
+            checkpoint_path=checkpoint,
+            config=config,
+            overwrite=overwrite,
+            show_progress=not no_progress,
+        )
+    )
+    predict = record["stages"]["predict"]
+    click.echo(
+        f"segmented {input_url} -> {output_url}: {predict['blocks']} blocks, "
+        f"{predict['pixels'] / 1e6:.1f} Mpix at {predict['mpix_per_second']} Mpix/s; run {record['run_id']}"
+    )
+
+
+@cli.command()
+@click.argument("output_url", metavar="OUT")
+@click.option("--json", "as_json", is_flag=True, help="The full run records as JSON.")
+def inspect(output_url: str, as_json: bool) -> None:
+    """Show the run records of an output."""
+    state = read_state(open_output(output_url))
+    if as_json:
+        click.echo(json.dumps(state, indent=2))
+        return
+    click.echo(f"{output_url}: {'complete' if state['complete'] else 'NOT complete'}, {len(state['runs'])} run(s)")
+    for run in state["runs"]:
+        click.echo(f"- run {run['run_id']}: {run['status']}, {run['started']} -> {run['ended']}")
+        click.echo(f"    input      {run['input']['url']} {run['input']['shape']} {run['input']['dtype']}")
+        click.echo(f"    checkpoint {run['checkpoint']['path']} sha256 {run['checkpoint']['sha256'][:16]}")
+        click.echo(f"    profile    {run['execution_profile']}")
+        click.echo(f"    blocks     {run['blocks']['done']}/{run['blocks']['total']}")
+        for stage, figures in run["stages"].items():
+            click.echo(
+                f"    {stage:<10} {figures['blocks']} blocks, {figures['wall_seconds']} s, "
+                f"{figures['mpix_per_second']} Mpix/s"
+            )
+        if run["error"]:
+            click.echo(f"    error      {run['error']}")
+
+
+@cli.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path), default="demo-output")
 def demo(out_dir: Path) -> None:
-    """Segment a small embedded example end to end and write a picture."""
-    from pipeline.demo import run_demo
-
+    """Segment a small embedded example end to end and draw a picture."""
     result = run_demo(out_dir)
+    predict = result.record["stages"]["predict"]
     click.echo(
-        f"demo: predicted a synthetic {result.shape[0]}x{result.shape[1]} plane in "
-        f"{result.tiles} tiles of {PAPER_TILE} px in {result.seconds:.1f} s on the CPU"
+        f"demo: segmented a synthetic {result.record['input']['shape']} uint16 volume "
+        f"({result.input_url}) on a local Dask cluster of {result.record['cluster']['workers']} workers: "
+        f"{predict['blocks']} blocks, {predict['pixels'] / 1e6:.1f} Mpix in {predict['wall_seconds']} s"
     )
     click.echo(
         "      NOTE: the model is UNTRAINED (He-normal random weights): the probabilities "
         "exercise the real code path but are not a segmentation yet"
     )
-    click.echo(
-        f"      foreground (p >= 0.5): {result.foreground_fraction:.1%} of pixels, "
-        f"{result.objects} connected objects"
-    )
+    click.echo(f"      output     {result.output_url} (OME-Zarr 0.5; `unet-pipeline inspect` shows the run)")
     click.echo(f"      checkpoint {result.checkpoint}")
-    click.echo(f"      picture    {result.picture} (input | foreground probability)")
+    click.echo(f"      picture    {result.picture} (plane 0: input | foreground probability)")
 
 
 def main() -> None:

@@ -1,77 +1,73 @@
-"""The demo job: segment a small embedded example through the real code path."""
+"""The demo job: segment a small embedded example through the real code path.
+
+Makes a synthetic ZYX volume as a chunked Zarr array, an initialised
+checkpoint, and runs the same ``segment`` a nightly run uses, on a local
+Dask cluster, into an OME-Zarr store.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import scipy.ndimage
 import torch
+import zarr
 
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.checkpoint import save_checkpoint
+from pipeline.config import load_config
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
 from pipeline.picture import side_by_side, to_uint8, write_png
-from pipeline.predict import predict_plane
+from pipeline.run import SegmentRequest, segment
 from pipeline.synthetic import cell_image
 
 log = logging.getLogger(__name__)
 
-DEMO_SHAPE = (700, 900)  # 2 x 3 tiles of 388 px, ragged on both axes
+DEMO_SHAPE = (4, 700, 900)  # 2 x 3 tiles of 388 px per plane, ragged on both axes
+DEMO_CHUNKS = (1, 256, 256)
 
 
 @dataclass(frozen=True, slots=True)
 class DemoResult:
+    input_url: str
+    output_url: str
     checkpoint: Path
     picture: Path
-    probabilities: Path
-    shape: tuple[int, int]
-    tiles: int
-    seconds: float
-    foreground_fraction: float
-    objects: int
+    record: dict[str, Any]
 
 
-def run_demo(out_dir: Path, *, base_channels: int = 8, seed: int = 0) -> DemoResult:
-    """Make a synthetic plane, an initialised checkpoint, and predict it tile by tile."""
+def run_demo(out_dir: Path, *, base_channels: int = 8, seed: int = 0, workers: int = 2) -> DemoResult:
+    """Make the example and an untrained checkpoint, segment, and draw plane 0."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    plane = cell_image(DEMO_SHAPE, seed=seed)
-    checkpoint_path = out_dir / "model-untrained.safetensors"
-    log.info("initialising an untrained U-Net (base %d channels) at %s", base_channels, checkpoint_path)
+    volume = cell_image(DEMO_SHAPE, seed=seed)
+    input_url = str(out_dir / "acquisition.zarr")
+    source = zarr.open_array(input_url, mode="w", shape=DEMO_SHAPE, chunks=DEMO_CHUNKS, dtype=volume.dtype)
+    source[...] = volume
+    checkpoint = out_dir / "model-untrained.safetensors"
+    torch.manual_seed(seed)
+    log.info("initialising an untrained U-Net (base %d channels) at %s", base_channels, checkpoint)
     save_checkpoint(
-        checkpoint_path,
-        _initialised(base_channels, seed),
+        checkpoint,
+        UNet(base_channels=base_channels),
         normalization=Normalization("percentile", 1.0, 99.8),
         training={"status": "untrained", "seed": seed},
     )
-    checkpoint = load_checkpoint(checkpoint_path)
-    stats = checkpoint.normalization.statistics(plane)
-    started = time.perf_counter()
-    probabilities = predict_plane(checkpoint.model, stats.apply(plane), batch_size=4)
-    seconds = time.perf_counter() - started
-    foreground = probabilities[1]
-    _, objects = scipy.ndimage.label(foreground >= 0.5)
-    probabilities_path = out_dir / "probabilities.npy"
-    np.save(probabilities_path, foreground)
+    output_url = str(out_dir / "segmentation.ome.zarr")
+    config = load_config(
+        overrides={
+            "cluster.workers": workers,
+            "profile.batch_size": 4,
+            "tiling.shard_tiles": 1,
+            "tiling.block_tiles": [2, 2],
+            "tiling.block_planes": 2,  # 4 or 8 windows a block: whole batches
+        }
+    )
+    record = segment(SegmentRequest(input_url, output_url, checkpoint, config, overwrite=True))
+    probability = zarr.open_array(f"{output_url}/s0", mode="r")[0]
     picture = write_png(
-        out_dir / "demo.png", side_by_side(to_uint8(plane), to_uint8(foreground, 0.0, 1.0))
+        out_dir / "demo.png", side_by_side(to_uint8(volume[0]), to_uint8(np.asarray(probability), 0, 255))
     )
-    rows, cols = (-(-n // 388) for n in DEMO_SHAPE)
-    return DemoResult(
-        checkpoint=checkpoint_path,
-        picture=picture,
-        probabilities=probabilities_path,
-        shape=DEMO_SHAPE,
-        tiles=rows * cols,
-        seconds=seconds,
-        foreground_fraction=float((foreground >= 0.5).mean()),
-        objects=int(objects),
-    )
-
-
-def _initialised(base_channels: int, seed: int) -> UNet:
-    torch.manual_seed(seed)
-    return UNet(base_channels=base_channels)
+    return DemoResult(input_url, output_url, checkpoint, picture, record)

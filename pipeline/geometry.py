@@ -302,3 +302,13 @@ def plan_blocks(
                     )
                 )
     return blocks
+
+
+def spread_indices(total: int, count: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(total)`` (all of them if fewer).
+
+    Deterministic: the sample of a volume depends only on its chunk grid.
+    """
+    if total <= count:
+        return list(range(total))
+    return sorted({(2 * k + 1) * total // (2 * count) for k in range(count)})

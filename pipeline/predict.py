@@ -94,15 +94,16 @@ def predict_windows(
 
 def iter_tile_windows(
     padded: npt.NDArray[np.float32], grid: TileGrid
-) -> Iterator[tuple[tuple[int, int], npt.NDArray[np.float32]]]:
-    """Yield ``((i, j), window)`` of every tile in raster order.
+) -> Iterator[tuple[tuple[int, int, int], npt.NDArray[np.float32]]]:
+    """Yield ``((plane, i, j), window)`` for every tile of every plane, raster order.
 
-    ``padded`` is (C, rows*t + 2h, cols*t + 2h): the plane (or block) already
-    mirror-padded, its origin at plane coordinate ``(-h, -h)`` of the grid.
+    ``padded`` is (P, C, rows*t + 2h, cols*t + 2h): planes (or blocks) already
+    mirror-padded, each with its origin at grid coordinate ``(-h, -h)``.
     """
     t, s = grid.tile, grid.window_size
-    for i, j in grid.tiles():
-        yield (i, j), padded[:, i * t : i * t + s, j * t : j * t + s]
+    for plane in range(padded.shape[0]):
+        for i, j in grid.tiles():
+            yield (plane, i, j), padded[plane, :, i * t : i * t + s, j * t : j * t + s]
 
 
 def predict_padded(
@@ -113,30 +114,31 @@ def predict_padded(
     batch_size: int = 8,
     channels_last: bool = False,
 ) -> npt.NDArray[np.float32]:
-    """Predict every tile of a mirror-padded array of whole tiles.
+    """Predict every tile of a stack of mirror-padded planes of whole tiles.
 
-    ``padded`` is (C, rows*t + 2h, cols*t + 2h); returns (n_classes, rows*t,
-    cols*t), tile (i, j) at rows ``i*t:(i+1)*t``, columns ``j*t:(j+1)*t``.
-    Windows are gathered one batch at a time, so memory stays at one batch
-    of windows plus the output.
+    ``padded`` is (P, C, rows*t + 2h, cols*t + 2h); returns (P, n_classes,
+    rows*t, cols*t), tile (i, j) of plane p at ``[p, :, i*t:(i+1)*t,
+    j*t:(j+1)*t]``. Batches run across planes, so a block of few tiles and
+    many planes still fills them. Windows are gathered one batch at a time:
+    memory stays at one batch of windows plus the output.
     """
     halo = model.geometry.halo
-    if padded.ndim != 3:
-        raise ValueError(f"padded input must be (C, H, W), got shape {padded.shape}")
-    rows, cols = ((n - 2 * halo) // tile for n in padded.shape[1:])
-    if rows < 1 or cols < 1 or padded.shape[1:] != (rows * tile + 2 * halo, cols * tile + 2 * halo):
+    if padded.ndim != 4:
+        raise ValueError(f"padded input must be (P, C, H, W), got shape {padded.shape}")
+    rows, cols = ((n - 2 * halo) // tile for n in padded.shape[2:])
+    if rows < 1 or cols < 1 or padded.shape[2:] != (rows * tile + 2 * halo, cols * tile + 2 * halo):
         raise ValueError(
             f"padded input of shape {padded.shape} is not a whole number of {tile}-pixel tiles "
             f"plus a {halo}-pixel halo on each side"
         )
     grid = TileGrid((rows * tile, cols * tile), tile, halo)
-    out = np.empty((model.config.n_classes, rows * tile, cols * tile), np.float32)
+    out = np.empty((padded.shape[0], model.config.n_classes, rows * tile, cols * tile), np.float32)
     tiles = iter_tile_windows(np.asarray(padded, dtype=np.float32), grid)
     while batch := list(islice(tiles, batch_size)):
         windows = np.stack([window for _, window in batch])
         probabilities = predict_windows(model, windows, batch_size=batch_size, channels_last=channels_last)
-        for ((i, j), _), probability in zip(batch, probabilities):
-            out[:, i * tile : (i + 1) * tile, j * tile : (j + 1) * tile] = probability
+        for ((plane, i, j), _), probability in zip(batch, probabilities):
+            out[plane, :, i * tile : (i + 1) * tile, j * tile : (j + 1) * tile] = probability
     return out
 
 
@@ -181,5 +183,5 @@ def predict_plane(
     height, width = channels.shape[1:]
     grid = TileGrid((height, width), tile, model.geometry.halo)
     padded = np.pad(channels.astype(np.float32, copy=False), ((0, 0), *grid.pad_widths), mode="reflect")
-    out = predict_padded(model, padded, tile, batch_size=batch_size, channels_last=channels_last)
-    return out[:, :height, :width]
+    out = predict_padded(model, padded[np.newaxis], tile, batch_size=batch_size, channels_last=channels_last)
+    return out[0, :, :height, :width]

@@ -1,11 +1,19 @@
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+import zarr
+from distributed import LocalCluster
 from hypothesis import settings
 
+from pipeline.checkpoint import save_checkpoint
 from pipeline.model import UNet
+from pipeline.normalization import Normalization
 
 NARROW = {"base_channels": 4, "depth": 5}
 
@@ -25,3 +33,32 @@ def rng() -> np.random.Generator:
 # CI machines are shared and slow; hypothesis' per-example deadline only adds flakiness.
 settings.register_profile("unet", deadline=None, print_blob=True)
 settings.load_profile("unet")
+
+
+@pytest.fixture(scope="session")
+def dask_address() -> Iterator[str]:
+    """A real LocalCluster (2 worker processes, 127.0.0.1) shared by the run tests."""
+    with LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        scheduler_kwargs={"dashboard": False},
+        silence_logs=logging.ERROR,
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="session")
+def narrow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(99)
+    path = tmp_path_factory.mktemp("models") / "narrow.safetensors"
+    save_checkpoint(path, UNet(**NARROW), normalization=Normalization("percentile", 1.0, 99.8))
+    return path
+
+
+def write_volume(path: Path, data: np.ndarray, chunks: tuple[int, ...], zarr_format: int = 3) -> str:
+    array = zarr.open_array(str(path), mode="w", shape=data.shape, chunks=chunks, dtype=data.dtype, zarr_format=zarr_format)
+    array[...] = data
+    return str(path)

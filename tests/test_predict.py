@@ -57,7 +57,7 @@ def test_tile_must_be_producible(narrow_model: UNet) -> None:
 
 def test_padded_input_must_be_whole_tiles(narrow_model: UNet) -> None:
     with pytest.raises(ValueError, match="not a whole number of 388-pixel tiles"):
-        predict_padded(narrow_model, np.zeros((1, 600, 572), np.float32), 388)
+        predict_padded(narrow_model, np.zeros((1, 1, 600, 572), np.float32), 388)
 
 
 def test_windows_are_independent_of_their_batch(narrow_model: UNet, rng: np.random.Generator) -> None:

@@ -1,0 +1,148 @@
+"""The Dask cluster of one run: where blocks are computed.
+
+``local``: a LocalCluster of worker processes on 127.0.0.1; ``cuda``: a
+dask-cuda LocalCUDACluster, one worker pinned per GPU; ``tcp://HOST:PORT``:
+an existing scheduler. Every worker runs one block at a time (one Dask
+thread); torch's intra-op threads come from the execution profile. The
+driver keeps a bounded window of blocks in flight, so a volume of hundreds
+of thousands of blocks never floods the scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from itertools import islice
+from typing import Any, TypeVar
+
+from distributed import Client, Future, LocalCluster, as_completed
+
+from pipeline.config import ClusterConfig
+from pipeline.errors import InputError, PipelineError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class BlockFailedError(PipelineError):
+    """A block failed on every attempt; the run stops and says which one."""
+
+
+@contextmanager
+def open_client(config: ClusterConfig) -> Iterator[Client]:
+    """A connected client for the configured cluster, closed (and the cluster stopped) on exit."""
+    # the scheduler's HTTP server (metrics, and the dashboard when asked) stays on a free local port
+    dashboard = "127.0.0.1:0"
+    with ExitStack() as stack:
+        if config.address == "local":
+            cluster: Any = stack.enter_context(
+                LocalCluster(
+                    n_workers=config.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=dashboard,
+                    scheduler_kwargs={"dashboard": config.dashboard},
+                    memory_limit=config.memory_limit,
+                    silence_logs=logging.ERROR,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        elif config.address == "cuda":
+            try:
+                from dask_cuda import LocalCUDACluster
+            except ImportError:
+                raise InputError(
+                    "--cluster cuda needs dask-cuda: install the project with its gpu extra "
+                    "(pip install 'unet-pipeline[gpu]')"
+                ) from None
+            cluster = stack.enter_context(
+                LocalCUDACluster(
+                    threads_per_worker=1,
+                    host="127.0.0.1",
+                    dashboard_address=dashboard,
+                    scheduler_kwargs={"dashboard": config.dashboard},
+                    memory_limit=config.memory_limit,
+                    silence_logs=logging.ERROR,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(config.address, timeout="20s"))
+            except OSError as error:
+                raise InputError(f"cannot reach the Dask scheduler at {config.address}: {error}") from None
+        client.forward_logging("pipeline", level=logging.INFO)
+        if client.dashboard_link and config.dashboard:
+            log.info("Dask dashboard: %s", client.dashboard_link)
+        yield client
+
+
+def run_bounded(
+    client: Client,
+    function: Callable[[T], R],
+    tasks: Sequence[T],
+    *,
+    in_flight: int,
+    retries: int,
+    key: Callable[[T], str],
+    describe: Callable[[T], str],
+    on_result: Callable[[R], None],
+) -> None:
+    """Run ``function`` over ``tasks`` with at most ``in_flight`` submitted at a time.
+
+    Each task is retried up to ``retries`` times by Dask; if it still fails,
+    the others are cancelled and BlockFailedError names the task.
+    """
+    pending = iter(tasks)
+    by_key: dict[str, T] = {}
+
+    def submit(task: T) -> Future[R]:
+        name = key(task)
+        by_key[name] = task
+        return client.submit(function, task, key=name, pure=False, retries=retries)
+
+    window = as_completed([submit(task) for task in islice(pending, in_flight)])
+    try:
+        for future in window:
+            task = by_key.pop(future.key)
+            try:
+                result = future.result()
+            except Exception as error:
+                raise BlockFailedError(
+                    f"{describe(task)} failed after {retries + 1} attempt(s): {type(error).__name__}: {error}"
+                ) from error
+            future.release()
+            on_result(result)
+            following = next(pending, None)
+            if following is not None:
+                window.add(submit(following))
+    finally:
+        leftover = list(window.futures)
+        if leftover:
+            client.cancel(leftover)
+
+
+def cluster_shape(client: Client) -> dict[str, Any]:
+    """Workers, threads and memory of the cluster, for the run record."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return {
+        "scheduler": client.scheduler.address if client.scheduler else None,
+        "workers": len(workers),
+        "threads_per_worker": sorted({w["nthreads"] for w in workers.values()}),
+        "memory_limit_bytes": sorted({w.get("memory_limit") or 0 for w in workers.values()}),
+        "hosts": sorted({w["host"] for w in workers.values()}),
+    }
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def worker_peak_rss(client: Client) -> dict[str, int]:
+    """Peak resident memory of each worker process over its lifetime."""
+    return dict(client.run(_peak_rss_bytes))

@@ -1,0 +1,141 @@
+"""Typed run configuration, validated once at the edge.
+
+Loaded from YAML (``configs/default.yaml`` documents every key); unknown keys
+and bad values are errors naming the key and the file; CLI flags override
+the file. The execution profile is explicit here: two runs with the same
+profile give bitwise identical output, whatever the cluster or block size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import InputError
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProfileConfig(_Strict):
+    """The execution profile: everything that can change the bits of the output."""
+
+    device: Literal["cpu", "cuda"] = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    channels_last: bool = False
+    threads: int = Field(1, ge=1, description="intra-op threads per worker, set explicitly, never inherited")
+    batch_size: int = Field(8, ge=1, description="windows per forward pass; the last batch is padded")
+    deterministic: bool = Field(True, description="deterministic kernels on GPU (bitwise repeatable)")
+
+
+class TilingConfig(_Strict):
+    tile: int = Field(388, ge=1, description="output tile edge in pixels; tile + 2*halo must be a valid input")
+    shard_tiles: int = Field(4, ge=1, description="output shard edge, in tiles (chunk = one tile)")
+    block_tiles: tuple[int, int] = Field((4, 4), description="block = whole shards, in tiles (rows, columns)")
+    block_planes: int = Field(1, ge=1, description="z-planes per block")
+
+    @model_validator(mode="after")
+    def _blocks_are_whole_shards(self) -> TilingConfig:
+        if any(n < 1 or n % self.shard_tiles for n in self.block_tiles):
+            raise ValueError(
+                f"block_tiles {list(self.block_tiles)} must be positive multiples of shard_tiles "
+                f"({self.shard_tiles}): two blocks writing one shard lose data"
+            )
+        return self
+
+
+class OutputConfig(_Strict):
+    dtype: Literal["uint8", "float32"] = Field("uint8", description="foreground probability: uint8 is p*255 rounded")
+    zstd_level: int = Field(3, ge=1, le=22)
+    pyramid_levels: int | Literal["auto"] = Field(
+        "auto", description="levels below full resolution; auto halves until a plane fits one tile"
+    )
+
+
+class ClusterConfig(_Strict):
+    address: str = Field("local", description="local | cuda | tcp://HOST:PORT of a running scheduler")
+    workers: int = Field(2, ge=1, description="worker processes for local; ignored by cuda (one per GPU)")
+    in_flight_per_worker: int = Field(2, ge=1, description="bounded window of submitted blocks")
+    dashboard: bool = Field(False, description="serve the Dask dashboard on 127.0.0.1")
+    memory_limit: str = Field("auto", description="per worker, as Dask understands it")
+
+    @model_validator(mode="after")
+    def _known_address(self) -> ClusterConfig:
+        if self.address not in ("local", "cuda") and "://" not in self.address:
+            raise ValueError(f"cluster address must be local, cuda or tcp://HOST:PORT, got {self.address!r}")
+        return self
+
+
+class NormalizationSampleConfig(_Strict):
+    chunks: int = Field(32, ge=1, description="input chunks read, spread evenly over the volume")
+    max_values: int = Field(4_000_000, ge=1000, description="values kept from them (evenly strided)")
+
+
+class RunConfig(_Strict):
+    profile: ProfileConfig = Field(default_factory=ProfileConfig)
+    tiling: TilingConfig = Field(default_factory=TilingConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    normalization_sample: NormalizationSampleConfig = Field(default_factory=NormalizationSampleConfig)
+    retries: int = Field(2, ge=0, description="extra attempts of a failing block before the run fails")
+
+    def resolved(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def output_defining(self) -> dict[str, Any]:
+        """The part of the config that determines the output's bits (not how work is split)."""
+        data = self.resolved()
+        data.pop("cluster")
+        data.pop("retries")
+        for key in ("block_tiles", "block_planes"):
+            data["tiling"].pop(key)
+        return data
+
+    def output_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.output_defining(), sort_keys=True).encode()).hexdigest()
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """The file's config (default: the built-in defaults) with dotted-key overrides.
+
+    ``overrides`` maps dotted keys to values, e.g. ``{"cluster.workers": 4}``.
+    ``configs/default.yaml`` spells out the defaults with a comment on each key.
+    """
+    source = path or Path("(defaults)")
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as error:
+            raise InputError(f"config file {path} is not valid YAML: {error}") from error
+        if loaded is not None and not isinstance(loaded, dict):
+            raise InputError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
+        data = loaded or {}
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise InputError(_describe(error, source)) from None
+
+
+def _describe(error: ValidationError, source: Path) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{key}'")
+        else:
+            problems.append(f"'{key}': {item['msg']} (got {item.get('input')!r})")
+    return f"invalid config {source}: " + "; ".join(problems)

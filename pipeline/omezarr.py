@@ -1,0 +1,207 @@
+"""The output store: an OME-Zarr (NGFF 0.5, Zarr v3) image of the foreground probability.
+
+Layout, for a ZYX input::
+
+    OUT/zarr.json        group: "ome" multiscales + "unet_pipeline" run records
+    OUT/s0 .. OUT/sN     probability pyramid, 2x2 mean in YX per level
+                         chunk = one output tile (1 x t x t), shard = k x k tiles
+
+Readers need nothing of this package: napari, ome-zarr-py, dask and zarr
+open it as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import numpy.typing as npt
+import zarr
+from zarr.codecs import ZstdCodec
+
+from pipeline.errors import InputError
+from pipeline.geometry import ceil_div
+from pipeline.store import PixelSize
+
+RECORD_KEY = "unet_pipeline"  # our key in the root attributes
+NGFF_VERSION = "0.5"
+
+
+@dataclass(frozen=True, slots=True)
+class OutputLayout:
+    shape: tuple[int, ...]  # as the input: (Y, X) or (Z, Y, X)
+    axes: str  # "yx" or "zyx"
+    tile: int
+    shard_tiles: int
+    dtype: str  # "uint8" or "float32"
+    zstd_level: int = 3
+    levels: int = 0  # pyramid levels below full resolution
+    pixel_sizes: dict[str, PixelSize] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.shape) != len(self.axes):
+            raise ValueError(f"shape {self.shape} does not match axes '{self.axes}'")
+
+    def level_shape(self, level: int) -> tuple[int, ...]:
+        """Shape at pyramid ``level``: YX halved (rounding up) per level, Z kept."""
+        factor = 2**level
+        *planes, height, width = self.shape
+        return (*planes, ceil_div(height, factor), ceil_div(width, factor))
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return (1,) * (len(self.shape) - 2) + (self.tile, self.tile)
+
+    @property
+    def shards(self) -> tuple[int, ...]:
+        edge = self.tile * self.shard_tiles
+        return (1,) * (len(self.shape) - 2) + (edge, edge)
+
+
+def auto_levels(height: int, width: int, tile: int) -> int:
+    """Halvings until a plane fits one tile."""
+    levels = 0
+    while max(ceil_div(height, 2**levels), ceil_div(width, 2**levels)) > tile:
+        levels += 1
+    return levels
+
+
+def multiscales(layout: OutputLayout, name: str) -> dict[str, Any]:
+    """NGFF 0.5 ``multiscales`` entry: one dataset per level, scale and half-pixel shift."""
+    axes = []
+    for axis in layout.axes:
+        entry: dict[str, Any] = {"name": axis, "type": "space"}
+        unit = layout.pixel_sizes.get(axis, PixelSize(1.0)).unit
+        if unit:
+            entry["unit"] = unit
+        axes.append(entry)
+    base = [layout.pixel_sizes.get(axis, PixelSize(1.0)).value for axis in layout.axes]
+    datasets = []
+    for level in range(layout.levels + 1):
+        factor = [1.0] * (len(base) - 2) + [2.0**level] * 2
+        transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [b * f for b, f in zip(base, factor)]}]
+        if level:
+            # a 2x2 mean's pixel centre sits half a (coarse - fine) pixel from the origin
+            transforms.append(
+                {"type": "translation", "translation": [b * (f - 1) / 2 for b, f in zip(base, factor)]}
+            )
+        datasets.append({"path": f"s{level}", "coordinateTransformations": transforms})
+    return {
+        "name": name,
+        "axes": axes,
+        "datasets": datasets,
+        "type": "mean",
+        "metadata": {"description": "2x2 mean in YX per level", "method": "unet-pipeline pyramid"},
+    }
+
+
+def create_output(url: str, layout: OutputLayout, *, name: str = "foreground probability") -> zarr.Group:
+    """Create the store with empty arrays and OME metadata; refuses an existing one."""
+    try:
+        group = zarr.open_group(store=url, mode="w-", zarr_format=3)
+    except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
+        raise InputError(f"output {url} already exists") from None
+    for level in range(layout.levels + 1):
+        group.create_array(
+            f"s{level}",
+            shape=layout.level_shape(level),
+            dtype=layout.dtype,
+            chunks=layout.chunks,
+            shards=layout.shards,
+            compressors=ZstdCodec(level=layout.zstd_level),
+            fill_value=0,
+            dimension_names=tuple(layout.axes),
+        )
+    window_end = 255 if layout.dtype == "uint8" else 1.0
+    group.attrs.update(
+        {
+            "ome": {
+                "version": NGFF_VERSION,
+                "multiscales": [multiscales(layout, name)],
+                "omero": {
+                    "channels": [
+                        {
+                            "label": name,
+                            "color": "FFFFFF",
+                            "active": True,
+                            "window": {"min": 0, "max": window_end, "start": 0, "end": window_end},
+                        }
+                    ]
+                },
+            },
+            RECORD_KEY: {"complete": False, "runs": []},
+        }
+    )
+    return group
+
+
+def open_output(url: str, mode: str = "r") -> zarr.Group:
+    try:
+        group = zarr.open_group(store=url, mode=mode)  # type: ignore[arg-type]
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.GroupNotFoundError):
+        raise InputError(f"no unet-pipeline output at {url}") from None
+    if RECORD_KEY not in group.attrs:
+        raise InputError(f"{url} is a Zarr group but not a unet-pipeline output (no '{RECORD_KEY}' attributes)")
+    return group
+
+
+def output_exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return bool(fs.exists(path))
+
+
+def is_pipeline_output(url: str) -> bool:
+    try:
+        open_output(url)
+    except InputError:
+        return False
+    return True
+
+
+def remove_output(url: str) -> None:
+    """Delete a previous output, only if it is one of ours (``--overwrite``)."""
+    open_output(url)
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.rm(path, recursive=True)
+
+
+def level_array(url: str, level: int) -> zarr.Array[Any]:
+    """A level of the output, opened for writing.
+
+    Not cached: a long-lived worker may see the same URL recreated by a later
+    run, and one metadata read is nothing next to a block's work.
+    """
+    array = zarr.open_group(store=url, mode="r+")[f"s{level}"]
+    assert isinstance(array, zarr.Array)
+    return array
+
+
+def encode_probability(probability: npt.NDArray[np.float32], dtype: str) -> npt.NDArray[Any]:
+    """Stored form of a probability: uint8 ``round(p * 255)``, or float32 as it is."""
+    if dtype == "float32":
+        return probability.astype(np.float32, copy=False)
+    scaled: npt.NDArray[np.float32] = probability * np.float32(255)
+    return np.rint(scaled).astype(np.uint8)
+
+
+def downsample_mean(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """2x2 mean over the last two axes (odd edges average what is there), same dtype."""
+    height, width = values.shape[-2:]
+    pad = [(0, 0)] * (values.ndim - 2) + [(0, height % 2), (0, width % 2)]
+    even = np.pad(values.astype(np.float32), pad, mode="edge")
+    mean = (even[..., 0::2, 0::2] + even[..., 1::2, 0::2] + even[..., 0::2, 1::2] + even[..., 1::2, 1::2]) / 4
+    rounded = np.rint(mean) if np.issubdtype(values.dtype, np.integer) else mean
+    result: npt.NDArray[Any] = rounded.astype(values.dtype)
+    return result
+
+
+def read_state(group: zarr.Group) -> dict[str, Any]:
+    """Our part of the root attributes: ``complete`` and the list of run records."""
+    state: dict[str, Any] = dict(group.attrs[RECORD_KEY])  # type: ignore[arg-type]
+    return state
+
+
+def write_state(group: zarr.Group, state: dict[str, Any]) -> None:
+    group.attrs[RECORD_KEY] = state

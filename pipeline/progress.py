@@ -1,0 +1,70 @@
+"""Console progress of a run's stages: blocks done/total, Mpix/s, ETA."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+log = logging.getLogger(__name__)
+
+
+class ThroughputColumn(ProgressColumn):
+    """Output megapixels per second so far."""
+
+    def render(self, task: Task) -> Text:
+        pixels = float(task.fields.get("pixels", 0))
+        elapsed = task.elapsed or 0.0
+        rate = pixels / elapsed / 1e6 if elapsed > 0 else 0.0
+        return Text(f"{rate:7.2f} Mpix/s", style="progress.data.speed")
+
+
+@contextmanager
+def stage_progress(description: str, total_blocks: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(pixels)`` to call once per finished block; logs a summary at the end."""
+    started = time.perf_counter()
+    done = {"blocks": 0, "pixels": 0}
+    with Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("blocks"),
+        ThroughputColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    ) as progress:
+        task = progress.add_task(description, total=total_blocks, pixels=0)
+
+        def advance(pixels: int) -> None:
+            done["blocks"] += 1
+            done["pixels"] += pixels
+            progress.update(task, advance=1, pixels=done["pixels"])
+
+        yield advance
+    seconds = time.perf_counter() - started
+    log.info(
+        "%s: %d/%d blocks, %.1f Mpix in %.1f s (%.2f Mpix/s)",
+        description,
+        done["blocks"],
+        total_blocks,
+        done["pixels"] / 1e6,
+        seconds,
+        done["pixels"] / 1e6 / seconds if seconds > 0 else 0.0,
+    )

@@ -1,0 +1,213 @@
+"""Input volumes: Zarr v2/v3 arrays and groups, OME-Zarr, by path or URL.
+
+Opened read-only (zarr's own stores, fsspec for URLs), never modified.
+A block's window (tiles grown by the halo, mirror-padded at the volume
+edge) is read with one read of its bounding box, then mirrored in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import zarr
+
+from pipeline.errors import InputError
+from pipeline.geometry import reflect_indices, spread_indices
+
+SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
+SUPPORTED_AXES = ("yx", "zyx")
+
+
+@dataclass(frozen=True, slots=True)
+class PixelSize:
+    value: float
+    unit: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InputRef:
+    """Where an input array lives: enough for a worker to reopen it."""
+
+    url: str  # the store: a local path or an fsspec URL
+    path: str  # the array inside the store ("" for a bare array)
+    axes: str  # "yx" or "zyx"
+
+
+@dataclass(frozen=True)
+class InputVolume:
+    ref: InputRef
+    array: zarr.Array[Any]
+    description: str  # e.g. "OME-Zarr 0.5 image, level s0"
+    pixel_sizes: dict[str, PixelSize] = field(default_factory=dict)
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        """Shape with a leading plane axis of 1 for YX inputs."""
+        shape = tuple(int(n) for n in self.array.shape)
+        return (1, shape[0], shape[1]) if len(shape) == 2 else (shape[0], shape[1], shape[2])
+
+    @property
+    def chunks_zyx(self) -> tuple[int, int, int]:
+        chunks = tuple(int(n) for n in self.array.chunks)
+        return (1, chunks[0], chunks[1]) if len(chunks) == 2 else (chunks[0], chunks[1], chunks[2])
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        return np.dtype(self.array.dtype)
+
+    def read_window(self, planes: range, rows: tuple[int, int], cols: tuple[int, int]) -> npt.NDArray[Any]:
+        """Planes x rows x cols in plane coordinates, mirror-padded where they leave the plane.
+
+        Equals the same window cut from ``numpy.pad(plane, ..., mode="reflect")``.
+        """
+        return read_mirrored(self.array, planes, rows, cols)
+
+
+def read_mirrored(array: zarr.Array[Any], planes: range, rows: tuple[int, int], cols: tuple[int, int]) -> npt.NDArray[Any]:
+    """One read of the bounding box of the mirrored window, then the mirror in memory."""
+    height, width = (int(n) for n in array.shape[-2:])
+    ys = np.asarray(reflect_indices(rows[0], rows[1], height))
+    xs = np.asarray(reflect_indices(cols[0], cols[1], width))
+    y0, y1 = int(ys.min()), int(ys.max()) + 1
+    x0, x1 = int(xs.min()), int(xs.max()) + 1
+    if array.ndim == 2:
+        box = np.asarray(array[y0:y1, x0:x1])[np.newaxis]
+    else:
+        box = np.asarray(array[planes.start : planes.stop, y0:y1, x0:x1])
+    if rows == (y0, y1) and cols == (x0, x1):
+        return box
+    return box[:, ys - y0][:, :, xs - x0]
+
+
+def open_input(url: str) -> InputVolume:
+    """Open an input volume read-only; InputError names the path and the problem."""
+    if "://" not in url and not Path(url).exists():
+        raise InputError(f"no input at {url}: the path does not exist")
+    try:
+        node = zarr.open(store=url, mode="r")
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:
+        raise InputError(f"{url} is not a Zarr array or group ({error})") from None
+    except Exception as error:  # zarr and fsspec raise many kinds for unreadable stores
+        raise InputError(f"cannot open {url} as Zarr: {type(error).__name__}: {error}") from error
+    if isinstance(node, zarr.Array):
+        axes = {2: "yx", 3: "zyx"}.get(node.ndim)
+        if axes is None:
+            raise InputError(
+                f"{url}: a {node.ndim}-d array (shape {node.shape}); plain arrays must be YX or ZYX, "
+                "or carry OME-Zarr axes metadata"
+            )
+        volume = InputVolume(InputRef(url, "", axes), node, f"Zarr v{node.metadata.zarr_format} array")
+    else:
+        volume = _open_group(url, node)
+    if volume.dtype.name not in SUPPORTED_DTYPES:
+        raise InputError(
+            f"{url}: unsupported dtype {volume.dtype.name}; supported are {', '.join(SUPPORTED_DTYPES)}"
+        )
+    if min(volume.shape_zyx) < 1:
+        raise InputError(f"{url}: the volume is empty (shape {volume.array.shape})")
+    return volume
+
+
+def _open_group(url: str, group: zarr.Group) -> InputVolume:
+    attrs: dict[str, Any] = dict(group.attrs)
+    ome: Any = attrs.get("ome", attrs)
+    multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
+    if not multiscales:
+        arrays = sorted(name for name, _ in group.arrays())
+        if len(arrays) == 1:
+            array = group[arrays[0]]
+            assert isinstance(array, zarr.Array)
+            axes = {2: "yx", 3: "zyx"}.get(array.ndim)
+            if axes is not None:
+                return InputVolume(InputRef(url, arrays[0], axes), array, f"Zarr group, array {arrays[0]}")
+        raise InputError(
+            f"{url} is a Zarr group without OME-Zarr multiscales metadata and holding arrays {arrays}; "
+            "point at one array (e.g. PATH/NAME) instead"
+        )
+    version = ome.get("version") or multiscales[0].get("version", "0.4")
+    first = multiscales[0]
+    level = first["datasets"][0]
+    axes = "".join(axis["name"] if isinstance(axis, dict) else axis for axis in first.get("axes", []))
+    if axes not in SUPPORTED_AXES:
+        raise InputError(
+            f"{url}: OME-Zarr axes '{axes}' are not supported yet; supported are {', '.join(SUPPORTED_AXES)}"
+        )
+    try:
+        array = group[level["path"]]
+    except KeyError:
+        raise InputError(f"{url}: multiscales level 0 path '{level['path']}' does not exist") from None
+    assert isinstance(array, zarr.Array)
+    if array.ndim != len(axes):
+        raise InputError(f"{url}: level {level['path']} has {array.ndim} dims but axes '{axes}'")
+    scale = _scale(level.get("coordinateTransformations", []), len(axes))
+    outer = _scale(first.get("coordinateTransformations", []), len(axes))
+    units = [axis.get("unit") if isinstance(axis, dict) else None for axis in first.get("axes", [])]
+    sizes = {
+        name: PixelSize(s * o, unit) for name, s, o, unit in zip(axes, scale, outer, units)
+    }
+    return InputVolume(
+        InputRef(url, level["path"], axes), array, f"OME-Zarr {version} image, level {level['path']}", sizes
+    )
+
+
+def _scale(transforms: list[dict[str, Any]], ndim: int) -> list[float]:
+    for transform in transforms:
+        if transform.get("type") == "scale":
+            return [float(v) for v in transform["scale"]]
+    return [1.0] * ndim
+
+
+def reopen_input(ref: InputRef) -> zarr.Array[Any]:
+    """The input array, reopened read-only in a worker (not cached: see ``level_array``)."""
+    node = zarr.open(store=ref.url, mode="r")
+    if isinstance(node, zarr.Group):
+        node = node[ref.path]
+    assert isinstance(node, zarr.Array)
+    return node
+
+
+def sample_chunks(volume: InputVolume, count: int) -> list[npt.NDArray[Any]]:
+    """The data of ``count`` input chunks spread evenly over the volume (deterministic)."""
+    chunks = tuple(int(c) for c in volume.array.chunks)
+    shape = tuple(int(n) for n in volume.array.shape)
+    grid = tuple(math.ceil(n / c) for n, c in zip(shape, chunks))
+    samples = []
+    for flat in spread_indices(math.prod(grid), count):
+        index = np.unravel_index(flat, grid)
+        region = tuple(slice(int(i) * c, min((int(i) + 1) * c, n)) for i, c, n in zip(index, chunks, shape))
+        samples.append(np.asarray(volume.array[region]))
+    return samples
+
+
+def normalization_sample(volume: InputVolume, chunks: int, max_values: int) -> npt.NDArray[Any]:
+    """Values for the run's normalisation statistics: sampled chunks, evenly strided."""
+    values = np.concatenate([chunk.ravel() for chunk in sample_chunks(volume, chunks)])
+    stride = max(1, math.ceil(values.size / max_values))
+    return values[::stride]
+
+
+def fingerprint(volume: InputVolume, chunks: int = 16) -> dict[str, Any]:
+    """Identity of an input: where, what shape and type, and a hash of sampled chunks."""
+    digest = hashlib.sha256()
+    for chunk in sample_chunks(volume, chunks):
+        digest.update(np.ascontiguousarray(chunk).tobytes())
+    return {
+        "url": volume.ref.url,
+        "path": volume.ref.path,
+        "axes": volume.ref.axes,
+        "shape": list(volume.array.shape),
+        "dtype": volume.dtype.name,
+        "chunks": list(volume.array.chunks),
+        "sampled_chunks": min(chunks, _chunk_count(volume)),
+        "content_sha256": digest.hexdigest(),
+    }
+
+
+def _chunk_count(volume: InputVolume) -> int:
+    return math.prod(math.ceil(int(n) / int(c)) for n, c in zip(volume.array.shape, volume.array.chunks))
