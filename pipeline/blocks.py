@@ -1,11 +1,12 @@
-"""The unit of distributed work: one block of whole output shards.
+"""The units of distributed work: one block of whole output shards per task.
 
 A predict task reads its window (tiles grown by the halo, mirror-padded at
 the volume edge) straight from the input store, normalises it with the
-run's statistics, predicts every tile, writes its own shards and returns a
-small report, never arrays. A pyramid task does the same for one shard of a
-lower resolution level from the level above it. Plain functions: the Dask
-wrappers live in the run.
+run's statistics, predicts every tile, writes its own probability shards,
+labels its own foreground into the scratch labels, marks itself done and
+returns a small report (timings, its label summary), never arrays of
+voxels. Contact, relabel and pyramid tasks follow the same pattern. Plain
+functions: the Dask wiring lives in the run.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import torch
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ProfileConfig
 from pipeline.errors import PipelineError
-from pipeline.geometry import Block, Roi
+from pipeline.geometry import Block, BlockGrid, Roi
+from pipeline.labels import Connectivity, downsample_nearest, face_slab, label_block, relabel, slab_contacts
+from pipeline.markers import write_marker
 from pipeline.model import UNet
 from pipeline.normalization import NormalizationStats
-from pipeline.omezarr import downsample_mean, encode_probability, level_array
+from pipeline.omezarr import SCRATCH_LABELS, downsample_mean, encode_probability, output_array
 from pipeline.predict import predict_padded, prepare_model
 from pipeline.store import InputRef, read_mirrored, reopen_input
 
@@ -36,6 +39,14 @@ from pipeline.store import InputRef, read_mirrored, reopen_input
 class CheckpointRef:
     path: str
     sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabelRule:
+    """How a block turns probabilities into local labels."""
+
+    threshold: float
+    connectivity: Connectivity
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +60,36 @@ class PredictTask:
     profile: ProfileConfig
     tile: int
     output_dtype: str
+    labels: LabelRule | None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactTask:
+    block: Block
+    grid: BlockGrid
+    output_url: str
+    connectivity: Connectivity
+
+
+@dataclass(frozen=True, slots=True)
+class RelabelTask:
+    block: Block
+    grid: BlockGrid
+    output_url: str
+    target: str  # e.g. "labels/cells/s0"
+    mapping: npt.NDArray[np.uint64]  # local label -> global ID, this block's slice only
+    dtype: str
 
 
 @dataclass(frozen=True, slots=True)
 class PyramidTask:
     block_id: int
-    level: int  # written level (>= 1); reads level - 1
-    roi: Roi  # ZYX at this level
-    source_shape: tuple[int, int, int]  # ZYX of level - 1
+    stage: str  # marker stage, e.g. "pyramid s1"
+    source: str  # array read, e.g. "s0"
+    target: str  # array written, e.g. "s1"
+    method: str  # "mean" or "nearest"
+    roi: Roi  # ZYX at the written level
+    source_shape: tuple[int, int, int]  # ZYX of the level read
     output_url: str
 
 
@@ -64,77 +97,108 @@ class PyramidTask:
 class BlockReport:
     stage: str
     block_id: int
-    pixels: int  # output pixels written
+    pixels: int  # output voxels written
     seconds: dict[str, float] = field(default_factory=dict)
     worker: str = ""
+    payload: dict[str, npt.NDArray[Any]] = field(default_factory=dict)  # small: per object, not per voxel
 
 
 def predict_block(task: PredictTask) -> BlockReport:
-    """Predict one block and write its shards of level s0."""
+    """Predict one block, write its probability shards and local labels, mark it done."""
     started = time.perf_counter()
     model = worker_model(task.checkpoint, task.profile)
-    geometry = model.geometry
-    block, tile, halo = task.block, task.tile, geometry.halo
-    read = block.read_roi(tile, halo)
+    block, tile = task.block, task.tile
+    read = block.read_roi(tile, model.geometry.halo)
     raw = read_mirrored(
-        reopen_input(task.input),
-        block.planes,
-        (read.start[1], read.stop[1]),
-        (read.start[2], read.stop[2]),
+        reopen_input(task.input), block.planes, (read.start[1], read.stop[1]), (read.start[2], read.stop[2])
     )
     normalised = task.stats.apply(raw)[:, np.newaxis]  # (P, 1, H + 2h, W + 2h)
     loaded = time.perf_counter()
     probabilities = predict_padded(
-        model,
-        normalised,
-        tile,
-        batch_size=task.profile.batch_size,
-        channels_last=task.profile.channels_last,
+        model, normalised, tile, batch_size=task.profile.batch_size, channels_last=task.profile.channels_last
     )
     write = block.write_roi(task.volume_shape, tile)
     height, width = write.shape[1:]
     foreground = probabilities[:, 1:].sum(axis=1)[:, :height, :width]  # p(not background)
     predicted = time.perf_counter()
-    write_level(task.output_url, 0, write, encode_probability(foreground, task.output_dtype))
-    return BlockReport(
-        stage="predict",
-        block_id=block.block_id,
-        pixels=write.size,
-        seconds={
-            "read": loaded - started,
-            "predict": predicted - loaded,
-            "write": time.perf_counter() - predicted,
-        },
-        worker=worker_name(),
-    )
+    write_region(task.output_url, "s0", write, encode_probability(foreground, task.output_dtype))
+    seconds = {"read": loaded - started, "predict": predicted - loaded}
+    payload: dict[str, npt.NDArray[Any]] = {}
+    if task.labels is not None:
+        written = time.perf_counter()
+        local, summary = label_block(
+            foreground >= task.labels.threshold, write.start, task.volume_shape, task.labels.connectivity
+        )
+        write_region(task.output_url, SCRATCH_LABELS, write, local)
+        payload = summary.to_arrays()
+        seconds["label"] = time.perf_counter() - written
+        seconds["write"] = written - predicted
+    else:
+        seconds["write"] = time.perf_counter() - predicted
+    write_marker(task.output_url, "predict", block.block_id, payload)
+    return BlockReport("predict", block.block_id, write.size, seconds, worker_name(), payload)
+
+
+def contact_block(task: ContactTask) -> BlockReport:
+    """Pairs of local labels touching across this block's faces; marks the block done."""
+    started = time.perf_counter()
+    shape = task.grid.volume_shape
+    write = task.block.write_roi(shape, task.grid.tile)
+    scratch = output_array(task.output_url, SCRATCH_LABELS)
+    offsets = task.connectivity.lower_offsets()
+    found = [np.empty((0, 4), np.int64)]
+    for axis in range(3):
+        for side in (-1, 1):
+            box = face_slab(task.grid, write.start, write.stop, axis, side)
+            if box is None or not any(offset[axis] == side for offset in offsets):
+                continue
+            slab = read_region(scratch, Roi(*box))
+            found.append(slab_contacts(slab, box[0], write.start, write.stop, axis, side, task.grid, task.connectivity))
+    pairs = np.unique(np.concatenate(found), axis=0)
+    write_marker(task.output_url, "contacts", task.block.block_id, {"pairs": pairs})
+    seconds = {"contacts": time.perf_counter() - started}
+    return BlockReport("contacts", task.block.block_id, 0, seconds, worker_name(), {"pairs": pairs})
+
+
+def relabel_block(task: RelabelTask) -> BlockReport:
+    """Write this block's global label IDs from its local labels; marks the block done."""
+    started = time.perf_counter()
+    write = task.block.write_roi(task.grid.volume_shape, task.grid.tile)
+    local = read_region(output_array(task.output_url, SCRATCH_LABELS), write)
+    write_region(task.output_url, task.target, write, relabel(local, task.mapping, task.dtype))
+    write_marker(task.output_url, "relabel", task.block.block_id)
+    return BlockReport("relabel", task.block.block_id, write.size, {"relabel": time.perf_counter() - started}, worker_name())
 
 
 def pyramid_block(task: PyramidTask) -> BlockReport:
-    """Write one shard of pyramid level ``task.level`` from the level above it."""
+    """Write one shard of a lower-resolution level from the level above it."""
     started = time.perf_counter()
-    source = level_array(task.output_url, task.level - 1)
     roi = task.roi
     _, source_height, source_width = task.source_shape
-    rows = slice(2 * roi.start[1], min(2 * roi.stop[1], source_height))
-    cols = slice(2 * roi.start[2], min(2 * roi.stop[2], source_width))
-    planes = slice(roi.start[0], roi.stop[0])
-    if source.ndim == 3:
-        fine = np.asarray(source[planes, rows, cols])
-    else:
-        fine = np.asarray(source[rows, cols])[np.newaxis]
-    write_level(task.output_url, task.level, roi, downsample_mean(fine))
-    return BlockReport(
-        stage=f"pyramid s{task.level}",
-        block_id=task.block_id,
-        pixels=roi.size,
-        seconds={"downsample": time.perf_counter() - started},
-        worker=worker_name(),
+    fine = read_region(
+        output_array(task.output_url, task.source),
+        Roi(
+            (roi.start[0], 2 * roi.start[1], 2 * roi.start[2]),
+            (roi.stop[0], min(2 * roi.stop[1], source_height), min(2 * roi.stop[2], source_width)),
+        ),
     )
+    coarse = downsample_mean(fine) if task.method == "mean" else downsample_nearest(fine)
+    write_region(task.output_url, task.target, roi, coarse)
+    write_marker(task.output_url, task.stage, task.block_id)
+    seconds = {"downsample": time.perf_counter() - started}
+    return BlockReport(task.stage, task.block_id, roi.size, seconds, worker_name())
 
 
-def write_level(url: str, level: int, roi: Roi, values: npt.NDArray[Any]) -> None:
-    """Write a ZYX ``roi`` (whole shards) of a level; YX outputs drop the plane axis."""
-    array = level_array(url, level)
+def read_region(array: Any, roi: Roi) -> npt.NDArray[Any]:
+    """A ZYX region of an output array; YX arrays get a plane axis of 1."""
+    if array.ndim == 2:
+        return np.asarray(array[roi.start[1] : roi.stop[1], roi.start[2] : roi.stop[2]])[np.newaxis]
+    return np.asarray(array[roi.slices()])
+
+
+def write_region(url: str, path: str, roi: Roi, values: npt.NDArray[Any]) -> None:
+    """Write a ZYX ``roi`` (whole shards) of an output array; YX arrays drop the plane axis."""
+    array = output_array(url, path)
     if values.shape != roi.shape:
         raise PipelineError(f"internal: block data {values.shape} does not fit its region {roi}")
     if array.ndim == 2:
@@ -159,8 +223,7 @@ def _cached_model(path: str, sha256: str, device: str, dtype: str, channels_last
     checkpoint = load_checkpoint(path)
     if checkpoint.sha256 != sha256:
         raise PipelineError(
-            f"checkpoint {path} changed during the run: sha256 {checkpoint.sha256}, the run started "
-            f"with {sha256}"
+            f"checkpoint {path} changed during the run: sha256 {checkpoint.sha256}, the run started with {sha256}"
         )
     return prepare_model(checkpoint.model, device=device, dtype=dtype, channels_last=channels_last)
 

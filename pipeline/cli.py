@@ -25,6 +25,7 @@ from pipeline.omezarr import open_output, read_state
 from pipeline.predict import PAPER_TILE
 from pipeline.run import SegmentRequest
 from pipeline.run import segment as run_segment
+from pipeline.synthetic import write_synthetic_volume
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def model_convert(source: Path, target: Path, normalization: str) -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device (execution profile).")
 @click.option("--output-dtype", type=click.Choice(["uint8", "float32"]), help="Stored probability type.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output of this pipeline.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run: only unfinished blocks are computed.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
 def segment(
     input_url: str,
@@ -174,9 +176,10 @@ def segment(
     device: str | None,
     output_dtype: str | None,
     overwrite: bool,
+    resume: bool,
     no_progress: bool,
 ) -> None:
-    """Segment volume IN into an OME-Zarr store OUT."""
+    """Segment volume IN into an OME-Zarr store OUT (probabilities and instance labels)."""
     flags = {
         "cluster.address": cluster,
         "cluster.workers": workers,
@@ -194,13 +197,15 @@ def segment(
             checkpoint_path=checkpoint,
             config=config,
             overwrite=overwrite,
+            resume=resume,
             show_progress=not no_progress,
         )
     )
     predict = record["stages"]["predict"]
+    objects = f", {record['labels']['objects']} objects" if "labels" in record else ""
     click.echo(
-        f"segmented {input_url} -> {output_url}: {predict['blocks']} blocks, "
-        f"{predict['pixels'] / 1e6:.1f} Mpix at {predict['mpix_per_second']} Mpix/s; run {record['run_id']}"
+        f"segmented {input_url} -> {output_url}: {predict['blocks']} blocks ({predict['computed']} computed), "
+        f"{predict['pixels'] / 1e6:.1f} Mpix at {predict['mpix_per_second']} Mpix/s{objects}; run {record['run_id']}"
     )
 
 
@@ -220,13 +225,42 @@ def inspect(output_url: str, as_json: bool) -> None:
         click.echo(f"    checkpoint {run['checkpoint']['path']} sha256 {run['checkpoint']['sha256'][:16]}")
         click.echo(f"    profile    {run['execution_profile']}")
         click.echo(f"    blocks     {run['blocks']['done']}/{run['blocks']['total']}")
+        if run.get("resumed_from"):
+            click.echo(f"    resumed    from run {run['resumed_from']}")
+        if "labels" in run:
+            click.echo(f"    labels     {run['labels']['objects']} objects ({run['labels']['dtype']})")
         for stage, figures in run["stages"].items():
             click.echo(
-                f"    {stage:<10} {figures['blocks']} blocks, {figures['wall_seconds']} s, "
-                f"{figures['mpix_per_second']} Mpix/s"
+                f"    {stage:<10} {figures['computed']}/{figures['blocks']} blocks computed, "
+                f"{figures['wall_seconds']} s, {figures['mpix_per_second']} Mpix/s"
             )
         if run["error"]:
             click.echo(f"    error      {run['error']}")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a shape like 16x8192x8192") from None
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{text!r}: sizes must be >= 1")
+    return values
+
+
+@cli.command()
+@click.argument("output_url", metavar="OUT")
+@click.option("--shape", required=True, help="YX or ZYX, e.g. 16x8192x8192.")
+@click.option("--chunks", required=True, help="Chunk shape, e.g. 1x1024x1024.")
+@click.option("--dtype", type=click.Choice(["uint8", "uint16", "float32"]), default="uint16", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def synth(output_url: str, shape: str, chunks: str, dtype: str, seed: int) -> None:
+    """Write a synthetic cells volume (for benchmarks, tests and trials) as a Zarr array."""
+    sizes, chunk_sizes = _shape(shape), _shape(chunks)
+    if len(sizes) not in (2, 3) or len(chunk_sizes) != len(sizes):
+        raise InputError(f"--shape {shape} and --chunks {chunks} must both be YX or both ZYX")
+    write_synthetic_volume(output_url, sizes, chunk_sizes, seed=seed, dtype=dtype)
+    click.echo(f"wrote {output_url}: {shape} {dtype}, chunks {chunks}")
 
 
 @cli.command()

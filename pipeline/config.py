@@ -71,6 +71,18 @@ class ClusterConfig(_Strict):
         return self
 
 
+class LabelsConfig(_Strict):
+    enabled: bool = Field(True, description="write instance labels (labels/<name>)")
+    name: str = Field("cells", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="foreground: probability >= threshold")
+    connectivity: Literal["faces", "full"] = Field("faces", description="faces: 6 (3D) / 4 (2D); full: 26 / 8")
+    mode: Literal["3d", "2d"] = Field("3d", description="2d: components per plane, IDs unique over the volume")
+    min_size_voxels: int = Field(0, ge=0, description="objects with fewer voxels are dropped")
+    min_size_physical: float | None = Field(
+        None, gt=0.0, description="same, in the input's physical units (cubed in 3d, squared in 2d)"
+    )
+
+
 class NormalizationSampleConfig(_Strict):
     chunks: int = Field(32, ge=1, description="input chunks read, spread evenly over the volume")
     max_values: int = Field(4_000_000, ge=1000, description="values kept from them (evenly strided)")
@@ -81,6 +93,7 @@ class RunConfig(_Strict):
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    labels: LabelsConfig = Field(default_factory=LabelsConfig)
     normalization_sample: NormalizationSampleConfig = Field(default_factory=NormalizationSampleConfig)
     retries: int = Field(2, ge=0, description="extra attempts of a failing block before the run fails")
 
@@ -94,6 +107,13 @@ class RunConfig(_Strict):
         data.pop("retries")
         for key in ("block_tiles", "block_planes"):
             data["tiling"].pop(key)
+        return data
+
+    def resume_defining(self) -> dict[str, Any]:
+        """What a resumed run must share with the run it continues: all but cluster and retries."""
+        data = self.resolved()
+        data.pop("cluster")
+        data.pop("retries")
         return data
 
     def output_hash(self) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 CONV_SHRINK = 4  # two unpadded 3x3 convolutions per level remove 2 px each side
 
@@ -272,36 +273,76 @@ class Block:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class BlockGrid:
+    """A ZYX volume cut into blocks of ``block_planes`` x ``block_tiles`` tiles.
+
+    Blocks at the far edges hold fewer tiles. Raster order (z, then rows,
+    then columns); ``block_id`` is the position in that order.
+    """
+
+    volume_shape: tuple[int, int, int]
+    tile: int
+    block_tiles: tuple[int, int]
+    block_planes: int = 1
+
+    def __post_init__(self) -> None:
+        if min(self.volume_shape) < 1:
+            raise ValueError(f"volume shape must be sizes >= 1, got {self.volume_shape}")
+        if min(self.block_tiles) < 1 or self.block_planes < 1 or self.tile < 1:
+            raise ValueError(
+                f"block must hold >= 1 plane and tile, got {self.block_planes} x {self.block_tiles} of {self.tile}"
+            )
+
+    @property
+    def block_edges(self) -> tuple[int, int, int]:
+        """Block size in voxels (ZYX) before clipping at the far edges."""
+        return (self.block_planes, self.block_tiles[0] * self.tile, self.block_tiles[1] * self.tile)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Blocks along Z, Y and X."""
+        depth, height, width = self.volume_shape
+        rows, cols = ceil_div(height, self.tile), ceil_div(width, self.tile)
+        return (
+            ceil_div(depth, self.block_planes),
+            ceil_div(rows, self.block_tiles[0]),
+            ceil_div(cols, self.block_tiles[1]),
+        )
+
+    def blocks(self) -> list[Block]:
+        depth, height, width = self.volume_shape
+        rows, cols = ceil_div(height, self.tile), ceil_div(width, self.tile)
+        planes, (tiles_y, tiles_x) = self.block_planes, self.block_tiles
+        blocks: list[Block] = []
+        for z in range(0, depth, planes):
+            for i in range(0, rows, tiles_y):
+                for j in range(0, cols, tiles_x):
+                    blocks.append(
+                        Block(
+                            block_id=len(blocks),
+                            planes=range(z, min(z + planes, depth)),
+                            tile_rows=range(i, min(i + tiles_y, rows)),
+                            tile_cols=range(j, min(j + tiles_x, cols)),
+                        )
+                    )
+        return blocks
+
+    def block_id_at(self, z: Any, y: Any, x: Any) -> Any:
+        """The block owning voxel (z, y, x): ints, or integer arrays elementwise."""
+        edge_z, edge_y, edge_x = self.block_edges
+        _, blocks_y, blocks_x = self.shape
+        return ((z // edge_z) * blocks_y + y // edge_y) * blocks_x + x // edge_x
+
+
 def plan_blocks(
     volume_shape: tuple[int, int, int],
     tile: int,
     block_tiles: tuple[int, int],
     block_planes: int = 1,
 ) -> list[Block]:
-    """Cut a ZYX volume into blocks of ``block_planes`` x ``block_tiles`` tiles.
-
-    Blocks at the far edges hold fewer tiles. Raster order (z, then rows,
-    then columns); ``block_id`` is the position in that order.
-    """
-    depth, height, width = volume_shape
-    if min(volume_shape) < 1:
-        raise ValueError(f"volume shape must be sizes >= 1, got {volume_shape}")
-    if min(block_tiles) < 1 or block_planes < 1:
-        raise ValueError(f"block must hold >= 1 plane and tile, got {block_planes} x {block_tiles}")
-    rows, cols = ceil_div(height, tile), ceil_div(width, tile)
-    blocks: list[Block] = []
-    for z in range(0, depth, block_planes):
-        for i in range(0, rows, block_tiles[0]):
-            for j in range(0, cols, block_tiles[1]):
-                blocks.append(
-                    Block(
-                        block_id=len(blocks),
-                        planes=range(z, min(z + block_planes, depth)),
-                        tile_rows=range(i, min(i + block_tiles[0], rows)),
-                        tile_cols=range(j, min(j + block_tiles[1], cols)),
-                    )
-                )
-    return blocks
+    """Blocks of a ZYX volume in raster order (see :class:`BlockGrid`)."""
+    return BlockGrid(volume_shape, tile, block_tiles, block_planes).blocks()
 
 
 def spread_indices(total: int, count: int) -> list[int]:

@@ -68,8 +68,12 @@ def auto_levels(height: int, width: int, tile: int) -> int:
     return levels
 
 
-def multiscales(layout: OutputLayout, name: str) -> dict[str, Any]:
-    """NGFF 0.5 ``multiscales`` entry: one dataset per level, scale and half-pixel shift."""
+def multiscales(layout: OutputLayout, name: str, method: str = "mean") -> dict[str, Any]:
+    """NGFF 0.5 ``multiscales`` entry: one dataset per level.
+
+    ``mean`` levels (2x2 averages) are shifted by half a pixel of the finer
+    level; ``nearest`` levels (every second pixel) are not.
+    """
     axes = []
     for axis in layout.axes:
         entry: dict[str, Any] = {"name": axis, "type": "space"}
@@ -82,7 +86,7 @@ def multiscales(layout: OutputLayout, name: str) -> dict[str, Any]:
     for level in range(layout.levels + 1):
         factor = [1.0] * (len(base) - 2) + [2.0**level] * 2
         transforms: list[dict[str, Any]] = [{"type": "scale", "scale": [b * f for b, f in zip(base, factor)]}]
-        if level:
+        if level and method == "mean":
             # a 2x2 mean's pixel centre sits half a (coarse - fine) pixel from the origin
             transforms.append(
                 {"type": "translation", "translation": [b * (f - 1) / 2 for b, f in zip(base, factor)]}
@@ -92,28 +96,44 @@ def multiscales(layout: OutputLayout, name: str) -> dict[str, Any]:
         "name": name,
         "axes": axes,
         "datasets": datasets,
-        "type": "mean",
-        "metadata": {"description": "2x2 mean in YX per level", "method": "unet-pipeline pyramid"},
+        "type": method,
+        "metadata": {"description": f"2x2 {method} in YX per level", "method": "unet-pipeline pyramid"},
     }
 
 
-def create_output(url: str, layout: OutputLayout, *, name: str = "foreground probability") -> zarr.Group:
+SCRATCH_LABELS = "_scratch/local_labels"  # per-block labels before the global merge; removed at the end
+
+
+def _create_pyramid(group: zarr.Group, prefix: str, layout: OutputLayout, dtype: str) -> None:
+    for level in range(layout.levels + 1):
+        _create_array(group, f"{prefix}s{level}", layout, layout.level_shape(level), dtype)
+
+
+def _create_array(group: zarr.Group, path: str, layout: OutputLayout, shape: tuple[int, ...], dtype: str) -> None:
+    group.create_array(
+        path,
+        shape=shape,
+        dtype=dtype,
+        chunks=layout.chunks,
+        shards=layout.shards,
+        compressors=ZstdCodec(level=layout.zstd_level),
+        fill_value=0,
+        dimension_names=tuple(layout.axes),
+        overwrite=True,
+    )
+
+
+def create_output(
+    url: str, layout: OutputLayout, *, name: str = "foreground probability", scratch_labels: bool = False
+) -> zarr.Group:
     """Create the store with empty arrays and OME metadata; refuses an existing one."""
     try:
         group = zarr.open_group(store=url, mode="w-", zarr_format=3)
     except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
         raise InputError(f"output {url} already exists") from None
-    for level in range(layout.levels + 1):
-        group.create_array(
-            f"s{level}",
-            shape=layout.level_shape(level),
-            dtype=layout.dtype,
-            chunks=layout.chunks,
-            shards=layout.shards,
-            compressors=ZstdCodec(level=layout.zstd_level),
-            fill_value=0,
-            dimension_names=tuple(layout.axes),
-        )
+    _create_pyramid(group, "", layout, layout.dtype)
+    if scratch_labels:
+        _create_array(group, SCRATCH_LABELS, layout, layout.shape, "uint32")
     window_end = 255 if layout.dtype == "uint8" else 1.0
     group.attrs.update(
         {
@@ -135,6 +155,37 @@ def create_output(url: str, layout: OutputLayout, *, name: str = "foreground pro
         }
     )
     return group
+
+
+def create_labels(url: str, layout: OutputLayout, name: str, dtype: str) -> None:
+    """``labels/<name>``: an image-label multiscale (nearest levels) with its ``labels`` group.
+
+    Keeps an existing one of the same dtype (a resumed run's relabel pass).
+    """
+    group = zarr.open_group(store=url, mode="r+")
+    try:
+        existing = group[f"labels/{name}/s0"]
+    except KeyError:
+        existing = None
+    if isinstance(existing, zarr.Array) and existing.dtype == np.dtype(dtype):
+        return
+    labels = group.require_group("labels")
+    labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": [name]}
+    image = labels.require_group(name)
+    _create_pyramid(image, "", layout, dtype)
+    image.attrs["ome"] = {
+        "version": NGFF_VERSION,
+        "multiscales": [multiscales(layout, name, method="nearest")],
+        "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
+    }
+
+
+def remove_scratch(url: str) -> None:
+    """Drop the per-block scratch labels and the completion markers of a finished run."""
+    fs, path = fsspec.core.url_to_fs(url)
+    for folder in ("_scratch", "_markers"):
+        if fs.exists(f"{path}/{folder}"):
+            fs.rm(f"{path}/{folder}", recursive=True)
 
 
 def open_output(url: str, mode: str = "r") -> zarr.Group:
@@ -167,13 +218,13 @@ def remove_output(url: str) -> None:
     fs.rm(path, recursive=True)
 
 
-def level_array(url: str, level: int) -> zarr.Array[Any]:
-    """A level of the output, opened for writing.
+def output_array(url: str, path: str) -> zarr.Array[Any]:
+    """An array of the output (``s0``, ``labels/cells/s1``, ...), opened for writing.
 
     Not cached: a long-lived worker may see the same URL recreated by a later
     run, and one metadata read is nothing next to a block's work.
     """
-    array = zarr.open_group(store=url, mode="r+")[f"s{level}"]
+    array = zarr.open_group(store=url, mode="r+")[path]
     assert isinstance(array, zarr.Array)
     return array
 

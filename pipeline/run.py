@@ -1,9 +1,11 @@
-"""One segmentation run: plan -> predict blocks on Dask -> pyramid -> run record.
+"""One segmentation run: plan -> predict + label blocks -> contacts -> merge -> relabel -> pyramids.
 
-Everything that can be wrong with the request (input, checkpoint, config,
-output path) is checked before anything is written. The output is marked
-complete only after every stage and the run record are written; a failed
-run leaves its record saying so.
+Stages run on Dask with a bounded window of blocks in flight; each block
+marks itself done after writing its shards, so a resumed run (``resume``)
+recomputes only unmarked blocks and ends with the same bits as an
+uninterrupted run. The output is marked complete only after every stage
+and the run record are written; a failed run's record says which block
+failed and why.
 """
 
 from __future__ import annotations
@@ -13,287 +15,310 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from distributed import Client
 
-from pipeline.blocks import BlockReport, CheckpointRef, PredictTask, PyramidTask, predict_block, pyramid_block
-from pipeline.checkpoint import Checkpoint, load_checkpoint
+from pipeline.blocks import (
+    BlockReport,
+    CheckpointRef,
+    ContactTask,
+    PredictTask,
+    PyramidTask,
+    RelabelTask,
+    contact_block,
+    predict_block,
+    pyramid_block,
+    relabel_block,
+)
 from pipeline.cluster import cluster_shape, open_client, run_bounded, worker_peak_rss
-from pipeline.config import RunConfig
 from pipeline.errors import InputError
-from pipeline.geometry import Block, plan_blocks
+from pipeline.geometry import BlockGrid
+from pipeline.labels import BlockLabels, merge_labels
+from pipeline.lock import hold_lock, read_lock
+from pipeline.markers import done_blocks, read_marker
 from pipeline.normalization import NormalizationStats
 from pipeline.omezarr import (
-    OutputLayout,
-    auto_levels,
+    create_labels,
     create_output,
-    is_pipeline_output,
+    open_output,
     output_exists,
     read_state,
     remove_output,
+    remove_scratch,
     write_state,
 )
+from pipeline.plan import RunPlan, SegmentRequest, plan_run, resume_differences
 from pipeline.progress import stage_progress
 from pipeline.provenance import new_run_record, now
-from pipeline.store import InputVolume, fingerprint, normalization_sample, open_input
+from pipeline.store import fingerprint, normalization_sample
+
+__all__ = ["SegmentRequest", "segment"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class SegmentRequest:
-    input_url: str
-    output_url: str
-    checkpoint_path: Path
-    config: RunConfig
-    overwrite: bool = False
-    run_id: str | None = None  # the Prefect flow-run id when there is one
-    show_progress: bool = True
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """Everything validated, nothing written yet."""
-
-    request: SegmentRequest
-    volume: InputVolume
-    checkpoint: Checkpoint
-    layout: OutputLayout
-    blocks: list[Block]
-
-
 def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, Any]:
-    """Segment one volume; return the run record. ``client``: reuse a running cluster."""
+    """Segment one volume (or continue an interrupted run); return the run record.
+
+    ``client``: reuse a running Dask cluster instead of opening one.
+    """
     plan = plan_run(request)
-    stats = plan.checkpoint.normalization.statistics(
-        normalization_sample(
-            plan.volume,
-            request.config.normalization_sample.chunks,
-            request.config.normalization_sample.max_values,
-        )
-    )
-    if request.overwrite and output_exists(request.output_url):
-        log.info("removing the previous output %s (--overwrite)", request.output_url)
-        remove_output(request.output_url)
-    group = create_output(request.output_url, plan.layout)
     run_id = request.run_id or str(uuid.uuid4())
-    record = new_run_record(
-        run_id=run_id,
-        input_fingerprint=fingerprint(plan.volume),
-        checkpoint={
-            "path": str(plan.checkpoint.path),
-            "sha256": plan.checkpoint.sha256,
-            "architecture": plan.checkpoint.config.to_dict(),
-            "normalization": plan.checkpoint.normalization.to_dict(),
-            "training": plan.checkpoint.training,
-        },
-        config=request.config.resolved(),
-        output_config_hash=request.config.output_hash(),
-        normalization=stats.to_dict(),
-        blocks=len(plan.blocks),
-    )
-    state = read_state(group)
-    state["runs"].append(record)
-    write_state(group, state)
-
-    def save_record() -> None:
-        write_state(group, state)
-
-    with _log_file(request.output_url, run_id):
-        log.info(
-            "run %s: %s %s -> %s, %d blocks", run_id, plan.volume.description, plan.volume.shape_zyx,
-            request.output_url, len(plan.blocks),
+    input_fingerprint = fingerprint(plan.volume)
+    if request.resume:
+        stats, previous_id = _resumable(plan, input_fingerprint)
+    else:
+        stats = plan.checkpoint.normalization.statistics(
+            normalization_sample(
+                plan.volume, request.config.normalization_sample.chunks, request.config.normalization_sample.max_values
+            )
         )
-        try:
-            with _client(request.config, client) as active:
-                record["cluster"] = cluster_shape(active)
-                save_record()
-                _predict_stage(active, plan, stats, run_id, record)
-                save_record()
-                _pyramid_stages(active, plan, run_id, record)
-                record["worker_peak_rss_bytes"] = worker_peak_rss(active)
-        except BaseException as error:
-            record.update(status="failed", ended=now(), error=f"{type(error).__name__}: {error}")
-            save_record()
-            log.error("run %s failed: %s", run_id, error)
-            raise
-        record.update(status="complete", ended=now())
-        state["complete"] = True
-        save_record()
-    log.info("run %s complete: %s", run_id, request.output_url)
+        previous_id = None
+        _replace_previous(plan)
+        create_output(plan.output_url, plan.layout, scratch_labels=plan.label_rule is not None)
+    with hold_lock(plan.output_url, run_id, take_over_stale=request.resume):
+        group = open_output(plan.output_url, mode="r+")
+        state = read_state(group)
+        record = new_run_record(
+            run_id=run_id,
+            input_fingerprint=input_fingerprint,
+            checkpoint={
+                "path": str(plan.checkpoint.path),
+                "sha256": plan.checkpoint.sha256,
+                "architecture": plan.checkpoint.config.to_dict(),
+                "normalization": plan.checkpoint.normalization.to_dict(),
+                "training": plan.checkpoint.training,
+            },
+            config=request.config.resolved(),
+            output_config_hash=request.config.output_hash(),
+            normalization=stats.to_dict(),
+            blocks=len(plan.blocks),
+        )
+        record["resumed_from"] = previous_id
+        state["runs"].append(record)
+
+        def save() -> None:
+            write_state(group, state)
+
+        save()
+        with _log_file(plan.output_url, run_id):
+            log.info(
+                "run %s: %s %s -> %s, %d blocks%s", run_id, plan.volume.description, plan.volume.shape_zyx,
+                request.output_url, len(plan.blocks), f" (resuming run {previous_id})" if previous_id else "",
+            )
+            try:
+                with _client(request, client) as active:
+                    record["cluster"] = cluster_shape(active)
+                    save()
+                    _run_stages(active, plan, stats, run_id, record, save)
+                    record["worker_peak_rss_bytes"] = worker_peak_rss(active)
+                remove_scratch(plan.output_url)
+            except BaseException as error:
+                record.update(status="failed", ended=now(), error=f"{type(error).__name__}: {error}")
+                save()
+                log.error("run %s failed: %s", run_id, error)
+                raise
+            record.update(status="complete", ended=now())
+            state["complete"] = True
+            save()
+        log.info("run %s complete: %s", run_id, request.output_url)
     return record
 
 
-def plan_run(request: SegmentRequest) -> RunPlan:
-    """Validate the request (raises InputError); writes nothing."""
-    config = request.config
-    volume = open_input(request.input_url)
-    checkpoint = load_checkpoint(request.checkpoint_path)
-    if checkpoint.config.in_channels != 1:
+def _resumable(plan: RunPlan, input_fingerprint: dict[str, Any]) -> tuple[NormalizationStats, str]:
+    """The recorded normalisation of the run to continue; InputError if anything changed."""
+    state = read_state(open_output(plan.output_url))
+    if state["complete"]:
+        raise InputError(f"--resume: {plan.request.output_url} is already complete; nothing to resume")
+    first = state["runs"][0]
+    changes = resume_differences(plan, first, input_fingerprint)
+    if changes:
         raise InputError(
-            f"checkpoint {request.checkpoint_path} expects {checkpoint.config.in_channels} input channels; "
-            f"the input {request.input_url} has axes '{volume.ref.axes}' (one channel)"
+            f"--resume refused for {plan.request.output_url}: since run {first['run_id']} changed "
+            + "; ".join(changes)
+            + ". Resume with the original model, config and input, or start over with --overwrite"
         )
-    try:
-        checkpoint.model.geometry.input_size(config.tiling.tile)
-    except ValueError as error:
-        raise InputError(f"tiling.tile {config.tiling.tile} does not fit checkpoint {request.checkpoint_path}: {error}") from None
-    _check_output_path(request)
-    depth, height, width = volume.shape_zyx
-    levels = config.output.pyramid_levels
-    layout = OutputLayout(
-        shape=tuple(int(n) for n in volume.array.shape),
-        axes=volume.ref.axes,
-        tile=config.tiling.tile,
-        shard_tiles=config.tiling.shard_tiles,
-        dtype=config.output.dtype,
-        zstd_level=config.output.zstd_level,
-        levels=auto_levels(height, width, config.tiling.tile) if levels == "auto" else levels,
-        pixel_sizes=volume.pixel_sizes,
-    )
-    blocks = plan_blocks(volume.shape_zyx, config.tiling.tile, config.tiling.block_tiles, config.tiling.block_planes)
-    return RunPlan(request, volume, checkpoint, layout, blocks)
+    return NormalizationStats.from_dict(first["normalization"]), str(state["runs"][-1]["run_id"])
 
 
-def _check_output_path(request: SegmentRequest) -> None:
-    source, target = _comparable(request.input_url), _comparable(request.output_url)
-    if target == source or target.startswith(source + "/") or source.startswith(target + "/"):
+def _replace_previous(plan: RunPlan) -> None:
+    """--overwrite: remove the previous output (ours, checked by the plan) unless a live run holds it."""
+    if not plan.request.overwrite or not output_exists(plan.output_url):
+        return
+    owner = read_lock(plan.output_url) if "://" not in plan.output_url else None
+    if owner is not None and owner.is_alive() is not False:
         raise InputError(
-            f"output {request.output_url} overlaps input {request.input_url}: write the output elsewhere "
-            "(inputs are never modified)"
+            f"--overwrite refused: {plan.request.output_url} is being written by run {owner.run_id} "
+            f"(pid {owner.pid} on {owner.host})"
         )
-    if output_exists(request.output_url):
-        if not request.overwrite:
-            raise InputError(f"output {request.output_url} already exists; pass --overwrite to replace it")
-        if not is_pipeline_output(request.output_url):
-            raise InputError(
-                f"output {request.output_url} exists and is not a unet-pipeline output; --overwrite replaces "
-                "only outputs of this pipeline: move it away or choose another output path"
-            )
+    remove_output(plan.output_url)
+    log.info("removed the previous output %s (--overwrite)", plan.request.output_url)
 
 
-def _comparable(url: str) -> str:
-    if "://" in url:
-        return url.rstrip("/")
-    return str(Path(url).resolve())
-
-
-def _predict_stage(
-    client: Client, plan: RunPlan, stats: NormalizationStats, run_id: str, record: dict[str, Any]
+def _run_stages(
+    client: Client, plan: RunPlan, stats: NormalizationStats, run_id: str, record: dict[str, Any],
+    save: Callable[[], None],
 ) -> None:
-    request = plan.request
-    config = request.config
-    tasks = [
+    config = plan.request.config
+    checkpoint = CheckpointRef(str(plan.checkpoint.path.resolve()), plan.checkpoint.sha256)
+    predict_tasks = [
         PredictTask(
             block=block,
             volume_shape=plan.volume.shape_zyx,
             input=plan.volume.ref,
-            output_url=_comparable(request.output_url),
-            checkpoint=CheckpointRef(str(plan.checkpoint.path.resolve()), plan.checkpoint.sha256),
+            output_url=plan.output_url,
+            checkpoint=checkpoint,
             stats=stats,
             profile=config.profile,
             tile=config.tiling.tile,
             output_dtype=config.output.dtype,
+            labels=plan.label_rule,
         )
         for block in plan.blocks
     ]
-
-    def describe(task: PredictTask) -> str:
-        roi = task.block.write_roi(plan.volume.shape_zyx, config.tiling.tile)
-        return f"block {task.block.block_id} (z, y, x from {roi.start} to {roi.stop})"
-
-    def count(report: BlockReport) -> None:
-        record["blocks"]["done"] += 1
-
-    _run_stage(client, "predict", predict_block, tasks, describe, run_id, record, plan, count,
-               lambda task: task.block.block_id)
-
-
-def _pyramid_stages(client: Client, plan: RunPlan, run_id: str, record: dict[str, Any]) -> None:
-    layout, config = plan.layout, plan.request.config
-    shard_edge = layout.tile * layout.shard_tiles
-    planes = plan.volume.shape_zyx[0]
-    for level in range(1, layout.levels + 1):
-        height, width = layout.level_shape(level)[-2:]
-        source = layout.level_shape(level - 1)
-        source_zyx = (planes, source[-2], source[-1])
-        shape_zyx = (planes, height, width)
-        tasks = [
-            PyramidTask(
-                block_id=block.block_id,
-                level=level,
-                roi=block.write_roi(shape_zyx, shard_edge),
-                source_shape=source_zyx,
-                output_url=_comparable(plan.request.output_url),
-            )
-            for block in plan_blocks(shape_zyx, shard_edge, (1, 1), config.tiling.block_planes)
+    reports = _run_stage(client, plan, "predict", predict_block, predict_tasks, lambda t: t.block.block_id, run_id, record)
+    save()
+    if plan.label_rule is not None:
+        summaries = _payloads(plan, "predict", reports)
+        contact_tasks = [
+            ContactTask(block, plan.grid, plan.output_url, plan.label_rule.connectivity) for block in plan.blocks
         ]
-        _run_stage(
-            client, f"pyramid s{level}", pyramid_block, tasks,
-            lambda task: f"pyramid level s{task.level} block {task.block_id} ({task.roi})",
-            run_id, record, plan, None, lambda task: task.block_id,
+        contacts = _payloads(
+            plan, "contacts",
+            _run_stage(client, plan, "contacts", contact_block, contact_tasks, lambda t: t.block.block_id, run_id, record),
         )
+        started = time.perf_counter()
+        mapping = merge_labels(
+            [BlockLabels.from_arrays(summaries[b.block_id]) for b in plan.blocks],
+            [contacts[b.block_id]["pairs"] for b in plan.blocks],
+            plan.min_size_voxels,
+        )
+        record["labels"] = {
+            "objects": mapping.objects,
+            "dtype": mapping.dtype,
+            "local_labels": int(mapping.offsets[-1]),
+            "min_size_voxels": plan.min_size_voxels,
+            "merge_seconds": round(time.perf_counter() - started, 3),
+        }
+        name = config.labels.name
+        create_labels(plan.output_url, plan.layout, name, mapping.dtype)
+        relabel_tasks = [
+            RelabelTask(block, plan.grid, plan.output_url, f"labels/{name}/s0", mapping.block_mapping(block.block_id), mapping.dtype)
+            for block in plan.blocks
+        ]
+        _run_stage(client, plan, "relabel", relabel_block, relabel_tasks, lambda t: t.block.block_id, run_id, record)
+        save()
+    pyramids = [("", "mean")] + ([(f"labels/{config.labels.name}/", "nearest")] if plan.label_rule else [])
+    for prefix, method in pyramids:
+        for level in range(1, plan.layout.levels + 1):
+            tasks = _pyramid_tasks(plan, prefix, method, level)
+            _run_stage(client, plan, tasks[0].stage if tasks else "pyramid", pyramid_block, tasks, lambda t: t.block_id, run_id, record)
+        save()
+
+
+def _pyramid_tasks(plan: RunPlan, prefix: str, method: str, level: int) -> list[PyramidTask]:
+    """One task per shard of the written level: levels do not align with tiles, so they have their own blocks."""
+    layout = plan.layout
+    planes = plan.volume.shape_zyx[0]
+    source = layout.level_shape(level - 1)
+    target = layout.level_shape(level)
+    shape_zyx = (planes, target[-2], target[-1])
+    shard_grid = BlockGrid(shape_zyx, layout.tile * layout.shard_tiles, (1, 1), plan.request.config.tiling.block_planes)
+    stage = f"pyramid {prefix}s{level}"
+    return [
+        PyramidTask(
+            block_id=block.block_id,
+            stage=stage,
+            source=f"{prefix}s{level - 1}",
+            target=f"{prefix}s{level}",
+            method=method,
+            roi=block.write_roi(shape_zyx, shard_grid.tile),
+            source_shape=(planes, source[-2], source[-1]),
+            output_url=plan.output_url,
+        )
+        for block in shard_grid.blocks()
+    ]
+
+
+def _payloads(plan: RunPlan, stage: str, reports: dict[int, BlockReport]) -> dict[int, dict[str, Any]]:
+    """Every block's payload: from this run's reports, or from the markers of blocks done before."""
+    return {
+        block.block_id: reports[block.block_id].payload
+        if block.block_id in reports
+        else read_marker(plan.output_url, stage, block.block_id)
+        for block in plan.blocks
+    }
 
 
 def _run_stage(
     client: Client,
+    plan: RunPlan,
     stage: str,
     function: Callable[[T], BlockReport],
     tasks: Sequence[T],
-    describe: Callable[[T], str],
+    block_id: Callable[[T], int],
     run_id: str,
     record: dict[str, Any],
-    plan: RunPlan,
-    on_report: Callable[[BlockReport], None] | None,
-    block_id: Callable[[T], int],
-) -> None:
+) -> dict[int, BlockReport]:
+    """Run the unmarked blocks of a stage; record counts and timings; return this run's reports."""
     config = plan.request.config
+    done = done_blocks(plan.output_url, stage)
+    todo = [task for task in tasks if block_id(task) not in done]
     workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
-    started = time.perf_counter()
+    reports: dict[int, BlockReport] = {}
     seconds: dict[str, float] = {}
-    pixels = 0
-    with stage_progress(stage, len(tasks), enabled=plan.request.show_progress) as advance:
+    started = time.perf_counter()
+    with stage_progress(stage, len(todo), enabled=plan.request.show_progress) as advance:
 
         def collect(report: BlockReport) -> None:
-            nonlocal pixels
-            pixels += report.pixels
+            reports[report.block_id] = report
             for name, value in report.seconds.items():
                 seconds[name] = seconds.get(name, 0.0) + value
-            if on_report is not None:
-                on_report(report)
             advance(report.pixels)
 
         run_bounded(
             client,
             function,
-            tasks,
+            todo,
             in_flight=workers * config.cluster.in_flight_per_worker,
             retries=config.retries,
-            key=lambda task: f"{stage.replace(' ', '-')}-{block_id(task)}-{run_id[:8]}",
-            describe=describe,
+            key=lambda task: f"{stage.replace(' ', '-').replace('/', '-')}-{block_id(task)}-{run_id[:8]}",
+            describe=lambda task: _describe(plan, stage, block_id(task)),
             on_result=collect,
         )
     wall = time.perf_counter() - started
+    pixels = sum(report.pixels for report in reports.values())
     record["stages"][stage] = {
         "blocks": len(tasks),
+        "computed": len(todo),
+        "skipped_done": len(tasks) - len(todo),
         "wall_seconds": round(wall, 3),
         "pixels": pixels,
-        "mpix_per_second": round(pixels / 1e6 / wall, 3) if wall > 0 else None,
+        "mpix_per_second": round(pixels / 1e6 / wall, 3) if wall > 0 and pixels else None,
         "worker_seconds": {name: round(value, 3) for name, value in seconds.items()},
     }
+    if stage == "predict":
+        record["blocks"]["done"] = len(tasks)
+    return reports
+
+
+def _describe(plan: RunPlan, stage: str, block_id: int) -> str:
+    if stage.startswith("pyramid"):
+        return f"{stage} shard block {block_id}"
+    roi = plan.blocks[block_id].write_roi(plan.volume.shape_zyx, plan.grid.tile)
+    return f"{stage} of block {block_id} (z, y, x from {roi.start} to {roi.stop})"
 
 
 @contextmanager
-def _client(config: RunConfig, client: Client | None) -> Iterator[Client]:
+def _client(request: SegmentRequest, client: Client | None) -> Iterator[Client]:
     if client is not None:
         yield client
         return
-    with open_client(config.cluster) as opened:
+    with open_client(request.config.cluster) as opened:
         yield opened
 
 

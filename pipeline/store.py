@@ -164,7 +164,7 @@ def _scale(transforms: list[dict[str, Any]], ndim: int) -> list[float]:
 
 
 def reopen_input(ref: InputRef) -> zarr.Array[Any]:
-    """The input array, reopened read-only in a worker (not cached: see ``level_array``)."""
+    """The input array, reopened read-only in a worker (not cached: see ``omezarr.output_array``)."""
     node = zarr.open(store=ref.url, mode="r")
     if isinstance(node, zarr.Group):
         node = node[ref.path]

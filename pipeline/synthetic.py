@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
+import zarr
 
 
 def cell_mask(shape: tuple[int, ...], *, seed: int, density: float = 0.03, radius: float = 9.0) -> npt.NDArray[np.bool_]:
@@ -57,3 +58,29 @@ def cell_image(
     signal = np.where(mask, 0.5, 0.12) * full_scale
     noisy = signal + rng.normal(0.0, 0.04 * full_scale, size=mask.shape)
     return np.clip(noisy, 0, full_scale).astype(dtype)
+
+
+def write_synthetic_volume(
+    url: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    *,
+    seed: int = 0,
+    dtype: npt.DTypeLike = np.uint16,
+    slab_bytes: int = 256 * 2**20,
+) -> None:
+    """Write a :func:`cell_image` volume of any size to a Zarr v3 array, slab by slab.
+
+    Memory stays near ``slab_bytes`` times the float64 working factor; each
+    slab of whole chunk-planes is generated from its own seed (cells do not
+    continue across slab faces, which a benchmark does not mind).
+    """
+    array = zarr.open_array(url, mode="w", shape=shape, chunks=chunks, dtype=dtype, zarr_format=3)
+    if len(shape) == 2:
+        array[...] = cell_image(shape, seed=seed, dtype=dtype)
+        return
+    plane_bytes = shape[1] * shape[2] * np.dtype(dtype).itemsize
+    slab = max(chunks[0], (slab_bytes // plane_bytes) // chunks[0] * chunks[0])
+    for index, start in enumerate(range(0, shape[0], slab)):
+        stop = min(start + slab, shape[0])
+        array[start:stop] = cell_image((stop - start, shape[1], shape[2]), seed=seed + 1000 * index, dtype=dtype)

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.geometry import Roi, TileGrid, UNetGeometry, plan_blocks, reflect_index, reflect_indices
+from pipeline.geometry import BlockGrid, Roi, TileGrid, UNetGeometry, plan_blocks, reflect_index, reflect_indices
 
 
 def test_paper_geometry() -> None:
@@ -172,3 +172,22 @@ def test_geometry_imports_no_heavy_framework() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@settings(max_examples=40)
+@given(
+    shape=st.tuples(st.integers(1, 5), st.integers(1, 200), st.integers(1, 200)),
+    tile=st.integers(8, 50),
+    block_tiles=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    block_planes=st.integers(1, 3),
+)
+def test_block_id_at_finds_the_owner(
+    shape: tuple[int, int, int], tile: int, block_tiles: tuple[int, int], block_planes: int
+) -> None:
+    grid = BlockGrid(shape, tile, block_tiles, block_planes)
+    owner = np.full(shape, -1)
+    for block in grid.blocks():
+        owner[block.write_roi(shape, tile).slices()] = block.block_id
+    z, y, x = np.indices(shape)
+    assert (grid.block_id_at(z, y, x) == owner).all()
+    assert len(grid.blocks()) == int(np.prod(grid.shape))

@@ -168,7 +168,12 @@ def test_run_record(uint8_run: tuple[Path, dict[str, Any]], narrow_checkpoint: P
     assert stored["input"]["url"] == ragged_volume
     assert stored["input"]["chunks"] == [1, 300, 256]
     assert stored["blocks"] == {"total": 3 * 2 * 2, "done": 3 * 2 * 2}
-    assert set(stored["stages"]) == {"predict", "pyramid s1", "pyramid s2"}
+    assert set(stored["stages"]) == {
+        "predict", "contacts", "relabel", "pyramid s1", "pyramid s2",
+        "pyramid labels/cells/s1", "pyramid labels/cells/s2",
+    }
+    assert stored["stages"]["predict"]["computed"] == 12
+    assert stored["labels"]["objects"] > 0
     assert stored["execution_profile"]["threads"] == 1
     assert stored["cluster"]["workers"] == 2
     assert stored["environment"]["packages"]["torch"] == importlib.metadata.version("torch")

@@ -1,0 +1,164 @@
+"""Validate a segmentation request and plan its blocks; writes nothing.
+
+Everything that can be wrong with a request (input, checkpoint, config,
+output path, resume compatibility) is found here, before any byte is
+written, so a refused request leaves no trace.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.blocks import LabelRule
+from pipeline.checkpoint import Checkpoint, load_checkpoint
+from pipeline.config import LabelsConfig, RunConfig
+from pipeline.errors import InputError
+from pipeline.geometry import Block, BlockGrid
+from pipeline.labels import Connectivity
+from pipeline.omezarr import OutputLayout, auto_levels, is_pipeline_output, output_exists
+from pipeline.store import InputVolume, PixelSize, open_input
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    input_url: str
+    output_url: str
+    checkpoint_path: Path
+    config: RunConfig
+    overwrite: bool = False
+    resume: bool = False
+    run_id: str | None = None  # the Prefect flow-run id when there is one
+    show_progress: bool = True
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    request: SegmentRequest
+    volume: InputVolume
+    checkpoint: Checkpoint
+    layout: OutputLayout
+    grid: BlockGrid
+    blocks: list[Block]
+    label_rule: LabelRule | None
+    min_size_voxels: int
+
+    @property
+    def output_url(self) -> str:
+        return comparable(self.request.output_url)
+
+
+def plan_run(request: SegmentRequest) -> RunPlan:
+    """Validate the request (raises InputError); writes nothing."""
+    config = request.config
+    if request.resume and request.overwrite:
+        raise InputError("--resume continues an output and --overwrite replaces it: pass one of them")
+    volume = open_input(request.input_url)
+    checkpoint = load_checkpoint(request.checkpoint_path)
+    if checkpoint.config.in_channels != 1:
+        raise InputError(
+            f"checkpoint {request.checkpoint_path} expects {checkpoint.config.in_channels} input channels; "
+            f"the input {request.input_url} has axes '{volume.ref.axes}' (one channel)"
+        )
+    try:
+        checkpoint.model.geometry.input_size(config.tiling.tile)
+    except ValueError as error:
+        raise InputError(
+            f"tiling.tile {config.tiling.tile} does not fit checkpoint {request.checkpoint_path}: {error}"
+        ) from None
+    _check_output_path(request)
+    _, height, width = volume.shape_zyx
+    levels = config.output.pyramid_levels
+    layout = OutputLayout(
+        shape=tuple(int(n) for n in volume.array.shape),
+        axes=volume.ref.axes,
+        tile=config.tiling.tile,
+        shard_tiles=config.tiling.shard_tiles,
+        dtype=config.output.dtype,
+        zstd_level=config.output.zstd_level,
+        levels=auto_levels(height, width, config.tiling.tile) if levels == "auto" else levels,
+        pixel_sizes=volume.pixel_sizes,
+    )
+    grid = BlockGrid(volume.shape_zyx, config.tiling.tile, config.tiling.block_tiles, config.tiling.block_planes)
+    labels = config.labels
+    rule = None
+    if labels.enabled:
+        planar = labels.mode == "2d" or volume.ref.axes == "yx"
+        rule = LabelRule(labels.threshold, Connectivity(labels.connectivity, planar))
+    return RunPlan(
+        request=request,
+        volume=volume,
+        checkpoint=checkpoint,
+        layout=layout,
+        grid=grid,
+        blocks=grid.blocks(),
+        label_rule=rule,
+        min_size_voxels=min_size_voxels(labels, volume.pixel_sizes, volume.ref.axes, request.input_url),
+    )
+
+
+def min_size_voxels(labels: LabelsConfig, pixel_sizes: dict[str, PixelSize], axes: str, input_url: str) -> int:
+    """The larger of the voxel and the physical minimum object size, in voxels."""
+    voxels = labels.min_size_voxels
+    if labels.min_size_physical is None:
+        return voxels
+    measured = "yx" if labels.mode == "2d" or axes == "yx" else "zyx"
+    sizes = [pixel_sizes.get(axis) for axis in measured]
+    if any(size is None or size.unit is None for size in sizes):
+        raise InputError(
+            f"labels.min_size_physical needs physical pixel sizes, and {input_url} does not give them for "
+            f"axes '{measured}': use labels.min_size_voxels instead"
+        )
+    voxel_volume = math.prod(size.value for size in sizes if size is not None)
+    return max(voxels, math.ceil(labels.min_size_physical / voxel_volume))
+
+
+def resume_differences(plan: RunPlan, previous: dict[str, Any], input_fingerprint: dict[str, Any]) -> list[str]:
+    """What changed since the run being resumed (empty: it may be resumed)."""
+    changes = []
+    if previous["checkpoint"]["sha256"] != plan.checkpoint.sha256:
+        changes.append(
+            f"the model: checkpoint sha256 {plan.checkpoint.sha256[:12]}, the run used "
+            f"{previous['checkpoint']['sha256'][:12]} ({previous['checkpoint']['path']})"
+        )
+    now_config = plan.request.config.resume_defining()
+    then_config = {key: value for key, value in previous["config"].items() if key not in ("cluster", "retries")}
+    for section in sorted(set(now_config) | set(then_config)):
+        if now_config.get(section) != then_config.get(section):
+            changes.append(f"config section '{section}': {then_config.get(section)} -> {now_config.get(section)}")
+    if previous["input"] != input_fingerprint:
+        keys = [key for key in input_fingerprint if previous["input"].get(key) != input_fingerprint[key]]
+        changes.append(f"the input ({', '.join(keys)} differ)")
+    return changes
+
+
+def _check_output_path(request: SegmentRequest) -> None:
+    source, target = comparable(request.input_url), comparable(request.output_url)
+    if target == source or target.startswith(source + "/") or source.startswith(target + "/"):
+        raise InputError(
+            f"output {request.output_url} overlaps input {request.input_url}: write the output elsewhere "
+            "(inputs are never modified)"
+        )
+    exists = output_exists(request.output_url)
+    if request.resume:
+        if not exists or not is_pipeline_output(request.output_url):
+            raise InputError(f"--resume: no unet-pipeline output at {request.output_url} to continue")
+        return
+    if exists and not request.overwrite:
+        raise InputError(
+            f"output {request.output_url} already exists; pass --resume to continue it or --overwrite to replace it"
+        )
+    if exists and not is_pipeline_output(request.output_url):
+        raise InputError(
+            f"output {request.output_url} exists and is not a unet-pipeline output; --overwrite replaces "
+            "only outputs of this pipeline: move it away or choose another output path"
+        )
+
+
+def comparable(url: str) -> str:
+    """Absolute local paths, URLs as given (without a trailing slash)."""
+    if "://" in url:
+        return url.rstrip("/")
+    return str(Path(url).resolve())

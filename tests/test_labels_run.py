@@ -1,0 +1,125 @@
+"""Labels written by real runs equal scipy.ndimage.label of the whole thresholded volume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import torch
+import zarr
+
+from pipeline.checkpoint import save_checkpoint
+from pipeline.config import load_config
+from pipeline.labels import Connectivity
+from pipeline.model import UNet
+from pipeline.normalization import Normalization
+from pipeline.run import SegmentRequest, segment
+from pipeline.synthetic import cell_image
+from tests.conftest import NARROW, write_volume
+
+SHAPE = (3, 900, 1000)
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return write_volume(tmp_path_factory.mktemp("in") / "cells.zarr", cell_image(SHAPE, seed=21), (1, 300, 256))
+
+
+def constant_checkpoint(path: Path, foreground: bool) -> Path:
+    """A model whose output ignores the input: all foreground, or all background."""
+    torch.manual_seed(0)
+    model = UNet(**NARROW)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.copy_(torch.tensor([0.0, 10.0 if foreground else -10.0]))
+    save_checkpoint(path, model, normalization=Normalization())
+    return path
+
+
+def run(input_url: str, output: Path, checkpoint: Path, address: str, **overrides: Any) -> dict[str, Any]:
+    config = load_config(
+        overrides={
+            "cluster.address": address,
+            "profile.batch_size": 3,
+            "tiling.shard_tiles": 1,
+            "output.dtype": "float32",
+            "output.pyramid_levels": 1,
+            **overrides,
+        }
+    )
+    return segment(SegmentRequest(input_url, str(output), checkpoint, config, show_progress=False))
+
+
+def expected_labels(output: Path, mode: str, threshold: float = 0.5) -> tuple[np.ndarray, int]:
+    probability = zarr.open_array(str(output / "s0"), mode="r")[...]
+    connectivity = Connectivity("faces", planar=mode == "2d")
+    labels, count = scipy.ndimage.label(probability >= threshold, structure=connectivity.structure())
+    return labels, int(count)
+
+
+@pytest.mark.parametrize("mode", ["3d", "2d"])
+@pytest.mark.parametrize("block_tiles", [(1, 1), (2, 3), (3, 3)])  # one shard, 2 x 3 shards, a whole plane
+def test_labels_equal_whole_volume_components(
+    volume: str, narrow_checkpoint: Path, dask_address: str, tmp_path: Path, mode: str, block_tiles: tuple[int, int]
+) -> None:
+    output = tmp_path / "out.ome.zarr"
+    record = run(
+        volume, output, narrow_checkpoint, dask_address,
+        **{"tiling.block_tiles": list(block_tiles), "labels.mode": mode},
+    )
+    expected, count = expected_labels(output, mode)
+    stored = zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")
+    assert stored.dtype == np.uint32
+    assert record["labels"]["objects"] == count > 100  # the untrained net gives many small objects
+    assert np.array_equal(stored[...], expected)  # same partition, same canonical IDs
+    assert np.array_equal(
+        zarr.open_array(str(output / "labels" / "cells" / "s1"), mode="r")[...], expected[:, ::2, ::2]
+    )
+
+
+def test_an_object_spanning_every_block(volume: str, dask_address: str, tmp_path: Path) -> None:
+    checkpoint = constant_checkpoint(tmp_path / "all.safetensors", foreground=True)
+    output = tmp_path / "out.ome.zarr"
+    record = run(volume, output, checkpoint, dask_address, **{"tiling.block_tiles": [1, 1]})
+    assert record["labels"]["objects"] == 1
+    assert (zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")[...] == 1).all()
+
+
+def test_zero_objects(volume: str, dask_address: str, tmp_path: Path) -> None:
+    checkpoint = constant_checkpoint(tmp_path / "none.safetensors", foreground=False)
+    output = tmp_path / "out.ome.zarr"
+    record = run(volume, output, checkpoint, dask_address, **{"tiling.block_tiles": [2, 2]})
+    assert record["labels"]["objects"] == 0
+    assert not zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")[...].any()
+
+
+def test_min_size_drops_small_objects(volume: str, narrow_checkpoint: Path, dask_address: str, tmp_path: Path) -> None:
+    output = tmp_path / "out.ome.zarr"
+    record = run(
+        volume, output, narrow_checkpoint, dask_address,
+        **{"tiling.block_tiles": [2, 2], "labels.min_size_voxels": 20},
+    )
+    labels, _ = expected_labels(output, "3d")
+    sizes = np.bincount(labels.ravel())
+    keep = np.nonzero(sizes >= 20)[0]
+    keep = keep[keep > 0]
+    table = np.zeros(sizes.size, np.uint32)
+    table[keep] = np.arange(1, keep.size + 1)  # renumbered in raster order of first voxel
+    assert record["labels"]["objects"] == keep.size
+    assert np.array_equal(zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")[...], table[labels])
+
+
+def test_labels_metadata_validates(volume: str, narrow_checkpoint: Path, dask_address: str, tmp_path: Path) -> None:
+    from ome_zarr_models.v05.image import Image
+    from ome_zarr_models.v05.image_label import ImageLabel
+    from ome_zarr_models.v05.labels import Labels
+
+    output = tmp_path / "out.ome.zarr"
+    run(volume, output, narrow_checkpoint, dask_address, **{"tiling.block_tiles": [3, 3]})
+    Image.from_zarr(zarr.open_group(str(output), mode="r"))
+    Labels.from_zarr(zarr.open_group(str(output / "labels"), mode="r"))
+    ImageLabel.from_zarr(zarr.open_group(str(output / "labels" / "cells"), mode="r"))
+    assert not (output / "_scratch").exists() and not (output / "_markers").exists()
