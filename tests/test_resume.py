@@ -1,0 +1,196 @@
+"""Crashes, resumes, failing blocks and concurrent runs, with real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+import zarr
+from click.testing import CliRunner
+
+from pipeline.checkpoint import save_checkpoint
+from pipeline.cli import cli
+from pipeline.model import UNet
+from pipeline.normalization import Normalization
+from pipeline.synthetic import cell_image
+from tests.conftest import write_volume
+
+SHAPE = (12, 180, 216)  # tiles of 36 px: 5 x 6 per plane, 360 one-tile blocks
+SETTINGS = {
+    "tiling": {"tile": 36, "shard_tiles": 1, "block_tiles": [1, 1]},
+    "profile": {"batch_size": 2},
+    "output": {"dtype": "float32", "pyramid_levels": 1},
+    "normalization_sample": {"chunks": 1},
+    "retries": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("resume")
+    torch.manual_seed(3)
+    checkpoint = root / "small.safetensors"
+    save_checkpoint(checkpoint, UNet(base_channels=2, depth=3), normalization=Normalization())
+    config = root / "small.yaml"
+    config.write_text(yaml.safe_dump(SETTINGS))
+    volume = Path(write_volume(root / "in.zarr", cell_image(SHAPE, seed=5), (1, 64, 64)))
+    return {"root": root, "checkpoint": checkpoint, "config": config, "volume": volume}
+
+
+def cli_segment(setup: dict[str, Path], output: Path, *extra: str) -> tuple[int, str]:
+    args = ["segment", str(setup["volume"]), str(output), "--model", str(setup["checkpoint"]),
+            "--config", str(setup["config"]), "--no-progress", *extra]
+    result = CliRunner().invoke(cli, args)
+    return result.exit_code, result.output
+
+
+def start_driver(setup: dict[str, Path], output: Path) -> subprocess.Popen[str]:
+    """A real driver process with its own local cluster, in its own process group."""
+    script = Path(sys.executable).with_name("unet-pipeline")
+    return subprocess.Popen(
+        [str(script), "--quiet", "segment", str(setup["volume"]), str(output), "--model", str(setup["checkpoint"]),
+         "--config", str(setup["config"]), "--cluster", "local", "--workers", "2", "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+
+
+def markers(output: Path, stage: str) -> int:
+    folder = output / "_markers" / stage
+    return len(list(folder.glob("*.npz"))) if folder.exists() else 0
+
+
+def kill_when(process: subprocess.Popen[str], output: Path, stage: str, count: int, timeout: float = 240) -> int:
+    """SIGKILL the driver and its workers once ``stage`` has ``count`` markers; return the count then."""
+    deadline = time.monotonic() + timeout
+    while markers(output, stage) < count:
+        if process.poll() is not None:
+            pytest.fail(f"driver ended before the kill point: {process.stdout.read() if process.stdout else ''}")
+        if time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"no {count} {stage} markers within {timeout} s")
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    return markers(output, stage)
+
+
+def arrays(output: Path) -> dict[str, np.ndarray]:
+    paths = ["s0", "s1", "labels/cells/s0", "labels/cells/s1"]
+    return {path: zarr.open_array(str(output / path), mode="r")[...] for path in paths}
+
+
+def state(output: Path) -> dict[str, Any]:
+    return dict(zarr.open_group(str(output), mode="r").attrs["unet_pipeline"])
+
+
+@pytest.fixture(scope="module")
+def reference(setup: dict[str, Path], dask_address: str) -> dict[str, np.ndarray]:
+    output = setup["root"] / "reference.ome.zarr"
+    code, text = cli_segment(setup, output, "--cluster", dask_address)
+    assert code == 0, text
+    return arrays(output)
+
+
+@pytest.mark.parametrize(("stage", "count"), [("predict", 40), ("relabel", 30)])
+def test_killed_run_resumes_to_identical_output(
+    setup: dict[str, Path], reference: dict[str, np.ndarray], dask_address: str, tmp_path: Path, stage: str, count: int
+) -> None:
+    output = tmp_path / "out.ome.zarr"
+    done_at_kill = kill_when(start_driver(setup, output), output, stage, count)
+    killed = state(output)
+    assert killed["complete"] is False
+    assert killed["runs"][0]["status"] == "running"  # it never got to say otherwise
+    assert done_at_kill < 360, "the kill came after the stage had finished"
+
+    code, text = cli_segment(setup, output, "--resume", "--cluster", dask_address)
+    assert code == 0, text
+    resumed = state(output)
+    assert resumed["complete"] is True
+    first, second = resumed["runs"]
+    assert second["resumed_from"] == first["run_id"]
+    assert second["normalization"] == first["normalization"]
+    figures = second["stages"][stage]
+    assert figures["skipped_done"] >= done_at_kill
+    assert figures["computed"] == 360 - figures["skipped_done"] < 360
+    if stage == "relabel":
+        assert second["stages"]["predict"]["computed"] == 0
+    got = arrays(output)
+    for path, expected in reference.items():
+        assert np.array_equal(got[path], expected), path
+
+
+def test_resume_refused_after_model_or_config_change(
+    setup: dict[str, Path], dask_address: str, tmp_path: Path
+) -> None:
+    output = tmp_path / "out.ome.zarr"
+    kill_when(start_driver(setup, output), output, "predict", 10)
+    torch.manual_seed(4)
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(other, UNet(base_channels=2, depth=3), normalization=Normalization())
+    result = CliRunner().invoke(cli, [
+        "segment", str(setup["volume"]), str(output), "--model", str(other), "--config", str(setup["config"]),
+        "--resume", "--cluster", dask_address,
+    ])
+    assert result.exit_code == 2
+    assert "--resume refused" in result.output and "the model: checkpoint sha256" in result.output
+    code, text = cli_segment(setup, output, "--resume", "--cluster", dask_address, "--batch-size", "4")
+    assert code == 2
+    assert "config section 'profile'" in text
+    assert state(output)["complete"] is False
+
+
+def test_block_that_always_fails(setup: dict[str, Path], dask_address: str, tmp_path: Path) -> None:
+    volume = tmp_path / "corrupt.zarr"
+    write_volume(volume, cell_image(SHAPE, seed=5), (1, 64, 64))
+    (volume / "c" / "0" / "0" / "0").write_bytes(b"not a chunk")  # chunk (0, 0, 0): not in any sample
+    output = tmp_path / "out.ome.zarr"
+    result = CliRunner().invoke(cli, [
+        "segment", str(volume), str(output), "--model", str(setup["checkpoint"]), "--config", str(setup["config"]),
+        "--cluster", dask_address, "--no-progress",
+    ])
+    assert result.exit_code == 1
+    assert "predict of block 0 (z, y, x from (0, 0, 0)" in result.output
+    assert "failed after 2 attempt(s)" in result.output
+    after = state(output)
+    assert after["complete"] is False
+    assert after["runs"][0]["status"] == "failed"
+    assert "block 0" in after["runs"][0]["error"]
+    assert not (output / "_run.lock").exists()
+
+
+def test_second_run_on_a_locked_output_is_refused(setup: dict[str, Path], tmp_path: Path) -> None:
+    output = tmp_path / "out.ome.zarr"
+    driver = start_driver(setup, output)
+    try:
+        deadline = time.monotonic() + 120
+        while not (output / "_run.lock").exists():
+            assert driver.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        for flag, message in (("--resume", "is being written by run"), ("--overwrite", "--overwrite refused")):
+            code, text = cli_segment(setup, output, flag)
+            assert code == 2, text
+            assert message in text
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    code, text = cli_segment(setup, output, "--cluster", "local")
+    assert code == 2 and "already exists; pass --resume" in text
+
+
+def test_stale_lock_is_reported(setup: dict[str, Path], tmp_path: Path) -> None:
+    output = tmp_path / "out.ome.zarr"
+    kill_when(start_driver(setup, output), output, "predict", 5)
+    from pipeline.lock import OutputLockedError, hold_lock
+
+    with pytest.raises(OutputLockedError, match=r"stale lock .* whose process is gone: continue it with --resume"):
+        with hold_lock(str(output), "another-run", take_over_stale=False):
+            pass
