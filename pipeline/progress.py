@@ -33,11 +33,34 @@ class ThroughputColumn(ProgressColumn):
         return Text(f"{rate:7.2f} Mpix/s", style="progress.data.speed")
 
 
+HEARTBEAT_SECONDS = 60.0
+
+
 @contextmanager
 def stage_progress(description: str, total_blocks: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(pixels)`` to call once per finished block; logs a summary at the end."""
+    """Yield ``advance(pixels)`` to call once per finished block; logs a summary at the end.
+
+    On a terminal a progress bar; otherwise (a nightly job's log) a line at
+    every tenth of the blocks or every minute, whichever comes first.
+    """
     started = time.perf_counter()
     done = {"blocks": 0, "pixels": 0}
+    console = Console(stderr=True)
+    bar = enabled and console.is_terminal
+    last_line = {"time": started, "tenth": 0}
+
+    def heartbeat() -> None:
+        elapsed = time.perf_counter() - started
+        tenth = done["blocks"] * 10 // max(total_blocks, 1)
+        if tenth == last_line["tenth"] and time.perf_counter() - last_line["time"] < HEARTBEAT_SECONDS:
+            return
+        last_line.update(time=time.perf_counter(), tenth=tenth)
+        remaining = elapsed / done["blocks"] * (total_blocks - done["blocks"])
+        log.info(
+            "%s: %d/%d blocks, %.2f Mpix/s, ETA %.0f s",
+            description, done["blocks"], total_blocks, done["pixels"] / 1e6 / max(elapsed, 1e-9), remaining,
+        )
+
     with Progress(
         TextColumn("{task.description:<12}"),
         BarColumn(),
@@ -47,8 +70,8 @@ def stage_progress(description: str, total_blocks: int, *, enabled: bool) -> Ite
         TimeElapsedColumn(),
         TextColumn("ETA"),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
+        console=console,
+        disable=not bar,
     ) as progress:
         task = progress.add_task(description, total=total_blocks, pixels=0)
 
@@ -56,6 +79,8 @@ def stage_progress(description: str, total_blocks: int, *, enabled: bool) -> Ite
             done["blocks"] += 1
             done["pixels"] += pixels
             progress.update(task, advance=1, pixels=done["pixels"])
+            if not bar:
+                heartbeat()
 
         yield advance
     seconds = time.perf_counter() - started

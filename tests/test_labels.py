@@ -120,3 +120,27 @@ def test_empty_volume() -> None:
 def test_bad_connectivity() -> None:
     with pytest.raises(ValueError, match="'faces' or 'full'"):
         Connectivity("edges")
+
+
+def test_ids_promote_to_uint64_when_the_count_needs_it() -> None:
+    from pipeline.labels import LabelMapping
+
+    offsets = np.zeros(2, np.int64)
+    assert LabelMapping(offsets, np.zeros(0, np.uint64), 2**32 - 1).dtype == "uint32"
+    assert LabelMapping(offsets, np.zeros(0, np.uint64), 2**32).dtype == "uint64"
+
+
+def test_min_size_in_physical_units() -> None:
+    from pipeline.config import LabelsConfig
+    from pipeline.errors import InputError
+    from pipeline.plan import min_size_voxels
+    from pipeline.store import PixelSize
+
+    sizes = {"z": PixelSize(2.0, "micrometer"), "y": PixelSize(0.5, "micrometer"), "x": PixelSize(0.5, "micrometer")}
+    # a voxel is 0.5 um^3: 10 um^3 is 20 voxels; the larger of the two limits wins
+    assert min_size_voxels(LabelsConfig(min_size_physical=10.0), sizes, "zyx", "in.zarr") == 20
+    assert min_size_voxels(LabelsConfig(min_size_physical=10.0, min_size_voxels=50), sizes, "zyx", "in.zarr") == 50
+    # per plane (2d mode) the area counts: a pixel is 0.25 um^2
+    assert min_size_voxels(LabelsConfig(min_size_physical=1.0, mode="2d"), sizes, "zyx", "in.zarr") == 4
+    with pytest.raises(InputError, match="needs physical pixel sizes, and in.zarr does not give them"):
+        min_size_voxels(LabelsConfig(min_size_physical=1.0), {}, "zyx", "in.zarr")
