@@ -152,18 +152,33 @@ def slab_contacts(
             continue
         where = np.nonzero(touching)
         w_coordinates = [index + low + d for index, low, d in zip(where, lo, offset)]
-        w_blocks = grid.block_id_at(*w_coordinates)
-        pairs = np.stack(
-            [
-                np.full(where[0].size, own_block),
-                u_labels[where].astype(np.int64),
-                np.asarray(w_blocks, dtype=np.int64),
-                w_labels[where].astype(np.int64),
-            ],
-            axis=1,
-        )
-        found.append(pairs[pairs[:, 2] != own_block])
+        w_blocks = np.asarray(grid.block_id_at(*w_coordinates), dtype=np.int64)
+        found.append(_unique_pairs(own_block, u_labels[where], w_blocks, w_labels[where]))
     return np.unique(np.concatenate(found), axis=0)
+
+
+def _unique_pairs(
+    own_block: int, u_labels: npt.NDArray[Any], w_blocks: Int64Array, w_labels: npt.NDArray[Any]
+) -> Int64Array:
+    """Distinct (own_block, u, w_block, w) rows; a face can hold millions of touching voxels."""
+    rows = [np.empty((0, 4), np.int64)]
+    for block in np.unique(w_blocks):
+        if block == own_block:
+            continue
+        chosen = w_blocks == block
+        keys = np.unique((u_labels[chosen].astype(np.uint64) << np.uint64(32)) | w_labels[chosen].astype(np.uint64))
+        rows.append(
+            np.stack(
+                [
+                    np.full(keys.size, own_block, np.int64),
+                    (keys >> np.uint64(32)).astype(np.int64),
+                    np.full(keys.size, block, np.int64),
+                    (keys & np.uint64(0xFFFFFFFF)).astype(np.int64),
+                ],
+                axis=1,
+            )
+        )
+    return np.concatenate(rows)
 
 
 @dataclass(frozen=True, slots=True)

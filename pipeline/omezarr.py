@@ -180,6 +180,12 @@ def create_labels(url: str, layout: OutputLayout, name: str, dtype: str) -> None
     }
 
 
+def ensure_scratch_labels(url: str, layout: OutputLayout) -> None:
+    group = zarr.open_group(store=url, mode="r+")
+    if SCRATCH_LABELS not in group:
+        _create_array(group, SCRATCH_LABELS, layout, layout.shape, "uint32")
+
+
 def remove_scratch(url: str) -> None:
     """Drop the per-block scratch labels and the completion markers of a finished run."""
     fs, path = fsspec.core.url_to_fs(url)

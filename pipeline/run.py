@@ -42,6 +42,7 @@ from pipeline.normalization import NormalizationStats
 from pipeline.omezarr import (
     create_labels,
     create_output,
+    ensure_scratch_labels,
     open_output,
     output_exists,
     read_state,
@@ -66,11 +67,14 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
 
     ``client``: reuse a running Dask cluster instead of opening one.
     """
+    started = time.perf_counter()
     plan = plan_run(request)
     run_id = request.run_id or str(uuid.uuid4())
     input_fingerprint = fingerprint(plan.volume)
     if request.resume:
         stats, previous_id = _resumable(plan, input_fingerprint)
+        if plan.label_rule is not None:
+            ensure_scratch_labels(plan.output_url, plan.layout)  # gone if a run died while finishing
     else:
         stats = plan.checkpoint.normalization.statistics(
             normalization_sample(
@@ -118,11 +122,16 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
                     record["worker_peak_rss_bytes"] = worker_peak_rss(active)
                 remove_scratch(plan.output_url)
             except BaseException as error:
-                record.update(status="failed", ended=now(), error=f"{type(error).__name__}: {error}")
+                record.update(
+                    status="failed",
+                    ended=now(),
+                    wall_seconds=round(time.perf_counter() - started, 3),
+                    error=f"{type(error).__name__}: {error}",
+                )
                 save()
                 log.error("run %s failed: %s", run_id, error)
                 raise
-            record.update(status="complete", ended=now())
+            record.update(status="complete", ended=now(), wall_seconds=round(time.perf_counter() - started, 3))
             state["complete"] = True
             save()
         log.info("run %s complete: %s", run_id, request.output_url)
@@ -215,12 +224,13 @@ def _run_stages(
     pyramids = [("", "mean")] + ([(f"labels/{config.labels.name}/", "nearest")] if plan.label_rule else [])
     for prefix, method in pyramids:
         for level in range(1, plan.layout.levels + 1):
-            tasks = _pyramid_tasks(plan, prefix, method, level)
-            _run_stage(client, plan, tasks[0].stage if tasks else "pyramid", pyramid_block, tasks, lambda t: t.block_id, run_id, record)
+            stage = f"pyramid {prefix}s{level}"
+            tasks = _pyramid_tasks(plan, stage, prefix, method, level)
+            _run_stage(client, plan, stage, pyramid_block, tasks, lambda t: t.block_id, run_id, record)
         save()
 
 
-def _pyramid_tasks(plan: RunPlan, prefix: str, method: str, level: int) -> list[PyramidTask]:
+def _pyramid_tasks(plan: RunPlan, stage: str, prefix: str, method: str, level: int) -> list[PyramidTask]:
     """One task per shard of the written level: levels do not align with tiles, so they have their own blocks."""
     layout = plan.layout
     planes = plan.volume.shape_zyx[0]
@@ -228,7 +238,6 @@ def _pyramid_tasks(plan: RunPlan, prefix: str, method: str, level: int) -> list[
     target = layout.level_shape(level)
     shape_zyx = (planes, target[-2], target[-1])
     shard_grid = BlockGrid(shape_zyx, layout.tile * layout.shard_tiles, (1, 1), plan.request.config.tiling.block_planes)
-    stage = f"pyramid {prefix}s{level}"
     return [
         PyramidTask(
             block_id=block.block_id,

@@ -87,8 +87,10 @@ def read_mirrored(array: zarr.Array[Any], planes: range, rows: tuple[int, int], 
 
 def open_input(url: str) -> InputVolume:
     """Open an input volume read-only; InputError names the path and the problem."""
-    if "://" not in url and not Path(url).exists():
-        raise InputError(f"no input at {url}: the path does not exist")
+    if "://" not in url:
+        if not Path(url).exists():
+            raise InputError(f"no input at {url}: the path does not exist")
+        url = str(Path(url).resolve())  # workers may run elsewhere; runs compare fingerprints by it
     try:
         node = zarr.open(store=url, mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:

@@ -52,7 +52,7 @@ def test_segment_then_inspect(small_volume: Path, narrow_checkpoint: Path, dask_
 
     code, text = invoke("segment", str(small_volume), str(output), "--model", str(narrow_checkpoint))
     assert code == 2
-    assert "already exists; pass --overwrite" in text
+    assert "already exists; pass --resume to continue it or --overwrite to replace it" in text
 
 
 def _refused(args: list[str], message: str, tmp_path: Path) -> None:

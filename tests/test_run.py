@@ -234,3 +234,32 @@ def test_yx_input_gives_yx_output(
         expected = canonical_prediction(load_checkpoint(narrow_checkpoint).model, stats.apply(plane))[1]
     assert stored.shape == (500, 420)
     assert np.array_equal(stored, expected)
+
+
+def test_physical_pixel_sizes_are_copied_from_an_ome_zarr_input(
+    narrow_checkpoint: Path, dask_address: str, tmp_path: Path
+) -> None:
+    source = tmp_path / "image.ome.zarr"
+    group = zarr.open_group(str(source), mode="w", zarr_format=3)
+    group.create_array("0", shape=(2, 120, 100), chunks=(1, 64, 64), dtype="uint16")[...] = cell_image(
+        (2, 120, 100), seed=8
+    )
+    units = [{"name": axis, "type": "space", "unit": "micrometer"} for axis in "zyx"]
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [
+            {"axes": units, "datasets": [{"path": "0", "coordinateTransformations": [
+                {"type": "scale", "scale": [2.0, 0.25, 0.25]}]}]}
+        ],
+    }
+    output = tmp_path / "out.ome.zarr"
+    run_segment(str(source), output, narrow_checkpoint, dask_address, **{"output.pyramid_levels": 1})
+    written = zarr.open_group(str(output), mode="r").attrs["ome"]["multiscales"][0]
+    assert written["axes"] == units
+    assert written["datasets"][0]["coordinateTransformations"] == [{"type": "scale", "scale": [2.0, 0.25, 0.25]}]
+    assert written["datasets"][1]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [2.0, 0.5, 0.5]},
+        {"type": "translation", "translation": [0.0, 0.125, 0.125]},
+    ]
+    labels = zarr.open_group(str(output / "labels" / "cells"), mode="r").attrs["ome"]["multiscales"][0]
+    assert labels["datasets"][1]["coordinateTransformations"] == [{"type": "scale", "scale": [2.0, 0.5, 0.5]}]
