@@ -45,10 +45,14 @@ def synthetic_summaries(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--objects", type=int, default=1_000_000, help="local labels over all blocks")
     parser.add_argument("--blocks", type=int, default=2000)
-    parser.add_argument("--touching", type=float, default=0.1, help="share of labels touching a neighbour block")
+    parser.add_argument(
+        "--touching", type=float, default=0.1, help="share of labels touching a neighbour block"
+    )
     args = parser.parse_args()
     summaries, contacts = synthetic_summaries(args.objects, args.blocks, args.touching, seed=0)
     held = sum(s.first_voxel.nbytes + s.sizes.nbytes for s in summaries) + sum(c.nbytes for c in contacts)
@@ -60,8 +64,12 @@ def main() -> None:
     tracemalloc.stop()
     pairs = sum(len(c) for c in contacts)
     per_million = (held + peak) / args.objects * 1e6 / 2**20
-    print(f"local labels {args.objects:,} in {args.blocks} blocks, {pairs:,} contacts -> {mapping.objects:,} objects")
-    print(f"summaries + contacts held: {held / 2**20:.1f} MiB; merge peak: {peak / 2**20:.1f} MiB; {seconds:.2f} s")
+    print(
+        f"local labels {args.objects:,} in {args.blocks} blocks, {pairs:,} contacts -> {mapping.objects:,} objects"
+    )
+    print(
+        f"summaries + contacts held: {held / 2**20:.1f} MiB; merge peak: {peak / 2**20:.1f} MiB; {seconds:.2f} s"
+    )
     print(f"driver memory per million local labels: {per_million:.0f} MiB")
 
 

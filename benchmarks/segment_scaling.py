@@ -28,7 +28,9 @@ from pipeline.synthetic import write_synthetic_volume
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--planes", type=int, default=2, help="planes of volume V (4V has 4x as many)")
     parser.add_argument("--edge", type=int, default=3104, help="plane edge in pixels (3104 = 8 tiles)")
     parser.add_argument("--base-channels", type=int, default=8)
@@ -56,7 +58,9 @@ def main() -> None:
         write_synthetic_volume(source, shape, (1, 1024, 1024), seed=1)
         started = time.perf_counter()
         record = segment(
-            SegmentRequest(source, str(args.scratch / f"out-{label}.ome.zarr"), checkpoint, config, overwrite=True)
+            SegmentRequest(
+                source, str(args.scratch / f"out-{label}.ome.zarr"), checkpoint, config, overwrite=True
+            )
         )
         wall = time.perf_counter() - started
         predict = record["stages"]["predict"]
@@ -74,8 +78,10 @@ def main() -> None:
             }
         )
     (args.scratch / "segment_scaling.json").write_text(json.dumps(rows, indent=2))
-    print(f"base_channels={args.base_channels} workers={args.workers} block_tiles={args.block_tiles} "
-          f"batch={args.batch_size} threads/worker={config.profile.threads}")
+    print(
+        f"base_channels={args.base_channels} workers={args.workers} block_tiles={args.block_tiles} "
+        f"batch={args.batch_size} threads/worker={config.profile.threads}"
+    )
     print("| volume | shape | input GB | blocks | predict Mpix/s | end-to-end Mpix/s | peak worker RSS MiB |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:

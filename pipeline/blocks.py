@@ -153,7 +153,9 @@ def contact_block(task: ContactTask) -> BlockReport:
             if box is None or not any(offset[axis] == side for offset in offsets):
                 continue
             slab = read_region(scratch, Roi(*box))
-            found.append(slab_contacts(slab, box[0], write.start, write.stop, axis, side, task.grid, task.connectivity))
+            found.append(
+                slab_contacts(slab, box[0], write.start, write.stop, axis, side, task.grid, task.connectivity)
+            )
     pairs = np.unique(np.concatenate(found), axis=0)
     write_marker(task.output_url, "contacts", task.block.block_id, {"pairs": pairs})
     seconds = {"contacts": time.perf_counter() - started}
@@ -167,7 +169,9 @@ def relabel_block(task: RelabelTask) -> BlockReport:
     local = read_region(output_array(task.output_url, SCRATCH_LABELS), write)
     write_region(task.output_url, task.target, write, relabel(local, task.mapping, task.dtype))
     write_marker(task.output_url, "relabel", task.block.block_id)
-    return BlockReport("relabel", task.block.block_id, write.size, {"relabel": time.perf_counter() - started}, worker_name())
+    return BlockReport(
+        "relabel", task.block.block_id, write.size, {"relabel": time.perf_counter() - started}, worker_name()
+    )
 
 
 def pyramid_block(task: PyramidTask) -> BlockReport:
@@ -231,7 +235,9 @@ def _cached_model(path: str, sha256: str, device: str, dtype: str, channels_last
 def worker_model(checkpoint: CheckpointRef, profile: ProfileConfig) -> UNet:
     """This process's copy of the model, loaded once per checkpoint sha256 and profile."""
     configure_torch(profile)
-    return _cached_model(checkpoint.path, checkpoint.sha256, profile.device, profile.dtype, profile.channels_last)
+    return _cached_model(
+        checkpoint.path, checkpoint.sha256, profile.device, profile.dtype, profile.channels_last
+    )
 
 
 def worker_name() -> str:

@@ -160,7 +160,9 @@ def convert_state_dict(
     shapes = {name: list(t.shape) for name, t in loaded.items()}
     _check_architecture(Path(source), model, {n: {"shape": s} for n, s in shapes.items()})
     model.load_state_dict(loaded, strict=True)
-    return save_checkpoint(target, model, normalization=normalization, training={"converted_from": str(source)})
+    return save_checkpoint(
+        target, model, normalization=normalization, training={"converted_from": str(source)}
+    )
 
 
 def _infer_config(source: Path, state: dict[str, torch.Tensor]) -> UNetConfig:
@@ -265,6 +267,5 @@ def _check_architecture(source: Path, model: UNet, header: dict[str, Any]) -> No
             n = wrong[0]
             details.append(f"tensor {n!r} has shape {found[n]}, the architecture needs {expected[n]}")
         raise CheckpointError(
-            f"{source}: wrong architecture: the tensors do not match {model.config} "
-            f"({'; '.join(details)})"
+            f"{source}: wrong architecture: the tensors do not match {model.config} ({'; '.join(details)})"
         )

@@ -151,8 +151,12 @@ def model_convert(source: Path, target: Path, normalization: str) -> None:
 @cli.command()
 @click.argument("input_url", metavar="IN")
 @click.argument("output_url", metavar="OUT")
-@click.option("--model", "checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors).")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML config (default: built-in).")
+@click.option(
+    "--model", "checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint (.safetensors)."
+)
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), help="YAML config (default: built-in)."
+)
 @click.option("--cluster", help="local | cuda | tcp://HOST:PORT of a running scheduler.")
 @click.option("--workers", type=int, help="Worker processes of a local cluster.")
 @click.option("--block-tiles", type=int, help="Block edge in tiles (a multiple of the shard edge).")
@@ -161,7 +165,9 @@ def model_convert(source: Path, target: Path, normalization: str) -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device (execution profile).")
 @click.option("--output-dtype", type=click.Choice(["uint8", "float32"]), help="Stored probability type.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output of this pipeline.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run: only unfinished blocks are computed.")
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted run: only unfinished blocks are computed."
+)
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
 def segment(
     input_url: str,
@@ -218,7 +224,9 @@ def inspect(output_url: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(state, indent=2))
         return
-    click.echo(f"{output_url}: {'complete' if state['complete'] else 'NOT complete'}, {len(state['runs'])} run(s)")
+    click.echo(
+        f"{output_url}: {'complete' if state['complete'] else 'NOT complete'}, {len(state['runs'])} run(s)"
+    )
     for run in state["runs"]:
         click.echo(f"- run {run['run_id']}: {run['status']}, {run['started']} -> {run['ended']}")
         click.echo(f"    input      {run['input']['url']} {run['input']['shape']} {run['input']['dtype']}")
@@ -252,7 +260,9 @@ def _shape(text: str) -> tuple[int, ...]:
 @click.argument("output_url", metavar="OUT")
 @click.option("--shape", required=True, help="YX or ZYX, e.g. 16x8192x8192.")
 @click.option("--chunks", required=True, help="Chunk shape, e.g. 1x1024x1024.")
-@click.option("--dtype", type=click.Choice(["uint8", "uint16", "float32"]), default="uint16", show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["uint8", "uint16", "float32"]), default="uint16", show_default=True
+)
 @click.option("--seed", default=0, show_default=True)
 def synth(output_url: str, shape: str, chunks: str, dtype: str, seed: int) -> None:
     """Write a synthetic cells volume (for benchmarks, tests and trials) as a Zarr array."""

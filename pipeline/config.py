@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from pipeline.errors import InputError
 
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -34,7 +35,9 @@ class ProfileConfig(_Strict):
 
 
 class TilingConfig(_Strict):
-    tile: int = Field(388, ge=1, description="output tile edge in pixels; tile + 2*halo must be a valid input")
+    tile: int = Field(
+        388, ge=1, description="output tile edge in pixels; tile + 2*halo must be a valid input"
+    )
     shard_tiles: int = Field(4, ge=1, description="output shard edge, in tiles (chunk = one tile)")
     block_tiles: tuple[int, int] = Field((4, 4), description="block = whole shards, in tiles (rows, columns)")
     block_planes: int = Field(1, ge=1, description="z-planes per block")
@@ -50,7 +53,9 @@ class TilingConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    dtype: Literal["uint8", "float32"] = Field("uint8", description="foreground probability: uint8 is p*255 rounded")
+    dtype: Literal["uint8", "float32"] = Field(
+        "uint8", description="foreground probability: uint8 is p*255 rounded"
+    )
     zstd_level: int = Field(3, ge=1, le=22)
     pyramid_levels: int | Literal["auto"] = Field(
         "auto", description="levels below full resolution; auto halves until a plane fits one tile"
@@ -75,8 +80,12 @@ class LabelsConfig(_Strict):
     enabled: bool = Field(True, description="write instance labels (labels/<name>)")
     name: str = Field("cells", pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="foreground: probability >= threshold")
-    connectivity: Literal["faces", "full"] = Field("faces", description="faces: 6 (3D) / 4 (2D); full: 26 / 8")
-    mode: Literal["3d", "2d"] = Field("3d", description="2d: components per plane, IDs unique over the volume")
+    connectivity: Literal["faces", "full"] = Field(
+        "faces", description="faces: 6 (3D) / 4 (2D); full: 26 / 8"
+    )
+    mode: Literal["3d", "2d"] = Field(
+        "3d", description="2d: components per plane, IDs unique over the volume"
+    )
     min_size_voxels: int = Field(0, ge=0, description="objects with fewer voxels are dropped")
     min_size_physical: float | None = Field(
         None, gt=0.0, description="same, in the input's physical units (cubed in 3d, squared in 2d)"

@@ -78,11 +78,15 @@ class BlockLabels:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, npt.NDArray[Any]]) -> BlockLabels:
-        return cls(int(arrays["count"][0]), arrays["first_voxel"].astype(np.int64), arrays["sizes"].astype(np.int64))
+        return cls(
+            int(arrays["count"][0]), arrays["first_voxel"].astype(np.int64), arrays["sizes"].astype(np.int64)
+        )
 
 
 def label_block(
-    foreground: npt.NDArray[np.bool_], origin: tuple[int, ...], volume_shape: tuple[int, ...],
+    foreground: npt.NDArray[np.bool_],
+    origin: tuple[int, ...],
+    volume_shape: tuple[int, ...],
     connectivity: Connectivity,
 ) -> tuple[npt.NDArray[np.uint32], BlockLabels]:
     """Local labels 1..n of a block's foreground (ZYX) and their summary."""
@@ -166,7 +170,9 @@ def _unique_pairs(
         if block == own_block:
             continue
         chosen = w_blocks == block
-        keys = np.unique((u_labels[chosen].astype(np.uint64) << np.uint64(32)) | w_labels[chosen].astype(np.uint64))
+        keys = np.unique(
+            (u_labels[chosen].astype(np.uint64) << np.uint64(32)) | w_labels[chosen].astype(np.uint64)
+        )
         rows.append(
             np.stack(
                 [
@@ -204,7 +210,9 @@ def merge_labels(blocks: list[BlockLabels], contacts: list[Int64Array], min_size
     counts = np.array([b.count for b in blocks], dtype=np.int64)
     offsets = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts)])
     nodes = int(offsets[-1])
-    pairs = np.concatenate([np.empty((0, 4), np.int64), *contacts]) if contacts else np.empty((0, 4), np.int64)
+    pairs = (
+        np.concatenate([np.empty((0, 4), np.int64), *contacts]) if contacts else np.empty((0, 4), np.int64)
+    )
     a = offsets[pairs[:, 0]] + pairs[:, 1] - 1
     b = offsets[pairs[:, 2]] + pairs[:, 3] - 1
     graph = scipy.sparse.coo_matrix((np.ones(a.size, np.int8), (a, b)), shape=(nodes, nodes)).tocsr()

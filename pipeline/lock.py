@@ -84,7 +84,9 @@ def hold_lock(output_url: str, run_id: str, *, take_over_stale: bool) -> Iterato
     try:
         descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
-        raise OutputLockedError(f"{output_url} was locked by another run a moment ago; one run at a time") from None
+        raise OutputLockedError(
+            f"{output_url} was locked by another run a moment ago; one run at a time"
+        ) from None
     with os.fdopen(descriptor, "w") as handle:
         json.dump(asdict(owner), handle)
     try:

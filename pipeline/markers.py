@@ -23,7 +23,9 @@ def _stage_path(output_url: str, stage: str) -> str:
     return f"{output_url.rstrip('/')}/{MARKERS}/{stage.replace(' ', '-')}"
 
 
-def write_marker(output_url: str, stage: str, block_id: int, payload: dict[str, npt.NDArray[Any]] | None = None) -> None:
+def write_marker(
+    output_url: str, stage: str, block_id: int, payload: dict[str, npt.NDArray[Any]] | None = None
+) -> None:
     """Mark ``block_id`` done in ``stage``; written whole or not at all (temporary name, then rename)."""
     fs, folder = fsspec.core.url_to_fs(_stage_path(output_url, stage))
     fs.makedirs(folder, exist_ok=True)
@@ -38,9 +40,8 @@ def write_marker(output_url: str, stage: str, block_id: int, payload: dict[str, 
 
 def read_marker(output_url: str, stage: str, block_id: int) -> dict[str, npt.NDArray[Any]]:
     fs, folder = fsspec.core.url_to_fs(_stage_path(output_url, stage))
-    with fs.open(f"{folder}/{block_id}.npz", "rb") as handle:
-        with np.load(io.BytesIO(handle.read())) as data:
-            return {name: data[name] for name in data.files}
+    with fs.open(f"{folder}/{block_id}.npz", "rb") as handle, np.load(io.BytesIO(handle.read())) as data:
+        return {name: data[name] for name in data.files}
 
 
 def done_blocks(output_url: str, stage: str) -> set[int]:

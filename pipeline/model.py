@@ -32,7 +32,9 @@ class UNetConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"UNetConfig.{name} must be an integer >= 1, got {value!r}")
         if self.n_classes < 2:
-            raise ValueError(f"UNetConfig.n_classes must be >= 2 (softmax over classes), got {self.n_classes}")
+            raise ValueError(
+                f"UNetConfig.n_classes must be >= 2 (softmax over classes), got {self.n_classes}"
+            )
 
     @property
     def geometry(self) -> UNetGeometry:

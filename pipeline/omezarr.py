@@ -109,7 +109,9 @@ def _create_pyramid(group: zarr.Group, prefix: str, layout: OutputLayout, dtype:
         _create_array(group, f"{prefix}s{level}", layout, layout.level_shape(level), dtype)
 
 
-def _create_array(group: zarr.Group, path: str, layout: OutputLayout, shape: tuple[int, ...], dtype: str) -> None:
+def _create_array(
+    group: zarr.Group, path: str, layout: OutputLayout, shape: tuple[int, ...], dtype: str
+) -> None:
     group.create_array(
         path,
         shape=shape,
@@ -200,7 +202,9 @@ def open_output(url: str, mode: str = "r") -> zarr.Group:
     except (FileNotFoundError, zarr.errors.NodeNotFoundError, zarr.errors.GroupNotFoundError):
         raise InputError(f"no unet-pipeline output at {url}") from None
     if RECORD_KEY not in group.attrs:
-        raise InputError(f"{url} is a Zarr group but not a unet-pipeline output (no '{RECORD_KEY}' attributes)")
+        raise InputError(
+            f"{url} is a Zarr group but not a unet-pipeline output (no '{RECORD_KEY}' attributes)"
+        )
     return group
 
 

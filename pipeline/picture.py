@@ -11,7 +11,9 @@ import numpy as np
 import numpy.typing as npt
 
 
-def to_uint8(values: npt.NDArray[Any], low: float | None = None, high: float | None = None) -> npt.NDArray[np.uint8]:
+def to_uint8(
+    values: npt.NDArray[Any], low: float | None = None, high: float | None = None
+) -> npt.NDArray[np.uint8]:
     """Scale to 0..255 between ``low`` and ``high`` (default: the 1st and 99th percentiles)."""
     data = np.asarray(values, dtype=np.float64)
     lo = float(np.percentile(data, 1)) if low is None else low
@@ -38,7 +40,10 @@ def write_png(path: str | Path, image: npt.NDArray[np.uint8]) -> Path:
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     target = Path(path)
     target.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 6))
+        + chunk(b"IEND", b"")
     )
     return target
 

@@ -81,7 +81,9 @@ def plan_run(request: SegmentRequest) -> RunPlan:
         levels=auto_levels(height, width, config.tiling.tile) if levels == "auto" else levels,
         pixel_sizes=volume.pixel_sizes,
     )
-    grid = BlockGrid(volume.shape_zyx, config.tiling.tile, config.tiling.block_tiles, config.tiling.block_planes)
+    grid = BlockGrid(
+        volume.shape_zyx, config.tiling.tile, config.tiling.block_tiles, config.tiling.block_planes
+    )
     labels = config.labels
     rule = None
     if labels.enabled:
@@ -99,7 +101,9 @@ def plan_run(request: SegmentRequest) -> RunPlan:
     )
 
 
-def min_size_voxels(labels: LabelsConfig, pixel_sizes: dict[str, PixelSize], axes: str, input_url: str) -> int:
+def min_size_voxels(
+    labels: LabelsConfig, pixel_sizes: dict[str, PixelSize], axes: str, input_url: str
+) -> int:
     """The larger of the voxel and the physical minimum object size, in voxels."""
     voxels = labels.min_size_voxels
     if labels.min_size_physical is None:
@@ -115,7 +119,9 @@ def min_size_voxels(labels: LabelsConfig, pixel_sizes: dict[str, PixelSize], axe
     return max(voxels, math.ceil(labels.min_size_physical / voxel_volume))
 
 
-def resume_differences(plan: RunPlan, previous: dict[str, Any], input_fingerprint: dict[str, Any]) -> list[str]:
+def resume_differences(
+    plan: RunPlan, previous: dict[str, Any], input_fingerprint: dict[str, Any]
+) -> list[str]:
     """What changed since the run being resumed (empty: it may be resumed)."""
     changes = []
     if previous["checkpoint"]["sha256"] != plan.checkpoint.sha256:
@@ -124,10 +130,14 @@ def resume_differences(plan: RunPlan, previous: dict[str, Any], input_fingerprin
             f"{previous['checkpoint']['sha256'][:12]} ({previous['checkpoint']['path']})"
         )
     now_config = plan.request.config.resume_defining()
-    then_config = {key: value for key, value in previous["config"].items() if key not in ("cluster", "retries")}
+    then_config = {
+        key: value for key, value in previous["config"].items() if key not in ("cluster", "retries")
+    }
     for section in sorted(set(now_config) | set(then_config)):
         if now_config.get(section) != then_config.get(section):
-            changes.append(f"config section '{section}': {then_config.get(section)} -> {now_config.get(section)}")
+            changes.append(
+                f"config section '{section}': {then_config.get(section)} -> {now_config.get(section)}"
+            )
     if previous["input"] != input_fingerprint:
         keys = [key for key in input_fingerprint if previous["input"].get(key) != input_fingerprint[key]]
         changes.append(f"the input ({', '.join(keys)} differ)")

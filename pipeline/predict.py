@@ -69,9 +69,7 @@ def predict_windows(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if windows.ndim != 4 or windows.shape[1] != model.config.in_channels:
-        raise ValueError(
-            f"windows must be (N, {model.config.in_channels}, S, S), got shape {windows.shape}"
-        )
+        raise ValueError(f"windows must be (N, {model.config.in_channels}, S, S), got shape {windows.shape}")
     size = windows.shape[-1]
     out_size = model.geometry.output_size(size)
     parameter = next(model.parameters())

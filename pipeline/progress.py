@@ -51,15 +51,15 @@ def stage_progress(description: str, total_blocks: int, *, enabled: bool) -> Ite
 
     def heartbeat() -> None:
         elapsed = time.perf_counter() - started
-        tenth = done["blocks"] * 10 // max(total_blocks, 1)
+        tenth = (
+            done["blocks"] * 10 // max(total_blocks, 1) if total_blocks >= 50 else 0
+        )  # small stages: by time
         if tenth == last_line["tenth"] and time.perf_counter() - last_line["time"] < HEARTBEAT_SECONDS:
             return
         last_line.update(time=time.perf_counter(), tenth=tenth)
         remaining = elapsed / done["blocks"] * (total_blocks - done["blocks"])
-        log.info(
-            "%s: %d/%d blocks, %.2f Mpix/s, ETA %.0f s",
-            description, done["blocks"], total_blocks, done["pixels"] / 1e6 / max(elapsed, 1e-9), remaining,
-        )
+        rate = f", {done['pixels'] / 1e6 / max(elapsed, 1e-9):.2f} Mpix/s" if done["pixels"] else ""
+        log.info("%s: %d/%d blocks%s, ETA %.0f s", description, done["blocks"], total_blocks, rate, remaining)
 
     with Progress(
         TextColumn("{task.description:<12}"),

@@ -73,18 +73,20 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
     input_fingerprint = fingerprint(plan.volume)
     if request.resume:
         stats, previous_id = _resumable(plan, input_fingerprint)
-        if plan.label_rule is not None:
-            ensure_scratch_labels(plan.output_url, plan.layout)  # gone if a run died while finishing
     else:
         stats = plan.checkpoint.normalization.statistics(
             normalization_sample(
-                plan.volume, request.config.normalization_sample.chunks, request.config.normalization_sample.max_values
+                plan.volume,
+                request.config.normalization_sample.chunks,
+                request.config.normalization_sample.max_values,
             )
         )
         previous_id = None
         _replace_previous(plan)
         create_output(plan.output_url, plan.layout, scratch_labels=plan.label_rule is not None)
     with hold_lock(plan.output_url, run_id, take_over_stale=request.resume):
+        if request.resume and plan.label_rule is not None:
+            ensure_scratch_labels(plan.output_url, plan.layout)  # gone if a run died while finishing
         group = open_output(plan.output_url, mode="r+")
         state = read_state(group)
         record = new_run_record(
@@ -111,8 +113,13 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
         save()
         with _log_file(plan.output_url, run_id):
             log.info(
-                "run %s: %s %s -> %s, %d blocks%s", run_id, plan.volume.description, plan.volume.shape_zyx,
-                request.output_url, len(plan.blocks), f" (resuming run {previous_id})" if previous_id else "",
+                "run %s: %s %s -> %s, %d blocks%s",
+                run_id,
+                plan.volume.description,
+                plan.volume.shape_zyx,
+                request.output_url,
+                len(plan.blocks),
+                f" (resuming run {previous_id})" if previous_id else "",
             )
             try:
                 with _client(request, client) as active:
@@ -131,7 +138,9 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
                 save()
                 log.error("run %s failed: %s", run_id, error)
                 raise
-            record.update(status="complete", ended=now(), wall_seconds=round(time.perf_counter() - started, 3))
+            record.update(
+                status="complete", ended=now(), wall_seconds=round(time.perf_counter() - started, 3)
+            )
             state["complete"] = True
             save()
         log.info("run %s complete: %s", run_id, request.output_url)
@@ -169,7 +178,11 @@ def _replace_previous(plan: RunPlan) -> None:
 
 
 def _run_stages(
-    client: Client, plan: RunPlan, stats: NormalizationStats, run_id: str, record: dict[str, Any],
+    client: Client,
+    plan: RunPlan,
+    stats: NormalizationStats,
+    run_id: str,
+    record: dict[str, Any],
     save: Callable[[], None],
 ) -> None:
     config = plan.request.config
@@ -189,16 +202,29 @@ def _run_stages(
         )
         for block in plan.blocks
     ]
-    reports = _run_stage(client, plan, "predict", predict_block, predict_tasks, lambda t: t.block.block_id, run_id, record)
+    reports = _run_stage(
+        client, plan, "predict", predict_block, predict_tasks, lambda t: t.block.block_id, run_id, record
+    )
     save()
     if plan.label_rule is not None:
         summaries = _payloads(plan, "predict", reports)
         contact_tasks = [
-            ContactTask(block, plan.grid, plan.output_url, plan.label_rule.connectivity) for block in plan.blocks
+            ContactTask(block, plan.grid, plan.output_url, plan.label_rule.connectivity)
+            for block in plan.blocks
         ]
         contacts = _payloads(
-            plan, "contacts",
-            _run_stage(client, plan, "contacts", contact_block, contact_tasks, lambda t: t.block.block_id, run_id, record),
+            plan,
+            "contacts",
+            _run_stage(
+                client,
+                plan,
+                "contacts",
+                contact_block,
+                contact_tasks,
+                lambda t: t.block.block_id,
+                run_id,
+                record,
+            ),
         )
         started = time.perf_counter()
         mapping = merge_labels(
@@ -216,10 +242,19 @@ def _run_stages(
         name = config.labels.name
         create_labels(plan.output_url, plan.layout, name, mapping.dtype)
         relabel_tasks = [
-            RelabelTask(block, plan.grid, plan.output_url, f"labels/{name}/s0", mapping.block_mapping(block.block_id), mapping.dtype)
+            RelabelTask(
+                block,
+                plan.grid,
+                plan.output_url,
+                f"labels/{name}/s0",
+                mapping.block_mapping(block.block_id),
+                mapping.dtype,
+            )
             for block in plan.blocks
         ]
-        _run_stage(client, plan, "relabel", relabel_block, relabel_tasks, lambda t: t.block.block_id, run_id, record)
+        _run_stage(
+            client, plan, "relabel", relabel_block, relabel_tasks, lambda t: t.block.block_id, run_id, record
+        )
         save()
     pyramids = [("", "mean")] + ([(f"labels/{config.labels.name}/", "nearest")] if plan.label_rule else [])
     for prefix, method in pyramids:
@@ -237,7 +272,9 @@ def _pyramid_tasks(plan: RunPlan, stage: str, prefix: str, method: str, level: i
     source = layout.level_shape(level - 1)
     target = layout.level_shape(level)
     shape_zyx = (planes, target[-2], target[-1])
-    shard_grid = BlockGrid(shape_zyx, layout.tile * layout.shard_tiles, (1, 1), plan.request.config.tiling.block_planes)
+    shard_grid = BlockGrid(
+        shape_zyx, layout.tile * layout.shard_tiles, (1, 1), plan.request.config.tiling.block_planes
+    )
     return [
         PyramidTask(
             block_id=block.block_id,

@@ -69,7 +69,9 @@ class InputVolume:
         return read_mirrored(self.array, planes, rows, cols)
 
 
-def read_mirrored(array: zarr.Array[Any], planes: range, rows: tuple[int, int], cols: tuple[int, int]) -> npt.NDArray[Any]:
+def read_mirrored(
+    array: zarr.Array[Any], planes: range, rows: tuple[int, int], cols: tuple[int, int]
+) -> npt.NDArray[Any]:
     """One read of the bounding box of the mirrored window, then the mirror in memory."""
     height, width = (int(n) for n in array.shape[-2:])
     ys = np.asarray(reflect_indices(rows[0], rows[1], height))
@@ -150,9 +152,7 @@ def _open_group(url: str, group: zarr.Group) -> InputVolume:
     scale = _scale(level.get("coordinateTransformations", []), len(axes))
     outer = _scale(first.get("coordinateTransformations", []), len(axes))
     units = [axis.get("unit") if isinstance(axis, dict) else None for axis in first.get("axes", [])]
-    sizes = {
-        name: PixelSize(s * o, unit) for name, s, o, unit in zip(axes, scale, outer, units)
-    }
+    sizes = {name: PixelSize(s * o, unit) for name, s, o, unit in zip(axes, scale, outer, units)}
     return InputVolume(
         InputRef(url, level["path"], axes), array, f"OME-Zarr {version} image, level {level['path']}", sizes
     )

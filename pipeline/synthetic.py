@@ -11,7 +11,9 @@ import numpy.typing as npt
 import zarr
 
 
-def cell_mask(shape: tuple[int, ...], *, seed: int, density: float = 0.03, radius: float = 9.0) -> npt.NDArray[np.bool_]:
+def cell_mask(
+    shape: tuple[int, ...], *, seed: int, density: float = 0.03, radius: float = 9.0
+) -> npt.NDArray[np.bool_]:
     """Foreground of roughly round cells, kept apart by at least one background pixel.
 
     ``shape`` is (H, W) or (Z, H, W); cells are ellipsoids whose z extent
@@ -83,4 +85,6 @@ def write_synthetic_volume(
     slab = max(chunks[0], (slab_bytes // plane_bytes) // chunks[0] * chunks[0])
     for index, start in enumerate(range(0, shape[0], slab)):
         stop = min(start + slab, shape[0])
-        array[start:stop] = cell_image((stop - start, shape[1], shape[2]), seed=seed + 1000 * index, dtype=dtype)
+        array[start:stop] = cell_image(
+            (stop - start, shape[1], shape[2]), seed=seed + 1000 * index, dtype=dtype
+        )

@@ -15,7 +15,9 @@ import torch
 from pipeline.model import UNet
 
 
-def canonical_prediction(model: UNet, plane: npt.NDArray[np.float32], tile: int = 388) -> npt.NDArray[np.float32]:
+def canonical_prediction(
+    model: UNet, plane: npt.NDArray[np.float32], tile: int = 388
+) -> npt.NDArray[np.float32]:
     h = model.geometry.halo
     height, width = plane.shape
     rows, cols = math.ceil(height / tile), math.ceil(width / tile)
@@ -30,5 +32,7 @@ def canonical_prediction(model: UNet, plane: npt.NDArray[np.float32], tile: int 
             for j in range(cols):
                 window = padded[i * tile : i * tile + tile + 2 * h, j * tile : j * tile + tile + 2 * h]
                 logits = model(torch.from_numpy(np.ascontiguousarray(window))[None, None])
-                out[:, i * tile : (i + 1) * tile, j * tile : (j + 1) * tile] = torch.softmax(logits, 1)[0].numpy()
+                out[:, i * tile : (i + 1) * tile, j * tile : (j + 1) * tile] = torch.softmax(logits, 1)[
+                    0
+                ].numpy()
     return out[:, :height, :width]

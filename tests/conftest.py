@@ -59,6 +59,8 @@ def narrow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_volume(path: Path, data: np.ndarray, chunks: tuple[int, ...], zarr_format: int = 3) -> str:
-    array = zarr.open_array(str(path), mode="w", shape=data.shape, chunks=chunks, dtype=data.dtype, zarr_format=zarr_format)
+    array = zarr.open_array(
+        str(path), mode="w", shape=data.shape, chunks=chunks, dtype=data.dtype, zarr_format=zarr_format
+    )
     array[...] = data
     return str(path)

@@ -26,7 +26,9 @@ def saved(tmp_path: Path, narrow_model: UNet) -> Path:
     return path
 
 
-def test_round_trip_predicts_bitwise_identically(saved: Path, narrow_model: UNet, rng: np.random.Generator) -> None:
+def test_round_trip_predicts_bitwise_identically(
+    saved: Path, narrow_model: UNet, rng: np.random.Generator
+) -> None:
     plane = rng.random((300, 500), dtype=np.float32)
     loaded = load_checkpoint(saved)
     assert np.array_equal(predict_plane(narrow_model, plane), predict_plane(loaded.model, plane))
@@ -98,9 +100,14 @@ def _rewrite_metadata(path: Path, **changes: str) -> None:
 def test_wrong_architecture(saved: Path) -> None:
     _rewrite_metadata(
         saved,
-        architecture=json.dumps({"name": "unet2015", "in_channels": 1, "n_classes": 2, "base_channels": 8, "depth": 5}),
+        architecture=json.dumps(
+            {"name": "unet2015", "in_channels": 1, "n_classes": 2, "base_channels": 8, "depth": 5}
+        ),
     )
-    with pytest.raises(CheckpointError, match=r"wrong architecture.*base_channels=8.*has shape \[\d+\], the architecture needs"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"wrong architecture.*base_channels=8.*has shape \[\d+\], the architecture needs",
+    ):
         load_checkpoint(saved)
 
 

@@ -36,7 +36,9 @@ def test_model_init_is_reproducible_by_seed(tmp_path: Path) -> None:
     runner = CliRunner()
     shas = []
     for name in ("a", "b"):
-        result = runner.invoke(cli, ["model", "init", str(tmp_path / name), "--base-channels", "2", "--seed", "3"])
+        result = runner.invoke(
+            cli, ["model", "init", str(tmp_path / name), "--base-channels", "2", "--seed", "3"]
+        )
         assert result.exit_code == 0, result.output
         shas.append(result.output.split("sha256 ")[1].strip())
     assert shas[0] == shas[1]

@@ -34,12 +34,22 @@ def invoke(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_segment_then_inspect(small_volume: Path, narrow_checkpoint: Path, dask_address: str, tmp_path: Path) -> None:
+def test_segment_then_inspect(
+    small_volume: Path, narrow_checkpoint: Path, dask_address: str, tmp_path: Path
+) -> None:
     before = tree_digest(small_volume)
     output = tmp_path / "out.ome.zarr"
     code, text = invoke(
-        "segment", str(small_volume), str(output), "--model", str(narrow_checkpoint),
-        "--cluster", dask_address, "--block-tiles", "4", "--no-progress",
+        "segment",
+        str(small_volume),
+        str(output),
+        "--model",
+        str(narrow_checkpoint),
+        "--cluster",
+        dask_address,
+        "--block-tiles",
+        "4",
+        "--no-progress",
     )
     assert code == 0, text
     assert "segmented" in text and "Mpix/s" in text
@@ -67,26 +77,33 @@ def _refused(args: list[str], message: str, tmp_path: Path) -> None:
 def test_missing_input(narrow_checkpoint: Path, tmp_path: Path) -> None:
     _refused(
         [str(tmp_path / "absent.zarr"), str(tmp_path / "out.zarr"), "--model", str(narrow_checkpoint)],
-        "no input at", tmp_path,
+        "no input at",
+        tmp_path,
     )
 
 
 def test_unsupported_dtype(narrow_checkpoint: Path, tmp_path: Path) -> None:
     source = write_volume(tmp_path / "int.zarr", np.zeros((20, 20), np.int64), (10, 10))
-    _refused([source, str(tmp_path / "out.zarr"), "--model", str(narrow_checkpoint)], "unsupported dtype int64", tmp_path)
+    _refused(
+        [source, str(tmp_path / "out.zarr"), "--model", str(narrow_checkpoint)],
+        "unsupported dtype int64",
+        tmp_path,
+    )
 
 
 def test_output_inside_input(small_volume: Path, narrow_checkpoint: Path, tmp_path: Path) -> None:
     _refused(
         [str(small_volume), str(small_volume / "seg.zarr"), "--model", str(narrow_checkpoint)],
-        "overlaps input", tmp_path,
+        "overlaps input",
+        tmp_path,
     )
 
 
 def test_missing_checkpoint(small_volume: Path, tmp_path: Path) -> None:
     _refused(
         [str(small_volume), str(tmp_path / "out.zarr"), "--model", str(tmp_path / "absent.safetensors")],
-        "no checkpoint at", tmp_path,
+        "no checkpoint at",
+        tmp_path,
     )
 
 
@@ -104,8 +121,18 @@ def test_existing_output_that_is_not_ours_survives_overwrite(
     assert (precious / "thesis.txt").read_text() == "years of work"
 
 
-def test_block_tiles_must_be_whole_shards(small_volume: Path, narrow_checkpoint: Path, tmp_path: Path) -> None:
+def test_block_tiles_must_be_whole_shards(
+    small_volume: Path, narrow_checkpoint: Path, tmp_path: Path
+) -> None:
     _refused(
-        [str(small_volume), str(tmp_path / "out.zarr"), "--model", str(narrow_checkpoint), "--block-tiles", "3"],
-        "must be positive multiples of shard_tiles (4)", tmp_path,
+        [
+            str(small_volume),
+            str(tmp_path / "out.zarr"),
+            "--model",
+            str(narrow_checkpoint),
+            "--block-tiles",
+            "3",
+        ],
+        "must be positive multiples of shard_tiles (4)",
+        tmp_path,
     )

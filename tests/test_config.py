@@ -30,7 +30,9 @@ def test_bad_value_names_key_and_value(tmp_path: Path) -> None:
 
 
 def test_blocks_must_be_whole_shards() -> None:
-    with pytest.raises(InputError, match=r"block_tiles \[2, 3\] must be positive multiples of shard_tiles \(2\)"):
+    with pytest.raises(
+        InputError, match=r"block_tiles \[2, 3\] must be positive multiples of shard_tiles \(2\)"
+    ):
         load_config(overrides={"tiling.shard_tiles": 2, "tiling.block_tiles": [2, 3]})
 
 

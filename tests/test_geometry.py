@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.geometry import BlockGrid, Roi, TileGrid, UNetGeometry, plan_blocks, reflect_index, reflect_indices
+from pipeline.geometry import (
+    BlockGrid,
+    Roi,
+    TileGrid,
+    UNetGeometry,
+    plan_blocks,
+    reflect_index,
+    reflect_indices,
+)
 
 
 def test_paper_geometry() -> None:
@@ -36,7 +44,9 @@ def test_halo_matches_simulated_shrink(depth: int, halo: int) -> None:
 @given(depth=st.integers(1, 6), size=st.integers(1, 3000))
 def test_valid_sizes_are_an_arithmetic_progression(depth: int, size: int) -> None:
     geometry = UNetGeometry(depth)
-    expected = size >= geometry.min_input_size and (size - geometry.min_input_size) % geometry.pool_factor == 0
+    expected = (
+        size >= geometry.min_input_size and (size - geometry.min_input_size) % geometry.pool_factor == 0
+    )
     assert geometry.is_valid_input(size) == expected
 
 
@@ -150,7 +160,9 @@ def test_block_write_rois_tile_the_volume(
         ((2, 900, 1000), (4, 4), 2),  # a whole plane per block
     ],
 )
-def test_block_count_by_hand(shape: tuple[int, int, int], block_tiles: tuple[int, int], expected: int) -> None:
+def test_block_count_by_hand(
+    shape: tuple[int, int, int], block_tiles: tuple[int, int], expected: int
+) -> None:
     assert len(plan_blocks(shape, 388, block_tiles)) == expected
 
 

@@ -39,7 +39,9 @@ def blockwise_labels(
                 if box is None:
                     continue
                 slab = local[tuple(slice(a, b) for a, b in zip(*box))]
-                contacts.append(slab_contacts(slab, box[0], roi.start, roi.stop, axis, side, grid, connectivity))
+                contacts.append(
+                    slab_contacts(slab, box[0], roi.start, roi.stop, axis, side, grid, connectivity)
+                )
     mapping = merge_labels(summaries, contacts, min_size)
     out = np.zeros(shape, np.uint64)
     for block, roi in zip(grid.blocks(), rois):
@@ -136,10 +138,17 @@ def test_min_size_in_physical_units() -> None:
     from pipeline.plan import min_size_voxels
     from pipeline.store import PixelSize
 
-    sizes = {"z": PixelSize(2.0, "micrometer"), "y": PixelSize(0.5, "micrometer"), "x": PixelSize(0.5, "micrometer")}
+    sizes = {
+        "z": PixelSize(2.0, "micrometer"),
+        "y": PixelSize(0.5, "micrometer"),
+        "x": PixelSize(0.5, "micrometer"),
+    }
     # a voxel is 0.5 um^3: 10 um^3 is 20 voxels; the larger of the two limits wins
     assert min_size_voxels(LabelsConfig(min_size_physical=10.0), sizes, "zyx", "in.zarr") == 20
-    assert min_size_voxels(LabelsConfig(min_size_physical=10.0, min_size_voxels=50), sizes, "zyx", "in.zarr") == 50
+    assert (
+        min_size_voxels(LabelsConfig(min_size_physical=10.0, min_size_voxels=50), sizes, "zyx", "in.zarr")
+        == 50
+    )
     # per plane (2d mode) the area counts: a pixel is 0.25 um^2
     assert min_size_voxels(LabelsConfig(min_size_physical=1.0, mode="2d"), sizes, "zyx", "in.zarr") == 4
     with pytest.raises(InputError, match="needs physical pixel sizes, and in.zarr does not give them"):

@@ -25,7 +25,9 @@ SHAPE = (3, 900, 1000)
 
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return write_volume(tmp_path_factory.mktemp("in") / "cells.zarr", cell_image(SHAPE, seed=21), (1, 300, 256))
+    return write_volume(
+        tmp_path_factory.mktemp("in") / "cells.zarr", cell_image(SHAPE, seed=21), (1, 300, 256)
+    )
 
 
 def constant_checkpoint(path: Path, foreground: bool) -> Path:
@@ -63,11 +65,19 @@ def expected_labels(output: Path, mode: str, threshold: float = 0.5) -> tuple[np
 @pytest.mark.parametrize("mode", ["3d", "2d"])
 @pytest.mark.parametrize("block_tiles", [(1, 1), (2, 3), (3, 3)])  # one shard, 2 x 3 shards, a whole plane
 def test_labels_equal_whole_volume_components(
-    volume: str, narrow_checkpoint: Path, dask_address: str, tmp_path: Path, mode: str, block_tiles: tuple[int, int]
+    volume: str,
+    narrow_checkpoint: Path,
+    dask_address: str,
+    tmp_path: Path,
+    mode: str,
+    block_tiles: tuple[int, int],
 ) -> None:
     output = tmp_path / "out.ome.zarr"
     record = run(
-        volume, output, narrow_checkpoint, dask_address,
+        volume,
+        output,
+        narrow_checkpoint,
+        dask_address,
         **{"tiling.block_tiles": list(block_tiles), "labels.mode": mode},
     )
     expected, count = expected_labels(output, mode)
@@ -96,10 +106,15 @@ def test_zero_objects(volume: str, dask_address: str, tmp_path: Path) -> None:
     assert not zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")[...].any()
 
 
-def test_min_size_drops_small_objects(volume: str, narrow_checkpoint: Path, dask_address: str, tmp_path: Path) -> None:
+def test_min_size_drops_small_objects(
+    volume: str, narrow_checkpoint: Path, dask_address: str, tmp_path: Path
+) -> None:
     output = tmp_path / "out.ome.zarr"
     record = run(
-        volume, output, narrow_checkpoint, dask_address,
+        volume,
+        output,
+        narrow_checkpoint,
+        dask_address,
         **{"tiling.block_tiles": [2, 2], "labels.min_size_voxels": 20},
     )
     labels, _ = expected_labels(output, "3d")
@@ -109,10 +124,14 @@ def test_min_size_drops_small_objects(volume: str, narrow_checkpoint: Path, dask
     table = np.zeros(sizes.size, np.uint32)
     table[keep] = np.arange(1, keep.size + 1)  # renumbered in raster order of first voxel
     assert record["labels"]["objects"] == keep.size
-    assert np.array_equal(zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")[...], table[labels])
+    assert np.array_equal(
+        zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")[...], table[labels]
+    )
 
 
-def test_labels_metadata_validates(volume: str, narrow_checkpoint: Path, dask_address: str, tmp_path: Path) -> None:
+def test_labels_metadata_validates(
+    volume: str, narrow_checkpoint: Path, dask_address: str, tmp_path: Path
+) -> None:
     from ome_zarr_models.v05.image import Image
     from ome_zarr_models.v05.image_label import ImageLabel
     from ome_zarr_models.v05.labels import Labels

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from pipeline.checkpoint import save_checkpoint
 from pipeline.cli import cli
+from pipeline.lock import OutputLockedError, hold_lock
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
 from pipeline.synthetic import cell_image
@@ -47,8 +48,17 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def cli_segment(setup: dict[str, Path], output: Path, *extra: str) -> tuple[int, str]:
-    args = ["segment", str(setup["volume"]), str(output), "--model", str(setup["checkpoint"]),
-            "--config", str(setup["config"]), "--no-progress", *extra]
+    args = [
+        "segment",
+        str(setup["volume"]),
+        str(output),
+        "--model",
+        str(setup["checkpoint"]),
+        "--config",
+        str(setup["config"]),
+        "--no-progress",
+        *extra,
+    ]
     result = CliRunner().invoke(cli, args)
     return result.exit_code, result.output
 
@@ -57,9 +67,26 @@ def start_driver(setup: dict[str, Path], output: Path) -> subprocess.Popen[str]:
     """A real driver process with its own local cluster, in its own process group."""
     script = Path(sys.executable).with_name("unet-pipeline")
     return subprocess.Popen(
-        [str(script), "--quiet", "segment", str(setup["volume"]), str(output), "--model", str(setup["checkpoint"]),
-         "--config", str(setup["config"]), "--cluster", "local", "--workers", "2", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            str(script),
+            "--quiet",
+            "segment",
+            str(setup["volume"]),
+            str(output),
+            "--model",
+            str(setup["checkpoint"]),
+            "--config",
+            str(setup["config"]),
+            "--cluster",
+            "local",
+            "--workers",
+            "2",
+            "--no-progress",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
 
 
@@ -68,12 +95,16 @@ def markers(output: Path, stage: str) -> int:
     return len(list(folder.glob("*.npz"))) if folder.exists() else 0
 
 
-def kill_when(process: subprocess.Popen[str], output: Path, stage: str, count: int, timeout: float = 240) -> int:
+def kill_when(
+    process: subprocess.Popen[str], output: Path, stage: str, count: int, timeout: float = 240
+) -> int:
     """SIGKILL the driver and its workers once ``stage`` has ``count`` markers; return the count then."""
     deadline = time.monotonic() + timeout
     while markers(output, stage) < count:
         if process.poll() is not None:
-            pytest.fail(f"driver ended before the kill point: {process.stdout.read() if process.stdout else ''}")
+            pytest.fail(
+                f"driver ended before the kill point: {process.stdout.read() if process.stdout else ''}"
+            )
         if time.monotonic() > deadline:
             os.killpg(process.pid, signal.SIGKILL)
             pytest.fail(f"no {count} {stage} markers within {timeout} s")
@@ -102,7 +133,12 @@ def reference(setup: dict[str, Path], dask_address: str) -> dict[str, np.ndarray
 
 @pytest.mark.parametrize(("stage", "count"), [("predict", 40), ("relabel", 30)])
 def test_killed_run_resumes_to_identical_output(
-    setup: dict[str, Path], reference: dict[str, np.ndarray], dask_address: str, tmp_path: Path, stage: str, count: int
+    setup: dict[str, Path],
+    reference: dict[str, np.ndarray],
+    dask_address: str,
+    tmp_path: Path,
+    stage: str,
+    count: int,
 ) -> None:
     output = tmp_path / "out.ome.zarr"
     done_at_kill = kill_when(start_driver(setup, output), output, stage, count)
@@ -136,10 +172,21 @@ def test_resume_refused_after_model_or_config_change(
     torch.manual_seed(4)
     other = tmp_path / "other.safetensors"
     save_checkpoint(other, UNet(base_channels=2, depth=3), normalization=Normalization())
-    result = CliRunner().invoke(cli, [
-        "segment", str(setup["volume"]), str(output), "--model", str(other), "--config", str(setup["config"]),
-        "--resume", "--cluster", dask_address,
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "segment",
+            str(setup["volume"]),
+            str(output),
+            "--model",
+            str(other),
+            "--config",
+            str(setup["config"]),
+            "--resume",
+            "--cluster",
+            dask_address,
+        ],
+    )
     assert result.exit_code == 2
     assert "--resume refused" in result.output and "the model: checkpoint sha256" in result.output
     code, text = cli_segment(setup, output, "--resume", "--cluster", dask_address, "--batch-size", "4")
@@ -153,10 +200,21 @@ def test_block_that_always_fails(setup: dict[str, Path], dask_address: str, tmp_
     write_volume(volume, cell_image(SHAPE, seed=5), (1, 64, 64))
     (volume / "c" / "0" / "0" / "0").write_bytes(b"not a chunk")  # chunk (0, 0, 0): not in any sample
     output = tmp_path / "out.ome.zarr"
-    result = CliRunner().invoke(cli, [
-        "segment", str(volume), str(output), "--model", str(setup["checkpoint"]), "--config", str(setup["config"]),
-        "--cluster", dask_address, "--no-progress",
-    ])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "segment",
+            str(volume),
+            str(output),
+            "--model",
+            str(setup["checkpoint"]),
+            "--config",
+            str(setup["config"]),
+            "--cluster",
+            dask_address,
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 1
     assert "predict of block 0 (z, y, x from (0, 0, 0)" in result.output
     assert "failed after 2 attempt(s)" in result.output
@@ -175,7 +233,10 @@ def test_second_run_on_a_locked_output_is_refused(setup: dict[str, Path], tmp_pa
         while not (output / "_run.lock").exists():
             assert driver.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        for flag, message in (("--resume", "is being written by run"), ("--overwrite", "--overwrite refused")):
+        for flag, message in (
+            ("--resume", "is being written by run"),
+            ("--overwrite", "--overwrite refused"),
+        ):
             code, text = cli_segment(setup, output, flag)
             assert code == 2, text
             assert message in text
@@ -189,8 +250,9 @@ def test_second_run_on_a_locked_output_is_refused(setup: dict[str, Path], tmp_pa
 def test_stale_lock_is_reported(setup: dict[str, Path], tmp_path: Path) -> None:
     output = tmp_path / "out.ome.zarr"
     kill_when(start_driver(setup, output), output, "predict", 5)
-    from pipeline.lock import OutputLockedError, hold_lock
-
-    with pytest.raises(OutputLockedError, match=r"stale lock .* whose process is gone: continue it with --resume"):
-        with hold_lock(str(output), "another-run", take_over_stale=False):
-            pass
+    stale = r"stale lock .* whose process is gone: continue it with --resume"
+    with (
+        pytest.raises(OutputLockedError, match=stale),
+        hold_lock(str(output), "another-run", take_over_stale=False),
+    ):
+        pass

@@ -31,7 +31,9 @@ SHAPE = (3, 900, 1000)  # 3 x 3 tiles of 388 per plane, ragged on both axes
 @pytest.fixture(scope="module")
 def ragged_volume(tmp_path_factory: pytest.TempPathFactory) -> str:
     data = cell_image(SHAPE, seed=11)
-    return write_volume(tmp_path_factory.mktemp("in") / "ragged.zarr", data, (1, 300, 256))  # not tile-aligned
+    return write_volume(
+        tmp_path_factory.mktemp("in") / "ragged.zarr", data, (1, 300, 256)
+    )  # not tile-aligned
 
 
 def run_segment(
@@ -65,7 +67,10 @@ def reference_run(
 ) -> tuple[Path, dict[str, Any]]:
     output = tmp_path_factory.mktemp("out") / "reference.ome.zarr"
     record = run_segment(
-        ragged_volume, output, narrow_checkpoint, dask_address,
+        ragged_volume,
+        output,
+        narrow_checkpoint,
+        dask_address,
         **{"tiling.shard_tiles": 1, "tiling.block_tiles": [1, 1], "output.dtype": "float32"},
     )
     return output, record
@@ -96,9 +101,16 @@ def test_block_size_does_not_change_output(
 ) -> None:
     output = tmp_path / "out.ome.zarr"
     record = run_segment(
-        ragged_volume, output, narrow_checkpoint, dask_address,
-        **{"tiling.shard_tiles": 1, "tiling.block_tiles": list(block_tiles), "output.dtype": "float32",
-           "tiling.block_planes": 2 if block_tiles == (2, 3) else 1},
+        ragged_volume,
+        output,
+        narrow_checkpoint,
+        dask_address,
+        **{
+            "tiling.shard_tiles": 1,
+            "tiling.block_tiles": list(block_tiles),
+            "output.dtype": "float32",
+            "tiling.block_planes": 2 if block_tiles == (2, 3) else 1,
+        },
     )
     reference = zarr.open_array(str(reference_run[0] / "s0"), mode="r")[...]
     assert np.array_equal(zarr.open_array(str(output / "s0"), mode="r")[...], reference)
@@ -119,7 +131,9 @@ def test_one_worker_gives_the_same_bits_as_two(
             "output.dtype": "float32",
         }
     )
-    record = segment(SegmentRequest(ragged_volume, str(output), narrow_checkpoint, config, show_progress=False))
+    record = segment(
+        SegmentRequest(ragged_volume, str(output), narrow_checkpoint, config, show_progress=False)
+    )
     assert record["cluster"]["workers"] == 1
     reference = zarr.open_array(str(reference_run[0] / "s0"), mode="r")[...]
     assert np.array_equal(zarr.open_array(str(output / "s0"), mode="r")[...], reference)
@@ -131,7 +145,10 @@ def uint8_run(
 ) -> tuple[Path, dict[str, Any]]:
     output = tmp_path_factory.mktemp("out") / "probability.ome.zarr"
     record = run_segment(
-        ragged_volume, output, narrow_checkpoint, dask_address,
+        ragged_volume,
+        output,
+        narrow_checkpoint,
+        dask_address,
         **{"tiling.shard_tiles": 2, "tiling.block_tiles": [2, 2], "output.pyramid_levels": 2},
     )
     return output, record
@@ -156,7 +173,9 @@ def test_pyramid_levels_are_means_of_the_level_above(uint8_run: tuple[Path, dict
     assert np.array_equal(s2, downsample_mean(s1))
 
 
-def test_run_record(uint8_run: tuple[Path, dict[str, Any]], narrow_checkpoint: Path, ragged_volume: str) -> None:
+def test_run_record(
+    uint8_run: tuple[Path, dict[str, Any]], narrow_checkpoint: Path, ragged_volume: str
+) -> None:
     output, record = uint8_run
     attrs = zarr.open_group(str(output), mode="r").attrs.asdict()
     state = attrs["unet_pipeline"]
@@ -169,8 +188,13 @@ def test_run_record(uint8_run: tuple[Path, dict[str, Any]], narrow_checkpoint: P
     assert stored["input"]["chunks"] == [1, 300, 256]
     assert stored["blocks"] == {"total": 3 * 2 * 2, "done": 3 * 2 * 2}
     assert set(stored["stages"]) == {
-        "predict", "contacts", "relabel", "pyramid s1", "pyramid s2",
-        "pyramid labels/cells/s1", "pyramid labels/cells/s2",
+        "predict",
+        "contacts",
+        "relabel",
+        "pyramid s1",
+        "pyramid s2",
+        "pyramid labels/cells/s1",
+        "pyramid labels/cells/s2",
     }
     assert stored["stages"]["predict"]["computed"] == 12
     assert stored["labels"]["objects"] > 0
@@ -182,7 +206,11 @@ def test_run_record(uint8_run: tuple[Path, dict[str, Any]], narrow_checkpoint: P
 
 
 def test_run_record_holds_no_secrets(
-    ragged_volume: str, narrow_checkpoint: Path, dask_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ragged_volume: str,
+    narrow_checkpoint: Path,
+    dask_address: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-record-me")
     monkeypatch.setenv("PREFECT_API_KEY", "nor-me")
@@ -212,7 +240,9 @@ print(json.dumps({{
     "imported_pipeline": "pipeline" in sys.modules,
 }}))
 """
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["levels"] == [[3, 900, 1000], [3, 450, 500], [3, 225, 250]]
@@ -221,9 +251,7 @@ print(json.dumps({{
     assert report["imported_pipeline"] is False
 
 
-def test_yx_input_gives_yx_output(
-    narrow_checkpoint: Path, dask_address: str, tmp_path: Path
-) -> None:
+def test_yx_input_gives_yx_output(narrow_checkpoint: Path, dask_address: str, tmp_path: Path) -> None:
     plane = cell_image((500, 420), seed=2, dtype=np.uint8)
     source = write_volume(tmp_path / "plane.zarr", plane, (128, 128))
     output = tmp_path / "plane.ome.zarr"
@@ -248,15 +276,24 @@ def test_physical_pixel_sizes_are_copied_from_an_ome_zarr_input(
     group.attrs["ome"] = {
         "version": "0.5",
         "multiscales": [
-            {"axes": units, "datasets": [{"path": "0", "coordinateTransformations": [
-                {"type": "scale", "scale": [2.0, 0.25, 0.25]}]}]}
+            {
+                "axes": units,
+                "datasets": [
+                    {
+                        "path": "0",
+                        "coordinateTransformations": [{"type": "scale", "scale": [2.0, 0.25, 0.25]}],
+                    }
+                ],
+            }
         ],
     }
     output = tmp_path / "out.ome.zarr"
     run_segment(str(source), output, narrow_checkpoint, dask_address, **{"output.pyramid_levels": 1})
     written = zarr.open_group(str(output), mode="r").attrs["ome"]["multiscales"][0]
     assert written["axes"] == units
-    assert written["datasets"][0]["coordinateTransformations"] == [{"type": "scale", "scale": [2.0, 0.25, 0.25]}]
+    assert written["datasets"][0]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [2.0, 0.25, 0.25]}
+    ]
     assert written["datasets"][1]["coordinateTransformations"] == [
         {"type": "scale", "scale": [2.0, 0.5, 0.5]},
         {"type": "translation", "translation": [0.0, 0.125, 0.125]},

@@ -20,7 +20,7 @@ def test_plain_arrays_of_both_formats(tmp_path: Path, rng: np.random.Generator, 
     assert volume.ref.axes == "zyx"
     assert volume.shape_zyx == (2, 50, 60)
     assert volume.description == f"Zarr v{zarr_format} array"
-    assert np.array_equal(volume.read_window(range(0, 2), (0, 50), (0, 60)), data)
+    assert np.array_equal(volume.read_window(range(2), (0, 50), (0, 60)), data)
 
 
 def test_yx_array_gets_a_plane_axis(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -28,7 +28,7 @@ def test_yx_array_gets_a_plane_axis(tmp_path: Path, rng: np.random.Generator) ->
     volume = open_input(write_volume(tmp_path / "v.zarr", data, (16, 16)))
     assert volume.ref.axes == "yx"
     assert volume.shape_zyx == (1, 30, 40)
-    assert np.array_equal(volume.read_window(range(0, 1), (0, 30), (0, 40))[0], data)
+    assert np.array_equal(volume.read_window(range(1), (0, 30), (0, 40))[0], data)
 
 
 @pytest.mark.parametrize("version", ["0.4", "0.5"])
@@ -116,7 +116,9 @@ def test_plain_arrays_must_be_yx_or_zyx(tmp_path: Path, ndim: int) -> None:
 )
 def test_mirrored_window_equals_numpy_pad(height: int, width: int, chunk: int, data: st.DataObject) -> None:
     plane = np.arange(height * width, dtype=np.uint16).reshape(1, height, width)
-    array = zarr.create_array(zarr.storage.MemoryStore(), shape=plane.shape, chunks=(1, chunk, chunk), dtype="uint16")
+    array = zarr.create_array(
+        zarr.storage.MemoryStore(), shape=plane.shape, chunks=(1, chunk, chunk), dtype="uint16"
+    )
     array[...] = plane
     pad = 50
     padded = np.pad(plane[0], pad, mode="reflect")
@@ -124,11 +126,13 @@ def test_mirrored_window_equals_numpy_pad(height: int, width: int, chunk: int, d
     y1 = data.draw(st.integers(y0 + 1, height + pad))
     x0 = data.draw(st.integers(-pad, width + pad - 1))
     x1 = data.draw(st.integers(x0 + 1, width + pad))
-    window = read_mirrored(array, range(0, 1), (y0, y1), (x0, x1))
+    window = read_mirrored(array, range(1), (y0, y1), (x0, x1))
     assert np.array_equal(window[0], padded[y0 + pad : y1 + pad, x0 + pad : x1 + pad])
 
 
-def test_sample_is_deterministic_and_fingerprint_sees_content(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_sample_is_deterministic_and_fingerprint_sees_content(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     data = rng.integers(0, 60000, size=(4, 64, 64), dtype=np.uint16)
     first = open_input(write_volume(tmp_path / "a.zarr", data, (1, 16, 16)))
     assert np.array_equal(normalization_sample(first, 8, 10_000), normalization_sample(first, 8, 10_000))
