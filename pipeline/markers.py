@@ -52,8 +52,3 @@ def done_blocks(output_url: str, stage: str) -> set[int]:
     names = (path.rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False))
     return {int(name[: -len(".npz")]) for name in names if name.endswith(".npz")}
 
-
-def clear_stage(output_url: str, stage: str) -> None:
-    fs, folder = fsspec.core.url_to_fs(_stage_path(output_url, stage))
-    if fs.exists(folder):
-        fs.rm(folder, recursive=True)

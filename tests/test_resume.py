@@ -47,8 +47,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"root": root, "checkpoint": checkpoint, "config": config, "volume": volume}
 
 
-def cli_segment(setup: dict[str, Path], output: Path, *extra: str) -> tuple[int, str]:
-    args = [
+def segment_args(setup: dict[str, Path], output: Path, *extra: str) -> list[str]:
+    """`segment` of the small volume with the small model and config, plus ``extra``."""
+    return [
         "segment",
         str(setup["volume"]),
         str(output),
@@ -59,7 +60,10 @@ def cli_segment(setup: dict[str, Path], output: Path, *extra: str) -> tuple[int,
         "--no-progress",
         *extra,
     ]
-    result = CliRunner().invoke(cli, args)
+
+
+def cli_segment(setup: dict[str, Path], output: Path, *extra: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, segment_args(setup, output, *extra))
     return result.exit_code, result.output
 
 
@@ -67,22 +71,7 @@ def start_driver(setup: dict[str, Path], output: Path) -> subprocess.Popen[str]:
     """A real driver process with its own local cluster, in its own process group."""
     script = Path(sys.executable).with_name("unet-pipeline")
     return subprocess.Popen(
-        [
-            str(script),
-            "--quiet",
-            "segment",
-            str(setup["volume"]),
-            str(output),
-            "--model",
-            str(setup["checkpoint"]),
-            "--config",
-            str(setup["config"]),
-            "--cluster",
-            "local",
-            "--workers",
-            "2",
-            "--no-progress",
-        ],
+        [str(script), "--quiet", *segment_args(setup, output, "--cluster", "local", "--workers", "2")],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
