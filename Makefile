@@ -21,6 +21,7 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/unet-pipeline demo demo-output
+	$(BIN)/python -m flows.demo demo-output
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .hypothesis

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from pipeline.errors import InputError, PipelineError
 from pipeline.model import UNet, count_parameters
 from pipeline.normalization import METHODS, Normalization
 from pipeline.omezarr import open_output, read_state
+from pipeline.outputs import read_nightly_summary, root_status
 from pipeline.predict import PAPER_TILE
 from pipeline.run import SegmentRequest
 from pipeline.run import segment as run_segment
@@ -233,6 +235,15 @@ def inspect(output_url: str, as_json: bool) -> None:
         click.echo(f"    checkpoint {run['checkpoint']['path']} sha256 {run['checkpoint']['sha256'][:16]}")
         click.echo(f"    profile    {run['execution_profile']}")
         click.echo(f"    blocks     {run['blocks']['done']}/{run['blocks']['total']}")
+        if run.get("prefect"):
+            flow = run["prefect"]
+            click.echo(
+                f"    prefect    flow run {flow['flow_run_id']} ({flow['flow_name']} '{flow['flow_run_name']}', "
+                f"attempt {flow['attempt']}), flow version {flow['flow_version']}"
+            )
+            click.echo(
+                f"               deployment {flow['deployment_name']}, parent flow run {flow['parent_flow_run_id']}"
+            )
         if run.get("resumed_from"):
             click.echo(f"    resumed    from run {run['resumed_from']}")
         if "labels" in run:
@@ -244,6 +255,46 @@ def inspect(output_url: str, as_json: bool) -> None:
             )
         if run["error"]:
             click.echo(f"    error      {run['error']}")
+
+
+@cli.command()
+@click.argument("output_root", metavar="OUTPUT_ROOT", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--input-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where acquisitions arrive (default: that of the last nightly run): lists pending ones too.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(output_root: Path, input_root: Path | None, as_json: bool) -> None:
+    """The morning check: every acquisition of OUTPUT_ROOT, complete, failed, partial or pending."""
+    if not output_root.is_dir():
+        raise InputError(f"output root {output_root} is not a folder")
+    rows = root_status(output_root, input_root)
+    summary = read_nightly_summary(output_root)
+    if as_json:
+        click.echo(json.dumps({"last_nightly_run": _without_report(summary), "acquisitions": [asdict(r) for r in rows]}, indent=2))
+        return
+    if summary is not None:
+        counts: dict[str, int] = {}
+        for row in summary["rows"]:
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+        click.echo(
+            f"last nightly run '{summary['flow_run_name']}' ({summary['flow_run_id']}), "
+            f"{summary['started']} -> {summary['ended']}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+        )
+        click.echo(f"input root {summary['input_root']}")
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[row.state] = totals.get(row.state, 0) + 1
+    click.echo(f"{output_root}: {len(rows)} acquisitions: " + ", ".join(f"{n} {s}" for s, n in totals.items()))
+    width = max([len(row.name) for row in rows] + [11])
+    for row in rows:
+        objects = "" if row.objects is None else f"{row.objects:,} objects"
+        click.echo(f"  {row.name:<{width}}  {row.state:<8}  {objects:>14}  {row.detail}")
+
+
+def _without_report(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if summary is None else {key: value for key, value in summary.items() if key != "report"}
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -290,6 +341,7 @@ def demo(out_dir: Path) -> None:
     )
     click.echo(f"      output     {result.output_url} (OME-Zarr 0.5; `unet-pipeline inspect` shows the run)")
     click.echo(f"      checkpoint {result.checkpoint}")
+    click.echo(f"      config     {result.config}")
     click.echo(f"      picture    {result.picture} (plane 0: input | foreground probability)")
 
 

@@ -42,8 +42,12 @@ class BlockFailedError(PipelineError):
 
 
 @contextmanager
-def open_client(config: ClusterConfig) -> Iterator[Client]:
-    """A connected client for the configured cluster, closed (and the cluster stopped) on exit."""
+def open_client(config: ClusterConfig, *, forward_logs: bool = True) -> Iterator[Client]:
+    """A connected client for the configured cluster, closed (and the cluster stopped) on exit.
+
+    ``forward_logs``: workers' ``pipeline`` logs are re-emitted here (one client per
+    process should ask, or each record arrives once per client).
+    """
     # the scheduler's HTTP server (metrics, and the dashboard when asked) stays on a free local port
     local_options: dict[str, Any] = {
         "threads_per_worker": 1,
@@ -76,7 +80,8 @@ def open_client(config: ClusterConfig) -> Iterator[Client]:
                 client = stack.enter_context(Client(config.address, timeout="20s"))
             except OSError as error:
                 raise InputError(f"cannot reach the Dask scheduler at {config.address}: {error}") from None
-        client.forward_logging("pipeline", level=logging.INFO)
+        if forward_logs:
+            client.forward_logging("pipeline", level=logging.INFO)
         if client.dashboard_link and config.dashboard:
             log.info("Dask dashboard: %s", client.dashboard_link)
         yield client
@@ -106,7 +111,7 @@ def run_bounded(
         by_key[name] = task
         return client.submit(function, task, key=name, pure=False, retries=retries)
 
-    window = as_completed([submit(task) for task in islice(pending, in_flight)])
+    window = as_completed([submit(task) for task in islice(pending, in_flight)], loop=client.loop)
     try:
         for future in window:
             task = by_key.pop(future.key)

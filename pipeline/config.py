@@ -136,17 +136,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     ``configs/default.yaml`` spells out the defaults with a comment on each key.
     """
     source = path or Path("(defaults)")
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise InputError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as error:
-            raise InputError(f"config file {path} is not valid YAML: {error}") from error
-        if loaded is not None and not isinstance(loaded, dict):
-            raise InputError(f"config file {path} must hold a mapping of keys, got {type(loaded).__name__}")
-        data = loaded or {}
+    data = _read_yaml(path, "config file") if path is not None else {}
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
@@ -159,6 +149,18 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
         raise InputError(_describe(error, source)) from None
 
 
+def _read_yaml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise InputError(f"{what} {path} is not valid YAML: {error}") from error
+    if loaded is not None and not isinstance(loaded, dict):
+        raise InputError(f"{what} {path} must hold a mapping of keys, got {type(loaded).__name__}")
+    return loaded or {}
+
+
 def _describe(error: ValidationError, source: Path) -> str:
     problems = []
     for item in error.errors():
@@ -168,3 +170,34 @@ def _describe(error: ValidationError, source: Path) -> str:
         else:
             problems.append(f"'{key}': {item['msg']} (got {item.get('input')!r})")
     return f"invalid config {source}: " + "; ".join(problems)
+
+
+class NightlyConfig(_Strict):
+    """What a nightly run segments, from where to where (``configs/nightly.yaml``).
+
+    Relative paths are relative to the working directory of the run (the
+    repository root for the deployment in ``prefect.yaml``).
+    """
+
+    input_root: Path = Field(description="folder the microscopes write acquisitions into")
+    output_root: Path = Field(description="one OME-Zarr store per acquisition, mirroring the input tree")
+    model: Path = Field(description="checkpoint (.safetensors)")
+    config: Path | None = Field(None, description="run config YAML; none: the built-in defaults")
+    ready_marker: str = Field(".ready", min_length=1, description="NAME.ready next to it, or inside a Zarr folder")
+    quiet_seconds: float = Field(
+        900.0, ge=0.0, description="without a marker: ready when unchanged this long"
+    )
+    retries: int = Field(1, ge=0, description="extra attempts of a failed acquisition (each one resumes)")
+    retry_delay_seconds: float = Field(30.0, ge=0.0)
+    preview_max_pixels: int = Field(768, ge=64, description="longest edge of the preview picture")
+
+
+def load_nightly_config(path: Path | None, overrides: dict[str, Any]) -> NightlyConfig:
+    """The nightly settings file (optional) with flow parameters on top; errors name the key."""
+    source = path or Path("(flow parameters)")
+    data = _read_yaml(path, "nightly settings file") if path is not None else {}
+    data.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        return NightlyConfig.model_validate(data)
+    except ValidationError as error:
+        raise InputError(_describe(error, source)) from None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import zarr
 
@@ -28,6 +29,13 @@ log = logging.getLogger(__name__)
 
 DEMO_SHAPE = (4, 700, 900)  # 2 x 3 tiles of 388 px per plane, ragged on both axes
 DEMO_CHUNKS = (1, 256, 256)
+DEMO_2D_SHAPE = (520, 610)
+DEMO_CONFIG = """\
+# the demo's run config: small blocks for a small volume (configs/default.yaml documents every key)
+cluster: {workers: 2}
+profile: {batch_size: 4}
+tiling: {shard_tiles: 1, block_tiles: [2, 2], block_planes: 2}  # 4 or 8 windows a block: whole batches
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,17 +43,22 @@ class DemoResult:
     input_url: str
     output_url: str
     checkpoint: Path
+    config: Path
     picture: Path
     record: dict[str, Any]
 
 
-def run_demo(out_dir: Path, *, base_channels: int = 8, seed: int = 0, workers: int = 2) -> DemoResult:
-    """Make the example and an untrained checkpoint, segment, and draw plane 0."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def run_demo(out_dir: Path, *, base_channels: int = 8, seed: int = 0) -> DemoResult:
+    """Make the example acquisitions and an untrained checkpoint, segment one, draw plane 0.
+
+    ``OUT/acquisitions`` gets a ZYX and a YX acquisition, each with its ready
+    marker: the nightly flow's demo segments that folder.
+    """
+    acquisitions = out_dir / "acquisitions"
+    acquisitions.mkdir(parents=True, exist_ok=True)
     volume = cell_image(DEMO_SHAPE, seed=seed)
-    input_url = str(out_dir / "acquisition.zarr")
-    source = zarr.open_array(input_url, mode="w", shape=DEMO_SHAPE, chunks=DEMO_CHUNKS, dtype=volume.dtype)
-    source[...] = volume
+    input_url = _write_acquisition(acquisitions / "cells-3d.zarr", volume, DEMO_CHUNKS)
+    _write_acquisition(acquisitions / "cells-2d.zarr", cell_image(DEMO_2D_SHAPE, seed=seed + 1), (256, 256))
     checkpoint = out_dir / "model-untrained.safetensors"
     torch.manual_seed(seed)
     log.info("initialising an untrained U-Net (base %d channels) at %s", base_channels, checkpoint)
@@ -55,19 +68,20 @@ def run_demo(out_dir: Path, *, base_channels: int = 8, seed: int = 0, workers: i
         normalization=Normalization("percentile", 1.0, 99.8),
         training={"status": "untrained", "seed": seed},
     )
+    config_path = out_dir / "demo-config.yaml"
+    config_path.write_text(DEMO_CONFIG)
     output_url = str(out_dir / "segmentation.ome.zarr")
-    config = load_config(
-        overrides={
-            "cluster.workers": workers,
-            "profile.batch_size": 4,
-            "tiling.shard_tiles": 1,
-            "tiling.block_tiles": [2, 2],
-            "tiling.block_planes": 2,  # 4 or 8 windows a block: whole batches
-        }
-    )
-    record = segment(SegmentRequest(input_url, output_url, checkpoint, config, overwrite=True))
+    record = segment(SegmentRequest(input_url, output_url, checkpoint, load_config(config_path), overwrite=True))
     probability = zarr.open_array(f"{output_url}/s0", mode="r")[0]
     picture = write_png(
         out_dir / "demo.png", side_by_side(to_uint8(volume[0]), to_uint8(np.asarray(probability), 0, 255))
     )
-    return DemoResult(input_url, output_url, checkpoint, picture, record)
+    return DemoResult(input_url, output_url, checkpoint, config_path, picture, record)
+
+
+def _write_acquisition(path: Path, data: npt.NDArray[Any], chunks: tuple[int, ...]) -> str:
+    """A Zarr array as a microscope would leave it: data first, then the ready marker."""
+    target = zarr.open_array(str(path), mode="w", shape=data.shape, chunks=chunks, dtype=data.dtype)
+    target[...] = data
+    path.with_name(path.name + ".ready").touch()
+    return str(path)

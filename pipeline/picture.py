@@ -22,8 +22,8 @@ def to_uint8(
     return np.asarray(np.clip(scaled * 255.0 + 0.5, 0, 255), dtype=np.uint8)
 
 
-def write_png(path: str | Path, image: npt.NDArray[np.uint8]) -> Path:
-    """Write an (H, W) grey or (H, W, 3) RGB uint8 image as PNG."""
+def png_bytes(image: npt.NDArray[np.uint8]) -> bytes:
+    """An (H, W) grey or (H, W, 3) RGB uint8 image encoded as PNG."""
     pixels = np.ascontiguousarray(image, dtype=np.uint8)
     if pixels.ndim == 2:
         colour_type, rows = 0, pixels
@@ -38,13 +38,18 @@ def write_png(path: str | Path, image: npt.NDArray[np.uint8]) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    target = Path(path)
-    target.write_bytes(
+    return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
         + chunk(b"IDAT", zlib.compress(raw, 6))
         + chunk(b"IEND", b"")
     )
+
+
+def write_png(path: str | Path, image: npt.NDArray[np.uint8]) -> Path:
+    """Write an (H, W) grey or (H, W, 3) RGB uint8 image as PNG."""
+    target = Path(path)
+    target.write_bytes(png_bytes(image))
     return target
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ class SegmentRequest:
     resume: bool = False
     run_id: str | None = None  # the Prefect flow-run id when there is one
     show_progress: bool = True
+    prefect: Mapping[str, str | int | None] | None = None  # flow run, deployment, flow version
 
 
 @dataclass(frozen=True)

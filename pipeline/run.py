@@ -105,6 +105,8 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
             blocks=len(plan.blocks),
         )
         record["resumed_from"] = previous_id
+        if request.prefect is not None:
+            record["prefect"] = dict(request.prefect)
         state["runs"].append(record)
 
         def save() -> None:
@@ -129,14 +131,17 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
                     record["worker_peak_rss_bytes"] = worker_peak_rss(active)
                 remove_scratch(plan.output_url)
             except BaseException as error:
+                # KeyboardInterrupt, or a cancellation signal from the orchestrator: resumable
+                interrupted = not isinstance(error, Exception)
+                record["blocks"]["done"] = len(done_blocks(plan.output_url, "predict"))
                 record.update(
-                    status="failed",
+                    status="interrupted" if interrupted else "failed",
                     ended=now(),
                     wall_seconds=round(time.perf_counter() - started, 3),
-                    error=f"{type(error).__name__}: {error}",
+                    error=f"{type(error).__name__}: {error}" if str(error) else type(error).__name__,
                 )
                 save()
-                log.error("run %s failed: %s", run_id, error)
+                log.error("run %s %s: %s", run_id, record["status"], str(error) or type(error).__name__)
                 raise
             record.update(
                 status="complete", ended=now(), wall_seconds=round(time.perf_counter() - started, 3)
@@ -332,7 +337,7 @@ def _run_stage(
             todo,
             in_flight=workers * config.cluster.in_flight_per_worker,
             retries=config.retries,
-            key=lambda task: f"{stage.replace(' ', '-').replace('/', '-')}-{block_id(task)}-{run_id[:8]}",
+            key=lambda task: f"{stage.replace(' ', '-').replace('/', '-')}-{block_id(task)}-{run_id}",
             describe=lambda task: _describe(plan, stage, block_id(task)),
             on_result=collect,
         )

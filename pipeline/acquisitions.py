@@ -1,0 +1,201 @@
+"""Find the acquisitions under an input folder and decide which are ready.
+
+An acquisition is a Zarr / OME-Zarr folder or a TIFF / OME-TIFF file. It
+is ready when the microscope says so with a ready marker (``NAME.ready``
+next to it, or ``.ready`` inside a Zarr folder), or when nothing we watch
+has changed for a quiet period. What we watch is cheap to stat and never
+means listing chunks: the metadata files of the store and of its direct
+children, and the modification times of those folders (a folder's time
+changes when an entry is created in it). A writer that fills existing
+chunk folders for hours without touching those should write a marker.
+
+Output names mirror the input tree: ``day1/embryo.zarr`` ->
+``OUTPUT_ROOT/day1/embryo.ome.zarr``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pipeline.errors import InputError
+
+ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")
+ZARR_SUFFIXES = (".ome.zarr", ".zarr")
+TIFF_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif")
+OUTPUT_SUFFIX = ".ome.zarr"
+MAX_DEPTH = 4  # plain folders (e.g. one per day or per instrument) nested under the input root
+
+
+@dataclass(frozen=True, slots=True)
+class Acquisition:
+    name: str  # path under the input root without the format suffix, "/"-separated
+    path: Path
+    kind: Literal["zarr", "tiff"]
+    ready: bool
+    why: str  # what made it ready or what it waits for
+
+    @property
+    def output_name(self) -> str:
+        return self.name + OUTPUT_SUFFIX
+
+
+def discover_acquisitions(
+    input_root: Path,
+    *,
+    quiet_seconds: float,
+    ready_marker: str = ".ready",
+    now: float | None = None,
+) -> list[Acquisition]:
+    """Every acquisition under ``input_root``, sorted by name, each marked ready or waiting."""
+    if not input_root.is_dir():
+        raise InputError(f"input root {input_root} is not a folder")
+    clock = time.time() if now is None else now
+    found: list[Acquisition] = []
+    _walk(input_root, input_root, 0, quiet_seconds, ready_marker, clock, found)
+    return _refuse_shared_outputs(sorted(found, key=lambda acquisition: acquisition.name))
+
+
+def _walk(
+    root: Path,
+    folder: Path,
+    depth: int,
+    quiet_seconds: float,
+    ready_marker: str,
+    now: float,
+    found: list[Acquisition],
+) -> None:
+    with os.scandir(folder) as entries:
+        listed = sorted(entries, key=lambda entry: entry.name)
+    for entry in listed:
+        if entry.name.startswith(".") or entry.name.endswith(ready_marker):
+            continue
+        path = Path(entry.path)
+        lower = entry.name.lower()
+        if entry.is_dir(follow_symlinks=True):
+            if _is_zarr(path) or lower.endswith(ZARR_SUFFIXES):
+                found.append(_zarr_acquisition(root, path, quiet_seconds, ready_marker, now))
+            elif depth + 1 < MAX_DEPTH:
+                _walk(root, path, depth + 1, quiet_seconds, ready_marker, now, found)
+        elif lower.endswith(TIFF_SUFFIXES):
+            marker = _marker(path, ready_marker, inside=False)
+            changed = path.stat().st_mtime
+            ready, why = _readiness(marker, changed, quiet_seconds, now)
+            found.append(Acquisition(_name(root, path, TIFF_SUFFIXES), path, "tiff", ready, why))
+
+
+def _zarr_acquisition(root: Path, path: Path, quiet_seconds: float, ready_marker: str, now: float) -> Acquisition:
+    name = _name(root, path, ZARR_SUFFIXES)
+    if not _is_zarr(path):
+        return Acquisition(name, path, "zarr", False, "no Zarr metadata yet (still being written?)")
+    marker = _marker(path, ready_marker, inside=True)
+    ready, why = _readiness(marker, _newest_change(path), quiet_seconds, now)
+    return Acquisition(name, path, "zarr", ready, why)
+
+
+def _readiness(marker: Path | None, changed: float, quiet_seconds: float, now: float) -> tuple[bool, str]:
+    if marker is not None:
+        return True, f"ready marker {marker.name}"
+    quiet = now - changed
+    if quiet >= quiet_seconds:
+        return True, f"unchanged for {_duration(quiet)}"
+    return False, (
+        f"changed {_duration(max(quiet, 0.0))} ago: waits for {_duration(quiet_seconds)} without "
+        "changes or a ready marker"
+    )
+
+
+def _marker(path: Path, ready_marker: str, *, inside: bool) -> Path | None:
+    candidates = [path.with_name(path.name + ready_marker)]
+    if inside:
+        candidates.append(path / ready_marker)
+    return next((candidate for candidate in candidates if candidate.exists()), None)
+
+
+def _is_zarr(path: Path) -> bool:
+    return any((path / name).is_file() for name in ZARR_METADATA)
+
+
+def _newest_change(path: Path) -> float:
+    """Newest modification among the store's folder, metadata files and direct children (no chunk listing)."""
+    times = [path.stat().st_mtime, *_metadata_times(path)]
+    if not (path / ".zarray").exists() and not _is_v3_array(path):
+        # a group: its folder holds only children and metadata, so listing it is cheap
+        with os.scandir(path) as entries:
+            children = [Path(entry.path) for entry in entries if entry.is_dir(follow_symlinks=True)]
+        for child in children:
+            times.append(child.stat().st_mtime)
+            times.extend(_metadata_times(child))
+            if (child / "c").is_dir():
+                times.append((child / "c").stat().st_mtime)
+    elif (path / "c").is_dir():
+        times.append((path / "c").stat().st_mtime)
+    return max(times)
+
+
+def _metadata_times(path: Path) -> list[float]:
+    times = []
+    for name in ZARR_METADATA:
+        try:
+            times.append((path / name).stat().st_mtime)
+        except FileNotFoundError:
+            continue  # each Zarr format has only some of these files
+    return times
+
+
+def _is_v3_array(path: Path) -> bool:
+    metadata = path / "zarr.json"
+    try:
+        head = metadata.read_bytes()[:4096]
+    except FileNotFoundError:
+        return False
+    return b'"node_type": "array"' in head or b'"node_type":"array"' in head
+
+
+def _name(root: Path, path: Path, suffixes: tuple[str, ...]) -> str:
+    relative = path.relative_to(root).as_posix()
+    for suffix in suffixes:
+        if relative.lower().endswith(suffix):
+            return relative[: -len(suffix)]
+    return relative
+
+
+def _refuse_shared_outputs(found: list[Acquisition]) -> list[Acquisition]:
+    """Two acquisitions that would write one output (``a.zarr`` and ``a.tif``): neither is segmented."""
+    by_output: dict[str, list[Acquisition]] = {}
+    for acquisition in found:
+        by_output.setdefault(acquisition.output_name, []).append(acquisition)
+    result = []
+    for acquisition in found:
+        clashing = [other.path.name for other in by_output[acquisition.output_name] if other is not acquisition]
+        if clashing:
+            acquisition = Acquisition(
+                acquisition.name,
+                acquisition.path,
+                acquisition.kind,
+                False,
+                f"its output {acquisition.output_name} would also be written by {', '.join(clashing)}: rename one",
+            )
+        result.append(acquisition)
+    return result
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def check_roots(input_root: Path, output_root: Path) -> None:
+    """Outputs inside the input folder would be found as acquisitions the next night."""
+    source, target = input_root.resolve(), output_root.resolve()
+    if target == source or source in target.parents or target in source.parents:
+        raise InputError(
+            f"output root {output_root} and input root {input_root} overlap: keep the outputs in a "
+            "separate folder (inputs are never modified, and outputs would be found as acquisitions)"
+        )
