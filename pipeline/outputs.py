@@ -145,6 +145,9 @@ def root_status(output_root: Path, input_root: Path | None = None) -> list[Acqui
     summary = read_nightly_summary(output_root) or {}
     if input_root is None and summary.get("input_root"):
         input_root = Path(summary["input_root"])
+    failed_before_writing = {
+        row["acquisition"]: row["detail"] for row in summary.get("rows", []) if row["status"] == "failed"
+    }
     states = {}
     for name in find_outputs(output_root):
         status = read_output_status(str(output_root / name))
@@ -158,8 +161,10 @@ def root_status(output_root: Path, input_root: Path | None = None) -> list[Acqui
             if acquisition.output_name in states:
                 continue
             output = str(output_root / acquisition.output_name)
-            state = "pending" if acquisition.ready else "waiting"
-            states[acquisition.output_name] = AcquisitionState(acquisition.name, state, output, acquisition.why)
+            state, detail = ("pending" if acquisition.ready else "waiting"), acquisition.why
+            if acquisition.name in failed_before_writing:  # refused before it wrote anything
+                state, detail = "failed", failed_before_writing[acquisition.name]
+            states[acquisition.output_name] = AcquisitionState(acquisition.name, state, output, detail)
     return [states[name] for name in sorted(states)]
 
 

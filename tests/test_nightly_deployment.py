@@ -1,0 +1,304 @@
+"""The nightly deployment end to end: a real Prefect server, work pool, `prefect deploy`, worker.
+
+Everything runs as an operator would run it (README "Nightly runs"), on
+127.0.0.1, with a temporary PREFECT_HOME, and is stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import yaml
+import zarr
+from click.testing import CliRunner
+
+from pipeline.checkpoint import save_checkpoint
+from pipeline.cli import cli
+from pipeline.model import UNet
+from pipeline.normalization import Normalization
+from pipeline.omezarr import open_output, read_state
+from pipeline.synthetic import cell_image
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+DEPLOYMENT = "nightly-segmentation/nightly"
+RUN_CONFIG = {
+    "tiling": {"tile": 36, "shard_tiles": 2, "block_tiles": [2, 2]},
+    "profile": {"batch_size": 4},
+    "cluster": {"workers": 1},
+    "normalization_sample": {"chunks": 2},
+}
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """`prefect server start` on a free loopback port, the `segmentation` pool, `prefect deploy --all`."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    log = (home / "server.log").open("w")
+    process = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _wait_healthy(env["PREFECT_API_URL"], process, home / "server.log")
+        prefect(env, "work-pool", "create", "segmentation", "--type", "process")
+        prefect(env, "--no-prompt", "deploy", "--all")
+        yield env
+    finally:
+        _stop_group(process)
+        log.close()
+
+
+def _wait_healthy(api: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"prefect server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"prefect server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _stop_group(process: subprocess.Popen[Any]) -> None:
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def prefect(env: dict[str, str], *args: str, timeout: float = 120) -> str:
+    done = subprocess.run(
+        [PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def start_nightly(env: dict[str, str], settings: Path) -> str:
+    """`prefect deployment run 'nightly-segmentation/nightly'`; the new flow run's id."""
+    output = prefect(env, "deployment", "run", DEPLOYMENT, "--param", f"settings={settings}")
+    match = re.search(r"UUID: ([0-9a-f-]{36})", output)
+    assert match, output
+    return match.group(1)
+
+
+def work_once(env: dict[str, str], cwd: Path, timeout: float = 300) -> str:
+    """`prefect worker start --pool segmentation --run-once`: runs what is due, then exits."""
+    done = subprocess.run(
+        [PREFECT, "worker", "start", "--pool", "segmentation", "--run-once"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def flow_run(env: dict[str, str], run_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{env['PREFECT_API_URL']}/flow_runs/{run_id}", timeout=10)
+    response.raise_for_status()
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def artifacts(env: dict[str, str], run_id: str) -> list[dict[str, Any]]:
+    response = httpx.post(
+        f"{env['PREFECT_API_URL']}/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [run_id]}}},
+        timeout=10,
+    )
+    response.raise_for_status()
+    found: list[dict[str, Any]] = response.json()
+    return found
+
+
+def runs_of(output: Path) -> list[dict[str, Any]]:
+    state = read_state(open_output(str(output)))
+    assert state["complete"], f"{output} is not complete"
+    runs: list[dict[str, Any]] = state["runs"]
+    return runs
+
+
+def add_acquisition(folder: Path, name: str, shape: tuple[int, ...], seed: int, ready: bool = True) -> Path:
+    data = cell_image(shape, seed=seed)
+    path = folder / f"{name}.zarr"
+    array = zarr.open_array(str(path), mode="w", shape=shape, chunks=(1,) * (len(shape) - 2) + (64, 64), dtype=data.dtype)
+    array[...] = data
+    if ready:
+        path.with_name(path.name + ".ready").touch()
+    return path
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> dict[str, Path]:
+    """A facility in miniature: incoming acquisitions, an output root, a model, configs."""
+    torch.manual_seed(3)
+    model = tmp_path / "small.safetensors"
+    save_checkpoint(model, UNet(base_channels=2, depth=3), normalization=Normalization())
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(RUN_CONFIG))
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    settings = tmp_path / "nightly.yaml"
+    settings.write_text(
+        yaml.safe_dump(
+            {
+                "input_root": str(incoming),
+                "output_root": str(tmp_path / "segmentations"),
+                "model": str(model),
+                "config": str(config),
+                "quiet_seconds": 3600,
+                "retries": 0,
+                "preview_max_pixels": 64,
+            }
+        )
+    )
+    return {"root": tmp_path, "incoming": incoming, "out": tmp_path / "segmentations", "settings": settings, "model": model}
+
+
+def test_nightly_deployment_segments_new_acquisitions_once(server: dict[str, str], site: dict[str, Path]) -> None:
+    incoming, out = site["incoming"], site["out"]
+    add_acquisition(incoming, "a", (2, 100, 120), seed=1)
+    add_acquisition(incoming, "b", (90, 100), seed=2)
+    add_acquisition(incoming, "half", (2, 100, 120), seed=3, ready=False)  # just written, no marker
+    corrupt = add_acquisition(incoming, "corrupt", (2, 100, 120), seed=4)
+    for chunk in (corrupt / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"not zstd")
+
+    # night 1: a and b are segmented, half waits, corrupt fails alone and is named
+    first = start_nightly(server, site["settings"])
+    work_once(server, site["root"])
+    run = flow_run(server, first)
+    assert run["state"]["type"] == "FAILED"
+    assert "1 of 3 acquisitions failed: corrupt" in run["state"]["message"]
+    for name in ("a", "b"):
+        (record,) = runs_of(out / f"{name}.ome.zarr")
+        assert record["prefect"]["parent_flow_run_id"] == first
+        assert record["prefect"]["deployment_name"] == "nightly"
+        assert record["prefect"]["flow_version"]
+        assert record["run_id"] == record["prefect"]["flow_run_id"]
+        previews = artifacts(server, record["prefect"]["flow_run_id"])
+        assert [(p["key"], p["type"]) for p in previews] == [(f"preview-{name}", "image")]
+        assert previews[0]["data"].startswith("data:image/png;base64,")
+        assert (out / f"{name}.ome.zarr" / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "half.ome.zarr").exists()
+    found = artifacts(server, first)
+    (report,) = [artifact for artifact in found if artifact["key"] == "nightly-report"]
+    assert report["type"] == "markdown", [(artifact["key"], artifact["type"]) for artifact in found]
+    table = {line.split("|")[1].strip(): line for line in report["data"].splitlines() if line.startswith("| ")}
+    assert "segmented" in table["a"] and "segmented" in table["b"] and "waiting" in table["half"]
+    assert "failed" in table["corrupt"]
+    status = CliRunner().invoke(cli, ["status", str(out)])
+    states = {line.split()[0]: line.split()[1] for line in status.output.splitlines()[3:]}
+    assert states == {"a": "complete", "b": "complete", "corrupt": "failed", "half": "waiting"}, status.output
+
+    # night 2: the operator moved the corrupt one away; nothing new: no work
+    corrupt.rename(site["root"] / "corrupt.zarr")
+    second = start_nightly(server, site["settings"])
+    work_once(server, site["root"])
+    assert flow_run(server, second)["state"]["type"] == "COMPLETED"
+    assert [len(runs_of(out / f"{name}.ome.zarr")) for name in ("a", "b")] == [1, 1]
+    (report,) = [artifact for artifact in artifacts(server, second) if artifact["key"] == "nightly-report"]
+    assert "**2 skipped, 1 waiting**" in report["data"]
+
+    # night 3: one new acquisition: only it is segmented
+    add_acquisition(incoming, "c", (1, 80, 90), seed=5)
+    third = start_nightly(server, site["settings"])
+    work_once(server, site["root"])
+    assert flow_run(server, third)["state"]["type"] == "COMPLETED"
+    assert [len(runs_of(out / f"{name}.ome.zarr")) for name in ("a", "b")] == [1, 1]
+    (record,) = runs_of(out / "c.ome.zarr")
+    assert record["prefect"]["parent_flow_run_id"] == third
+
+
+def test_cancelling_a_run_leaves_an_output_the_next_run_resumes(
+    server: dict[str, str], site: dict[str, Path]
+) -> None:
+    torch.manual_seed(4)
+    save_checkpoint(site["model"], UNet(base_channels=32, depth=3), normalization=Normalization())
+    add_acquisition(site["incoming"], "long", (32, 144, 144), seed=6)  # 128 blocks, ~20 s on one worker
+    output = site["out"] / "long.ome.zarr"
+    markers = output / "_markers" / "predict"
+    first = start_nightly(server, site["settings"])
+    worker = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", "segmentation", "--run-once"],
+        env=server,
+        cwd=site["root"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (markers.is_dir() and any(markers.iterdir())):
+            assert time.monotonic() < deadline, "the run never started predicting"
+            assert worker.poll() is None, "the worker exited before the run started"
+            time.sleep(0.2)
+        prefect(server, "flow-run", "cancel", first)
+        worker.wait(120)
+    finally:
+        _stop_group(worker)
+    assert flow_run(server, first)["state"]["type"] == "CANCELLED"
+    state = read_state(open_output(str(output)))
+    assert not state["complete"]
+    (interrupted,) = state["runs"]
+    assert interrupted["status"] == "interrupted" and interrupted["error"].startswith("TerminationSignal")
+    finished_before = len(list(markers.iterdir()))
+    assert 0 < finished_before < 128
+
+    second = start_nightly(server, site["settings"])
+    work_once(server, site["root"])
+    assert flow_run(server, second)["state"]["type"] == "COMPLETED"
+    first_run, resumed = runs_of(output)
+    assert resumed["resumed_from"] == first_run["run_id"]
+    assert resumed["stages"]["predict"]["skipped_done"] >= finished_before
+    assert resumed["stages"]["predict"]["computed"] == 128 - resumed["stages"]["predict"]["skipped_done"]
+    assert json.loads(json.dumps(resumed["prefect"]))["parent_flow_run_id"] == second
