@@ -106,7 +106,9 @@ def _segment_all(
     """One subflow per acquisition, all on one Dask cluster opened here."""
     logger = get_run_logger()
     rows = {}
-    attempt = segment_volume.with_options(retries=nightly.retries, retry_delay_seconds=nightly.retry_delay_seconds)
+    attempt = segment_volume.with_options(
+        retries=nightly.retries, retry_delay_seconds=nightly.retry_delay_seconds
+    )
     with quiet_dask(), open_client(run_config.cluster, forward_logs=False) as client:
         address = client.scheduler.address if client.scheduler else None
         for acquisition, decision in todo:
@@ -129,7 +131,9 @@ def _segment_all(
                 )
             else:
                 status = "cancelled" if state.is_cancelled() else "failed"
-                detail = (state.message or state.name or "").removeprefix("Flow run encountered an exception: ")
+                detail = (state.message or state.name or "").removeprefix(
+                    "Flow run encountered an exception: "
+                )
                 logger.error("%s: %s: %s", acquisition.name, status, detail)
                 rows[acquisition.name] = ReportRow(acquisition.name, status, output, detail)
     return rows
@@ -147,8 +151,10 @@ def _publish(
     preamble = [
         f"Flow run `{flow_run.name}` ({flow_run.id}), started {started_at}, took {seconds:.1f} s.",
         f"Input root `{nightly.input_root}` -> output root `{nightly.output_root}`.",
-        f"Model `{nightly.model}` (sha256 {checkpoint_sha256[:12]}), run config "
-        f"`{nightly.config or '(defaults)'}` (output hash {run_config.output_hash()[:12]}).",
+        (
+            f"Model `{nightly.model}` (sha256 {checkpoint_sha256[:12]}), run config "
+            f"`{nightly.config or '(defaults)'}` (output hash {run_config.output_hash()[:12]})."
+        ),
     ]
     report = markdown_report("Nightly segmentation", preamble, rows)
     create_markdown_artifact(report, key=REPORT_KEY, description="what this nightly run did, per acquisition")

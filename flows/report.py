@@ -23,7 +23,9 @@ class ReportRow:
         return asdict(self)
 
 
-def row_from_record(acquisition: str, status: str, output: str, record: dict[str, Any], detail: str = "") -> ReportRow:
+def row_from_record(
+    acquisition: str, status: str, output: str, record: dict[str, Any], detail: str = ""
+) -> ReportRow:
     """A row from a run record: shape, objects, end-to-end throughput of the pixels computed."""
     predict = record.get("stages", {}).get("predict", {})
     seconds = record.get("wall_seconds")
@@ -47,7 +49,11 @@ def markdown_report(title: str, preamble: list[str], rows: list[ReportRow]) -> s
     for row in rows:
         counts[row.status] = counts.get(row.status, 0) + 1
     lines = [f"# {title}", "", *preamble, ""]
-    lines.append("**" + ", ".join(f"{n} {status}" for status, n in counts.items()) + "**" if rows else "**no acquisitions found**")
+    lines.append(
+        "**" + ", ".join(f"{n} {status}" for status, n in counts.items()) + "**"
+        if rows
+        else "**no acquisitions found**"
+    )
     lines += ["", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         status = row.status + (f": {row.detail}" if row.detail else "")

@@ -87,7 +87,9 @@ def _walk(
             found.append(Acquisition(_name(root, path, TIFF_SUFFIXES), path, "tiff", ready, why))
 
 
-def _zarr_acquisition(root: Path, path: Path, quiet_seconds: float, ready_marker: str, now: float) -> Acquisition:
+def _zarr_acquisition(
+    root: Path, path: Path, quiet_seconds: float, ready_marker: str, now: float
+) -> Acquisition:
     name = _name(root, path, ZARR_SUFFIXES)
     if not _is_zarr(path):
         return Acquisition(name, path, "zarr", False, "no Zarr metadata yet (still being written?)")
@@ -170,7 +172,9 @@ def _refuse_shared_outputs(found: list[Acquisition]) -> list[Acquisition]:
         by_output.setdefault(acquisition.output_name, []).append(acquisition)
     result = []
     for acquisition in found:
-        clashing = [other.path.name for other in by_output[acquisition.output_name] if other is not acquisition]
+        clashing = [
+            other.path.name for other in by_output[acquisition.output_name] if other is not acquisition
+        ]
         if clashing:
             acquisition = Acquisition(
                 acquisition.name,

@@ -272,7 +272,12 @@ def status(output_root: Path, input_root: Path | None, as_json: bool) -> None:
     rows = root_status(output_root, input_root)
     summary = read_nightly_summary(output_root)
     if as_json:
-        click.echo(json.dumps({"last_nightly_run": _without_report(summary), "acquisitions": [asdict(r) for r in rows]}, indent=2))
+        click.echo(
+            json.dumps(
+                {"last_nightly_run": _without_report(summary), "acquisitions": [asdict(r) for r in rows]},
+                indent=2,
+            )
+        )
         return
     if summary is not None:
         counts: dict[str, int] = {}
@@ -286,7 +291,9 @@ def status(output_root: Path, input_root: Path | None, as_json: bool) -> None:
     totals: dict[str, int] = {}
     for row in rows:
         totals[row.state] = totals.get(row.state, 0) + 1
-    click.echo(f"{output_root}: {len(rows)} acquisitions: " + ", ".join(f"{n} {s}" for s, n in totals.items()))
+    click.echo(
+        f"{output_root}: {len(rows)} acquisitions: " + ", ".join(f"{n} {s}" for s, n in totals.items())
+    )
     width = max([len(row.name) for row in rows] + [11])
     for row in rows:
         objects = "" if row.objects is None else f"{row.objects:,} objects"

@@ -183,7 +183,9 @@ class NightlyConfig(_Strict):
     output_root: Path = Field(description="one OME-Zarr store per acquisition, mirroring the input tree")
     model: Path = Field(description="checkpoint (.safetensors)")
     config: Path | None = Field(None, description="run config YAML; none: the built-in defaults")
-    ready_marker: str = Field(".ready", min_length=1, description="NAME.ready next to it, or inside a Zarr folder")
+    ready_marker: str = Field(
+        ".ready", min_length=1, description="NAME.ready next to it, or inside a Zarr folder"
+    )
     quiet_seconds: float = Field(
         900.0, ge=0.0, description="without a marker: ready when unchanged this long"
     )

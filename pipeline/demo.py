@@ -71,7 +71,9 @@ def run_demo(out_dir: Path, *, base_channels: int = 8, seed: int = 0) -> DemoRes
     config_path = out_dir / "demo-config.yaml"
     config_path.write_text(DEMO_CONFIG)
     output_url = str(out_dir / "segmentation.ome.zarr")
-    record = segment(SegmentRequest(input_url, output_url, checkpoint, load_config(config_path), overwrite=True))
+    record = segment(
+        SegmentRequest(input_url, output_url, checkpoint, load_config(config_path), overwrite=True)
+    )
     probability = zarr.open_array(f"{output_url}/s0", mode="r")[0]
     picture = write_png(
         out_dir / "demo.png", side_by_side(to_uint8(volume[0]), to_uint8(np.asarray(probability), 0, 255))

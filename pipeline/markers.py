@@ -51,4 +51,3 @@ def done_blocks(output_url: str, stage: str) -> set[int]:
         return set()
     names = (path.rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False))
     return {int(name[: -len(".npz")]) for name in names if name.endswith(".npz")}
-

@@ -79,7 +79,8 @@ def decide(status: OutputStatus, checkpoint_sha256: str, config: RunConfig) -> D
         last = status.runs[-1]
         if last["checkpoint"]["sha256"] != checkpoint_sha256:
             return Decision(
-                "overwrite", f"complete, but made with model {last['checkpoint']['sha256'][:12]}: re-segmenting"
+                "overwrite",
+                f"complete, but made with model {last['checkpoint']['sha256'][:12]}: re-segmenting",
             )
         if last.get("output_config_sha256") != config.output_hash():
             return Decision("overwrite", "complete, but made with another config: re-segmenting")
@@ -100,7 +101,9 @@ def find_outputs(output_root: Path) -> list[str]:
         for sub in sorted(subfolders):
             if sub.endswith(OUTPUT_SUFFIX):
                 names.append((Path(folder) / sub).relative_to(output_root).as_posix())
-        subfolders[:] = sorted(s for s in subfolders if not s.endswith(OUTPUT_SUFFIX) and not s.startswith("."))
+        subfolders[:] = sorted(
+            s for s in subfolders if not s.endswith(OUTPUT_SUFFIX) and not s.startswith(".")
+        )
     return sorted(names)
 
 

@@ -17,7 +17,9 @@ QUIET = 600.0
 
 
 def make_zarr(path: Path, zarr_format: int = 3, chunks: tuple[int, int] = (8, 8)) -> Path:
-    array = zarr.open_array(str(path), mode="w", shape=(16, 16), chunks=chunks, dtype="uint8", zarr_format=zarr_format)
+    array = zarr.open_array(
+        str(path), mode="w", shape=(16, 16), chunks=chunks, dtype="uint8", zarr_format=zarr_format
+    )
     array[...] = np.arange(256, dtype=np.uint8).reshape(16, 16)
     return path
 

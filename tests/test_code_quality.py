@@ -14,11 +14,11 @@ def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_package_type_checks_strictly() -> None:
-    """mypy --strict over pipeline/ (settings in pyproject.toml)."""
-    result = run_tool("mypy", "--no-error-summary", "pipeline")
+    """mypy --strict over pipeline/ and flows/ (settings in pyproject.toml)."""
+    result = run_tool("mypy", "--no-error-summary", "pipeline", "flows")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_lint_is_clean() -> None:
-    result = run_tool("ruff", "check", "pipeline", "tests", "benchmarks")
+    result = run_tool("ruff", "check", "pipeline", "flows", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr

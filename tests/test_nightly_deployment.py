@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -113,7 +112,7 @@ def _stop_group(process: subprocess.Popen[Any]) -> None:
 
 def prefect(env: dict[str, str], *args: str, timeout: float = 120) -> str:
     done = subprocess.run(
-        [PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
+        [PREFECT, *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
@@ -136,6 +135,7 @@ def work_once(env: dict[str, str], cwd: Path, timeout: float = 300) -> str:
         capture_output=True,
         text=True,
         timeout=timeout,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout + done.stderr
@@ -169,7 +169,9 @@ def runs_of(output: Path) -> list[dict[str, Any]]:
 def add_acquisition(folder: Path, name: str, shape: tuple[int, ...], seed: int, ready: bool = True) -> Path:
     data = cell_image(shape, seed=seed)
     path = folder / f"{name}.zarr"
-    array = zarr.open_array(str(path), mode="w", shape=shape, chunks=(1,) * (len(shape) - 2) + (64, 64), dtype=data.dtype)
+    array = zarr.open_array(
+        str(path), mode="w", shape=shape, chunks=(1,) * (len(shape) - 2) + (64, 64), dtype=data.dtype
+    )
     array[...] = data
     if ready:
         path.with_name(path.name + ".ready").touch()
@@ -200,10 +202,18 @@ def site(tmp_path: Path) -> dict[str, Path]:
             }
         )
     )
-    return {"root": tmp_path, "incoming": incoming, "out": tmp_path / "segmentations", "settings": settings, "model": model}
+    return {
+        "root": tmp_path,
+        "incoming": incoming,
+        "out": tmp_path / "segmentations",
+        "settings": settings,
+        "model": model,
+    }
 
 
-def test_nightly_deployment_segments_new_acquisitions_once(server: dict[str, str], site: dict[str, Path]) -> None:
+def test_nightly_deployment_segments_new_acquisitions_once(
+    server: dict[str, str], site: dict[str, Path]
+) -> None:
     incoming, out = site["incoming"], site["out"]
     add_acquisition(incoming, "a", (2, 100, 120), seed=1)
     add_acquisition(incoming, "b", (90, 100), seed=2)
@@ -233,7 +243,9 @@ def test_nightly_deployment_segments_new_acquisitions_once(server: dict[str, str
     found = artifacts(server, first)
     (report,) = [artifact for artifact in found if artifact["key"] == "nightly-report"]
     assert report["type"] == "markdown", [(artifact["key"], artifact["type"]) for artifact in found]
-    table = {line.split("|")[1].strip(): line for line in report["data"].splitlines() if line.startswith("| ")}
+    table = {
+        line.split("|")[1].strip(): line for line in report["data"].splitlines() if line.startswith("| ")
+    }
     assert "segmented" in table["a"] and "segmented" in table["b"] and "waiting" in table["half"]
     assert "failed" in table["corrupt"]
     status = CliRunner().invoke(cli, ["status", str(out)])

@@ -92,7 +92,9 @@ def test_complete_output_is_skipped_unless_model_or_output_config_changed(made: 
 
 def test_interrupted_or_failed_outputs_resume_with_the_same_model_and_config(made: dict[str, Any]) -> None:
     partial = read_output_status(str(copy_with(made, "partial.ome.zarr", status="interrupted")))
-    failed = read_output_status(str(copy_with(made, "failed.ome.zarr", status="failed", error="BlockFailedError: x")))
+    failed = read_output_status(
+        str(copy_with(made, "failed.ome.zarr", status="failed", error="BlockFailedError: x"))
+    )
     assert (partial.state, failed.state) == ("partial", "failed")
     for status in (partial, failed):
         assert decide(status, made["sha256"], made["config"]).action == "resume"
@@ -105,7 +107,12 @@ def test_live_lock_means_running_and_foreign_stores_are_named(made: dict[str, An
     locked = copy_with(made, "locked.ome.zarr", status="running")
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        lock = {"host": __import__("socket").gethostname(), "pid": sleeper.pid, "run_id": "r1", "started": "t"}
+        lock = {
+            "host": __import__("socket").gethostname(),
+            "pid": sleeper.pid,
+            "run_id": "r1",
+            "started": "t",
+        }
         (locked / LOCK_NAME).write_text(json.dumps(lock))
         status = read_output_status(str(locked))
         assert status.state == "running"
@@ -146,7 +153,9 @@ def test_preview_outlines_sit_on_the_labels(made: dict[str, Any], max_pixels: in
     assert np.array_equal(grey[:, 0], grey[:, 1]) and np.array_equal(grey[:, 1], grey[:, 2])
 
 
-def test_status_lists_complete_failed_partial_pending_and_waiting(made: dict[str, Any], tmp_path: Path) -> None:
+def test_status_lists_complete_failed_partial_pending_and_waiting(
+    made: dict[str, Any], tmp_path: Path
+) -> None:
     copy_with(made, "broken.ome.zarr", status="failed", error="BlockFailedError: block 3 failed")
     copy_with(made, "halfway.ome.zarr", status="interrupted")
     write_volume(made["inputs"] / "new.zarr", np.zeros((20, 20), np.uint8), (10, 10))
