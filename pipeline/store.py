@@ -93,6 +93,8 @@ def open_input(url: str) -> InputVolume:
         if not Path(url).exists():
             raise InputError(f"no input at {url}: the path does not exist")
         url = str(Path(url).resolve())  # workers may run elsewhere; runs compare fingerprints by it
+    if url.lower().endswith((".tif", ".tiff")):
+        raise InputError(f"{url}: TIFF / OME-TIFF inputs are not supported yet; convert it to OME-Zarr first")
     try:
         node = zarr.open(store=url, mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:

@@ -91,6 +91,9 @@ def test_missing_path_and_not_zarr(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="is not a Zarr array or group"):
         open_input(str(tmp_path / "empty"))
+    (tmp_path / "scan.ome.tif").write_bytes(b"II*\x00")
+    with pytest.raises(InputError, match=r"scan\.ome\.tif: TIFF / OME-TIFF inputs are not supported yet"):
+        open_input(str(tmp_path / "scan.ome.tif"))
 
 
 @pytest.mark.parametrize("dtype", ["int32", "float64", "bool"])
