@@ -55,7 +55,7 @@ def nightly_segmentation(
     nightly = load_nightly_config(
         Path(settings) if settings else None,
         {"input_root": input_root, "output_root": output_root, "model": model, "config": config},
-    )
+    ).absolute()
     check_roots(nightly.input_root, nightly.output_root)
     run_config = load_config(nightly.config)
     checkpoint_sha256 = load_checkpoint(nightly.model).sha256

@@ -193,6 +193,13 @@ class NightlyConfig(_Strict):
     retry_delay_seconds: float = Field(30.0, ge=0.0)
     preview_max_pixels: int = Field(768, ge=64, description="longest edge of the preview picture")
 
+    def absolute(self) -> NightlyConfig:
+        """The same settings with absolute paths, as run records and reports should name them."""
+        paths = {"input_root": self.input_root, "output_root": self.output_root, "model": self.model}
+        if self.config is not None:
+            paths["config"] = self.config
+        return self.model_copy(update={key: path.resolve() for key, path in paths.items()})
+
 
 def load_nightly_config(path: Path | None, overrides: dict[str, Any]) -> NightlyConfig:
     """The nightly settings file (optional) with flow parameters on top; errors name the key."""
