@@ -3,10 +3,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import yaml
 import zarr
 from distributed import LocalCluster
 from hypothesis import settings
@@ -64,3 +66,15 @@ def write_volume(path: Path, data: np.ndarray, chunks: tuple[int, ...], zarr_for
     )
     array[...] = data
     return str(path)
+
+
+def write_small_setup(
+    folder: Path, settings: dict[str, Any], seed: int, base_channels: int = 2
+) -> tuple[Path, Path]:
+    """A small depth-3 checkpoint (tiles of 36 px fit it) and a run config file, in ``folder``."""
+    torch.manual_seed(seed)
+    model = folder / "small.safetensors"
+    save_checkpoint(model, UNet(base_channels=base_channels, depth=3), normalization=Normalization())
+    config = folder / "small.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    return model, config

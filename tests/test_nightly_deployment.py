@@ -20,17 +20,14 @@ from typing import Any
 
 import httpx
 import pytest
-import torch
 import yaml
 import zarr
 from click.testing import CliRunner
 
-from pipeline.checkpoint import save_checkpoint
 from pipeline.cli import cli
-from pipeline.model import UNet
-from pipeline.normalization import Normalization
 from pipeline.omezarr import open_output, read_state
 from pipeline.synthetic import cell_image
+from tests.conftest import write_small_setup
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -181,11 +178,7 @@ def add_acquisition(folder: Path, name: str, shape: tuple[int, ...], seed: int, 
 @pytest.fixture
 def site(tmp_path: Path) -> dict[str, Path]:
     """A facility in miniature: incoming acquisitions, an output root, a model, configs."""
-    torch.manual_seed(3)
-    model = tmp_path / "small.safetensors"
-    save_checkpoint(model, UNet(base_channels=2, depth=3), normalization=Normalization())
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(RUN_CONFIG))
+    model, config = write_small_setup(tmp_path, RUN_CONFIG, seed=3)
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     settings = tmp_path / "nightly.yaml"
@@ -274,8 +267,7 @@ def test_nightly_deployment_segments_new_acquisitions_once(
 def test_cancelling_a_run_leaves_an_output_the_next_run_resumes(
     server: dict[str, str], site: dict[str, Path]
 ) -> None:
-    torch.manual_seed(4)
-    save_checkpoint(site["model"], UNet(base_channels=32, depth=3), normalization=Normalization())
+    write_small_setup(site["root"], RUN_CONFIG, seed=4, base_channels=32)  # slower: time to cancel
     add_acquisition(site["incoming"], "long", (32, 144, 144), seed=6)  # 128 blocks, ~20 s on one worker
     output = site["out"] / "long.ome.zarr"
     markers = output / "_markers" / "predict"

@@ -12,24 +12,20 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-import yaml
 import zarr
 from click.testing import CliRunner
 from distributed import Client
 
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import cli
 from pipeline.config import load_config
 from pipeline.lock import LOCK_NAME
-from pipeline.model import UNet
-from pipeline.normalization import Normalization
 from pipeline.omezarr import open_output, read_state, write_state
 from pipeline.outputs import decide, read_output_status
 from pipeline.preview import label_colours, outline_mask, render_preview
 from pipeline.run import SegmentRequest, segment
 from pipeline.synthetic import cell_image
-from tests.conftest import write_volume
+from tests.conftest import write_small_setup, write_volume
 
 SETTINGS = {
     "tiling": {"tile": 36, "shard_tiles": 2, "block_tiles": [2, 2]},
@@ -42,11 +38,7 @@ SETTINGS = {
 def made(tmp_path_factory: pytest.TempPathFactory, dask_address: str) -> dict[str, Any]:
     """A complete output of a small volume, with its model and config."""
     root = tmp_path_factory.mktemp("outputs")
-    torch.manual_seed(5)
-    model = root / "small.safetensors"
-    save_checkpoint(model, UNet(base_channels=2, depth=3), normalization=Normalization())
-    config_path = root / "small.yaml"
-    config_path.write_text(yaml.safe_dump(SETTINGS))
+    model, config_path = write_small_setup(root, SETTINGS, seed=5)
     inputs = root / "in"
     inputs.mkdir()
     volume = write_volume(inputs / "done.zarr", cell_image((2, 150, 170), seed=2), (1, 64, 64))

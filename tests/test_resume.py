@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import yaml
 import zarr
 from click.testing import CliRunner
 
@@ -23,7 +22,7 @@ from pipeline.lock import OutputLockedError, hold_lock
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
 from pipeline.synthetic import cell_image
-from tests.conftest import write_volume
+from tests.conftest import write_small_setup, write_volume
 
 SHAPE = (12, 180, 216)  # tiles of 36 px: 5 x 6 per plane, 360 one-tile blocks
 SETTINGS = {
@@ -38,11 +37,7 @@ SETTINGS = {
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("resume")
-    torch.manual_seed(3)
-    checkpoint = root / "small.safetensors"
-    save_checkpoint(checkpoint, UNet(base_channels=2, depth=3), normalization=Normalization())
-    config = root / "small.yaml"
-    config.write_text(yaml.safe_dump(SETTINGS))
+    checkpoint, config = write_small_setup(root, SETTINGS, seed=3)
     volume = Path(write_volume(root / "in.zarr", cell_image(SHAPE, seed=5), (1, 64, 64)))
     return {"root": root, "checkpoint": checkpoint, "config": config, "volume": volume}
 
