@@ -17,6 +17,7 @@ import torch
 
 from pipeline import __version__
 from pipeline.checkpoint import convert_state_dict, load_checkpoint, save_checkpoint
+from pipeline.cli_train import train_command
 from pipeline.config import load_config
 from pipeline.demo import run_demo
 from pipeline.errors import InputError, PipelineError
@@ -27,7 +28,7 @@ from pipeline.outputs import read_nightly_summary, root_status
 from pipeline.predict import PAPER_TILE
 from pipeline.run import SegmentRequest
 from pipeline.run import segment as run_segment
-from pipeline.synthetic import write_synthetic_volume
+from pipeline.synthetic import write_synthetic_acquisition, write_synthetic_volume
 
 log = logging.getLogger(__name__)
 
@@ -322,11 +323,21 @@ def _shape(text: str) -> tuple[int, ...]:
     "--dtype", type=click.Choice(["uint8", "uint16", "float32"]), default="uint16", show_default=True
 )
 @click.option("--seed", default=0, show_default=True)
-def synth(output_url: str, shape: str, chunks: str, dtype: str, seed: int) -> None:
-    """Write a synthetic cells volume (for benchmarks, tests and trials) as a Zarr array."""
+@click.option(
+    "--labels",
+    "with_labels",
+    is_flag=True,
+    help="Nuclei with blur, noise and uneven light, as OME-Zarr with exact labels (labels/truth).",
+)
+def synth(output_url: str, shape: str, chunks: str, dtype: str, seed: int, with_labels: bool) -> None:
+    """Write a synthetic volume (for benchmarks, tests, training and trials)."""
     sizes, chunk_sizes = _shape(shape), _shape(chunks)
     if len(sizes) not in (2, 3) or len(chunk_sizes) != len(sizes):
         raise InputError(f"--shape {shape} and --chunks {chunks} must both be YX or both ZYX")
+    if with_labels:
+        _, labels = write_synthetic_acquisition(output_url, sizes, chunk_sizes, seed=seed)
+        click.echo(f"wrote {output_url}: {shape} uint16 nuclei, {int(labels.max())} objects in labels/truth")
+        return
     write_synthetic_volume(output_url, sizes, chunk_sizes, seed=seed, dtype=dtype)
     click.echo(f"wrote {output_url}: {shape} {dtype}, chunks {chunks}")
 
@@ -350,6 +361,9 @@ def demo(out_dir: Path) -> None:
     click.echo(f"      checkpoint {result.checkpoint}")
     click.echo(f"      config     {result.config}")
     click.echo(f"      picture    {result.picture} (plane 0: input | foreground probability)")
+
+
+cli.add_command(train_command)
 
 
 def main() -> None:

@@ -210,3 +210,41 @@ def load_nightly_config(path: Path | None, overrides: dict[str, Any]) -> Nightly
         return NightlyConfig.model_validate(data)
     except ValidationError as error:
         raise InputError(_describe(error, source)) from None
+
+
+class TrainConfig(_Strict):
+    """Training with the paper's recipe (``unet-pipeline train``; ``configs/train.yaml``)."""
+
+    base_channels: int = Field(16, ge=1)
+    depth: int = Field(5, ge=2)
+    tile: int = Field(196, ge=1, description="output tile of a training sample; tile + 2*halo must be valid")
+    batch_size: int = Field(1, ge=1, description="the paper: one large tile per step")
+    steps: int = Field(1500, ge=1)
+    optimizer: Literal["sgd", "adam"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.99, ge=0.0, lt=1.0, description="sgd only (the paper: 0.99)")
+    w0: float = Field(10.0, ge=0.0, description="border weight (the paper: 10)")
+    sigma: float = Field(5.0, gt=0.0, description="border weight width in px (the paper: 5)")
+    elastic_sigma: float = Field(
+        10.0, ge=0.0, description="coarse-grid displacement std in px; 0 turns it off"
+    )
+    elastic_grid: int = Field(3, ge=2)
+    flips: bool = True
+    intensity_jitter: bool = True
+    validation_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="of the pairs (or of the rows, for one pair) held out"
+    )
+    validate_every: int = Field(250, ge=1, description="steps between validations (an epoch)")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="foreground for the validation labels")
+    seed: int = 0
+    threads: int = Field(2, ge=1, description="torch intra-op threads (results depend on it)")
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
+def load_train_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    data = _read_yaml(path, "training config file") if path is not None else {}
+    data.update(overrides or {})
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as error:
+        raise InputError(_describe(error, path or Path("(training defaults)"))) from None

@@ -37,8 +37,10 @@ HEARTBEAT_SECONDS = 60.0
 
 
 @contextmanager
-def stage_progress(description: str, total_blocks: int, *, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(pixels)`` to call once per finished block; logs a summary at the end.
+def stage_progress(
+    description: str, total_blocks: int, *, enabled: bool, unit: str = "blocks"
+) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(pixels)`` to call once per finished block (or ``unit``); logs a summary at the end.
 
     On a terminal a progress bar; otherwise (a nightly job's log) a line at
     every tenth of the blocks or every minute, whichever comes first.
@@ -59,13 +61,15 @@ def stage_progress(description: str, total_blocks: int, *, enabled: bool) -> Ite
         last_line.update(time=time.perf_counter(), tenth=tenth)
         remaining = elapsed / done["blocks"] * (total_blocks - done["blocks"])
         rate = f", {done['pixels'] / 1e6 / max(elapsed, 1e-9):.2f} Mpix/s" if done["pixels"] else ""
-        log.info("%s: %d/%d blocks%s, ETA %.0f s", description, done["blocks"], total_blocks, rate, remaining)
+        log.info(
+            "%s: %d/%d %s%s, ETA %.0f s", description, done["blocks"], total_blocks, unit, rate, remaining
+        )
 
     with Progress(
         TextColumn("{task.description:<12}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("blocks"),
+        TextColumn(unit),
         ThroughputColumn(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -85,10 +89,11 @@ def stage_progress(description: str, total_blocks: int, *, enabled: bool) -> Ite
         yield advance
     seconds = time.perf_counter() - started
     log.info(
-        "%s: %d/%d blocks, %.1f Mpix in %.1f s (%.2f Mpix/s)",
+        "%s: %d/%d %s, %.1f Mpix in %.1f s (%.2f Mpix/s)",
         description,
         done["blocks"],
         total_blocks,
+        unit,
         done["pixels"] / 1e6,
         seconds,
         done["pixels"] / 1e6 / seconds if seconds > 0 else 0.0,

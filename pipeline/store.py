@@ -22,6 +22,7 @@ from pipeline.geometry import reflect_indices, spread_indices
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
 SUPPORTED_AXES = ("yx", "zyx")
+LABEL_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int32", "int64")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +88,11 @@ def read_mirrored(
     return box[:, ys - y0][:, :, xs - x0]
 
 
-def open_input(url: str) -> InputVolume:
-    """Open an input volume read-only; InputError names the path and the problem."""
+def open_input(url: str, dtypes: tuple[str, ...] = SUPPORTED_DTYPES) -> InputVolume:
+    """Open an input volume read-only; InputError names the path and the problem.
+
+    ``dtypes``: the accepted data types (label maps for training pass integer ones).
+    """
     if "://" not in url:
         if not Path(url).exists():
             raise InputError(f"no input at {url}: the path does not exist")
@@ -111,10 +115,8 @@ def open_input(url: str) -> InputVolume:
         volume = InputVolume(InputRef(url, "", axes), node, f"Zarr v{node.metadata.zarr_format} array")
     else:
         volume = _open_group(url, node)
-    if volume.dtype.name not in SUPPORTED_DTYPES:
-        raise InputError(
-            f"{url}: unsupported dtype {volume.dtype.name}; supported are {', '.join(SUPPORTED_DTYPES)}"
-        )
+    if volume.dtype.name not in dtypes:
+        raise InputError(f"{url}: unsupported dtype {volume.dtype.name}; supported are {', '.join(dtypes)}")
     if min(volume.shape_zyx) < 1:
         raise InputError(f"{url}: the volume is empty (shape {volume.array.shape})")
     return volume

@@ -1,0 +1,77 @@
+"""Segmentation quality against known truth: foreground IoU and instance F1.
+
+Instances match when their IoU exceeds a threshold (0.5: then each object
+has at most one match, so no assignment problem arises).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceScore:
+    true_objects: int
+    predicted_objects: int
+    matched: int
+    threshold: float
+
+    @property
+    def precision(self) -> float:
+        return self.matched / self.predicted_objects if self.predicted_objects else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.matched / self.true_objects if self.true_objects else 1.0
+
+    @property
+    def f1(self) -> float:
+        total = self.true_objects + self.predicted_objects
+        return 2 * self.matched / total if total else 1.0
+
+
+def foreground_iou(predicted: npt.NDArray[Any], truth: npt.NDArray[Any]) -> float:
+    """IoU of the foregrounds (nonzero pixels); 1.0 when both are empty."""
+    a, b = predicted > 0, truth > 0
+    union = int(np.count_nonzero(a | b))
+    return int(np.count_nonzero(a & b)) / union if union else 1.0
+
+
+def match_instances(
+    predicted: npt.NDArray[Any], truth: npt.NDArray[Any], threshold: float = 0.5
+) -> InstanceScore:
+    """Objects of ``predicted`` and ``truth`` (label maps of one shape) matched at IoU > ``threshold``."""
+    if threshold < 0.5:
+        raise ValueError(f"matching needs an IoU threshold >= 0.5 to be one-to-one, got {threshold}")
+    pred = np.asarray(predicted).ravel().astype(np.int64)
+    true = np.asarray(truth).ravel().astype(np.int64)
+    pred_ids, pred_index = np.unique(pred, return_inverse=True)
+    true_ids, true_index = np.unique(true, return_inverse=True)
+    pred_sizes = np.bincount(pred_index)
+    true_sizes = np.bincount(true_index)
+    both = (pred > 0) & (true > 0)
+    pairs, overlap = np.unique(pred_index[both] * len(true_ids) + true_index[both], return_counts=True)
+    p, t = np.divmod(pairs, len(true_ids))
+    iou = overlap / (pred_sizes[p] + true_sizes[t] - overlap)
+    return InstanceScore(
+        true_objects=int(np.count_nonzero(true_ids)),
+        predicted_objects=int(np.count_nonzero(pred_ids)),
+        matched=int(np.count_nonzero(iou > threshold)),
+        threshold=threshold,
+    )
+
+
+def touching_pairs(labels: npt.NDArray[Any]) -> set[tuple[int, int]]:
+    """Pairs of objects separated by a single background pixel in Y or X (cells that touch)."""
+    pairs: set[tuple[int, int]] = set()
+    for axis in range(labels.ndim - 2, labels.ndim):
+        a = np.moveaxis(labels, axis, 0)
+        before, middle, after = a[:-2], a[1:-1], a[2:]
+        gap = (middle == 0) & (before > 0) & (after > 0) & (before != after)
+        for x, y in zip(before[gap].tolist(), after[gap].tolist()):
+            pairs.add((min(x, y), max(x, y)))
+    return pairs
