@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from flows.nightly import nightly_segmentation
+from pipeline.demo import DEMO_MODEL
 from pipeline.outputs import read_nightly_summary
 
 
@@ -19,7 +20,7 @@ def main(out_dir: Path) -> int:
     state = nightly_segmentation(
         input_root=str(out_dir / "acquisitions"),
         output_root=str(output_root),
-        model=str(out_dir / "model-untrained.safetensors"),
+        model=str(DEMO_MODEL),
         config=str(out_dir / "demo-config.yaml"),
         settings="configs/nightly.yaml",
         return_state=True,
@@ -28,7 +29,7 @@ def main(out_dir: Path) -> int:
     if summary is not None:
         print(summary["report"])
     print(f"nightly flow run: {state.name}; `unet-pipeline status {output_root}` for the morning check,")
-    print(f"`unet-pipeline inspect {output_root}/cells-3d.ome.zarr` for one run record,")
+    print(f"`unet-pipeline inspect {output_root}/nuclei-3d.ome.zarr` for one run record,")
     print(f"previews in {output_root}/*.ome.zarr/preview.png")
     return 0 if state.is_completed() else 1
 

@@ -93,7 +93,7 @@ class LabelsConfig(_Strict):
 
 
 class NormalizationSampleConfig(_Strict):
-    chunks: int = Field(32, ge=1, description="input chunks read, spread evenly over the volume")
+    regions: int = Field(64, ge=1, description="256 x 256 px regions read, spread evenly over the volume")
     max_values: int = Field(4_000_000, ge=1000, description="values kept from them (evenly strided)")
 
 

@@ -353,3 +353,19 @@ def spread_indices(total: int, count: int) -> list[int]:
     if total <= count:
         return list(range(total))
     return sorted({(2 * k + 1) * total // (2 * count) for k in range(count)})
+
+
+def read_amplification(
+    shape_zyx: tuple[int, int, int], chunks_zyx: tuple[int, int, int], window_zyx: tuple[int, int, int]
+) -> float:
+    """Voxels decoded per voxel used when a window of ``window_zyx`` is read from ``chunks_zyx`` chunks.
+
+    Along each axis a window of w at an unaligned offset touches about
+    ``(w - 1) / c + 1`` chunks of c, i.e. ``w - 1 + c`` voxels (at most the
+    axis length). A plane stored as one strip gives (plane / window) area.
+    """
+    ratio = 1.0
+    for length, chunk, window in zip(shape_zyx, chunks_zyx, window_zyx):
+        used = min(window, length)
+        ratio *= min(length, used - 1 + chunk) / used
+    return ratio

@@ -75,3 +75,39 @@ def touching_pairs(labels: npt.NDArray[Any]) -> set[tuple[int, int]]:
         for x, y in zip(before[gap].tolist(), after[gap].tolist()):
             pairs.add((min(x, y), max(x, y)))
     return pairs
+
+
+def split_touching(predicted: npt.NDArray[Any], truth: npt.NDArray[Any]) -> tuple[int, int]:
+    """(kept apart, total): touching truth pairs whose main predicted objects differ."""
+    pairs = touching_pairs(truth)
+    pred = np.asarray(predicted).ravel().astype(np.int64)
+    true = np.asarray(truth).ravel().astype(np.int64)
+    both = (pred > 0) & (true > 0)
+    keys, counts = np.unique(true[both] * (int(pred.max()) + 1) + pred[both], return_counts=True)
+    owners, labels = np.divmod(keys, int(pred.max()) + 1)
+    main: dict[int, int] = {}
+    best: dict[int, int] = {}
+    for owner, label, count in zip(owners.tolist(), labels.tolist(), counts.tolist()):
+        if count > best.get(owner, 0):
+            best[owner], main[owner] = count, label
+    kept = sum(1 for a, b in pairs if a in main and b in main and main[a] != main[b])
+    return kept, len(pairs)
+
+
+def score_volume(
+    predicted: npt.NDArray[Any], truth: npt.NDArray[Any], threshold: float = 0.5
+) -> dict[str, Any]:
+    """Objects, foreground IoU, instance F1 at IoU > ``threshold`` (objects matched in 3D), touching pairs."""
+    score = match_instances(predicted, truth, threshold)
+    kept, touching = split_touching(predicted, truth)
+    return {
+        "objects_found": score.predicted_objects,
+        "objects_true": score.true_objects,
+        "objects_matched": score.matched,
+        "foreground_iou": foreground_iou(predicted, truth),
+        "instance_f1": score.f1,
+        "precision": score.precision,
+        "recall": score.recall,
+        "touching_pairs": touching,
+        "touching_pairs_kept_apart": kept,
+    }

@@ -53,6 +53,7 @@ from pipeline.omezarr import (
 from pipeline.plan import RunPlan, SegmentRequest, plan_run, resume_differences
 from pipeline.progress import stage_progress
 from pipeline.provenance import new_run_record, now
+from pipeline.rechunk import READ_AMPLIFICATION_WARNING, block_read_amplification, ratio_text
 from pipeline.store import fingerprint, normalization_sample
 
 __all__ = ["SegmentRequest", "segment"]
@@ -71,13 +72,14 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
     plan = plan_run(request)
     run_id = request.run_id or str(uuid.uuid4())
     input_fingerprint = fingerprint(plan.volume)
+    read_amplification = _warn_on_read_amplification(plan)
     if request.resume:
         stats, previous_id = _resumable(plan, input_fingerprint)
     else:
         stats = plan.checkpoint.normalization.statistics(
             normalization_sample(
                 plan.volume,
-                request.config.normalization_sample.chunks,
+                request.config.normalization_sample.regions,
                 request.config.normalization_sample.max_values,
             )
         )
@@ -105,6 +107,10 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
             blocks=len(plan.blocks),
         )
         record["resumed_from"] = previous_id
+        record["input_layout"] = {
+            "description": plan.volume.description,
+            "read_amplification": round(read_amplification, 2),
+        }
         if request.prefect is not None:
             record["prefect"] = dict(request.prefect)
         state["runs"].append(record)
@@ -150,6 +156,25 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
             save()
         log.info("run %s complete: %s", run_id, request.output_url)
     return record
+
+
+def _warn_on_read_amplification(plan: RunPlan) -> float:
+    """How many voxels a block decodes per voxel it uses; a warning naming the fix when it is high."""
+    halo = plan.checkpoint.model.geometry.halo
+    planes, rows, cols = plan.grid.block_edges
+    ratio = block_read_amplification(plan.volume, (planes, rows + 2 * halo, cols + 2 * halo))
+    if ratio > READ_AMPLIFICATION_WARNING:
+        log.warning(
+            "%s (%s) is stored in chunks of %s: each block decodes %s the voxels it uses, so reading, not "
+            "the model, will set the pace; `unet-pipeline rechunk %s COPY.ome.zarr` copies it into "
+            "512 x 512 chunks once, then segment the copy",
+            plan.request.input_url,
+            plan.volume.description,
+            " x ".join(str(n) for n in plan.volume.chunks_zyx),
+            ratio_text(ratio),
+            plan.request.input_url,
+        )
+    return ratio
 
 
 def _resumable(plan: RunPlan, input_fingerprint: dict[str, Any]) -> tuple[NormalizationStats, str]:

@@ -1,4 +1,4 @@
-"""Input volumes: Zarr v2/v3 arrays and groups, OME-Zarr, by path or URL.
+"""Input volumes: Zarr v2/v3 arrays and groups, OME-Zarr (by path or URL), TIFF and OME-TIFF files.
 
 Opened read-only (zarr's own stores, fsspec for URLs), never modified.
 A block's window (tiles grown by the halo, mirror-padded at the volume
@@ -19,9 +19,11 @@ import zarr
 
 from pipeline.errors import InputError
 from pipeline.geometry import reflect_indices, spread_indices
+from pipeline.tiff import is_tiff, open_tiff, reopen_tiff
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
 SUPPORTED_AXES = ("yx", "zyx")
+SAMPLE_EDGE = 256  # normalisation sample regions: SAMPLE_EDGE x SAMPLE_EDGE px of one plane
 LABEL_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int32", "int64")
 
 
@@ -97,8 +99,24 @@ def open_input(url: str, dtypes: tuple[str, ...] = SUPPORTED_DTYPES) -> InputVol
         if not Path(url).exists():
             raise InputError(f"no input at {url}: the path does not exist")
         url = str(Path(url).resolve())  # workers may run elsewhere; runs compare fingerprints by it
-    if url.lower().endswith((".tif", ".tiff")):
-        raise InputError(f"{url}: TIFF / OME-TIFF inputs are not supported yet; convert it to OME-Zarr first")
+    if is_tiff(url):
+        volume = _open_tiff(url)
+    else:
+        volume = _open_zarr(url)
+    if volume.dtype.name not in dtypes:
+        raise InputError(f"{url}: unsupported dtype {volume.dtype.name}; supported are {', '.join(dtypes)}")
+    if min(volume.shape_zyx) < 1:
+        raise InputError(f"{url}: the volume is empty (shape {volume.array.shape})")
+    return volume
+
+
+def _open_tiff(url: str) -> InputVolume:
+    image = open_tiff(url)
+    sizes = {name: PixelSize(value, unit) for name, (value, unit) in image.pixel_sizes.items()}
+    return InputVolume(InputRef(url, "", image.axes), image.array, image.description, sizes)
+
+
+def _open_zarr(url: str) -> InputVolume:
     try:
         node = zarr.open(store=url, mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:
@@ -112,14 +130,8 @@ def open_input(url: str, dtypes: tuple[str, ...] = SUPPORTED_DTYPES) -> InputVol
                 f"{url}: a {node.ndim}-d array (shape {node.shape}); plain arrays must be YX or ZYX, "
                 "or carry OME-Zarr axes metadata"
             )
-        volume = InputVolume(InputRef(url, "", axes), node, f"Zarr v{node.metadata.zarr_format} array")
-    else:
-        volume = _open_group(url, node)
-    if volume.dtype.name not in dtypes:
-        raise InputError(f"{url}: unsupported dtype {volume.dtype.name}; supported are {', '.join(dtypes)}")
-    if min(volume.shape_zyx) < 1:
-        raise InputError(f"{url}: the volume is empty (shape {volume.array.shape})")
-    return volume
+        return InputVolume(InputRef(url, "", axes), node, f"Zarr v{node.metadata.zarr_format} array")
+    return _open_group(url, node)
 
 
 def _open_group(url: str, group: zarr.Group) -> InputVolume:
@@ -171,6 +183,8 @@ def _scale(transforms: list[dict[str, Any]], ndim: int) -> list[float]:
 
 def reopen_input(ref: InputRef) -> zarr.Array[Any]:
     """The input array, reopened read-only in a worker (not cached: see ``omezarr.output_array``)."""
+    if is_tiff(ref.url):
+        return reopen_tiff(ref.url)
     node = zarr.open(store=ref.url, mode="r")
     if isinstance(node, zarr.Group):
         node = node[ref.path]
@@ -191,9 +205,22 @@ def sample_chunks(volume: InputVolume, count: int) -> list[npt.NDArray[Any]]:
     return samples
 
 
-def normalization_sample(volume: InputVolume, chunks: int, max_values: int) -> npt.NDArray[Any]:
-    """Values for the run's normalisation statistics: sampled chunks, evenly strided."""
-    values = np.concatenate([chunk.ravel() for chunk in sample_chunks(volume, chunks)])
+def normalization_sample(volume: InputVolume, regions: int, max_values: int) -> npt.NDArray[Any]:
+    """Values for the run's normalisation statistics: sampled regions, evenly strided.
+
+    Regions of one plane and ``SAMPLE_EDGE`` px on a grid fixed by the shape
+    alone, so the same data gives the same statistics however it is chunked
+    (Zarr v2 or v3, TIFF tiles or strips).
+    """
+    planes, height, width = volume.shape_zyx
+    grid = (planes, math.ceil(height / SAMPLE_EDGE), math.ceil(width / SAMPLE_EDGE))
+    samples = []
+    for flat in spread_indices(math.prod(grid), regions):
+        plane, row, col = (int(i) for i in np.unravel_index(flat, grid))
+        rows = (row * SAMPLE_EDGE, min(height, (row + 1) * SAMPLE_EDGE))
+        cols = (col * SAMPLE_EDGE, min(width, (col + 1) * SAMPLE_EDGE))
+        samples.append(volume.read_window(range(plane, plane + 1), rows, cols).ravel())
+    values = np.concatenate(samples)
     stride = max(1, math.ceil(values.size / max_values))
     return values[::stride]
 

@@ -107,14 +107,20 @@ def nuclei_labels(
     depth, height, width = volume.shape
     count = max(1, int(density * height * width / 100))
     centres: list[tuple[float, float, float]] = []
-    for _ in range(count):
-        if centres and rng.random() < 0.3:  # a neighbour pressed against an existing nucleus
-            cz, cy, cx = centres[int(rng.integers(len(centres)))]
+    for _ in range(count * 4):  # tries: a crowded field ends with fewer nuclei
+        if len(centres) == count:
+            break
+        parent = int(rng.integers(len(centres))) if centres and rng.random() < 0.3 else None
+        if parent is not None:  # a neighbour pressed against an existing nucleus, in its layer
+            pz, py, px = centres[parent]
             angle = rng.uniform(0, 2 * np.pi)
             step = radius * rng.uniform(1.4, 1.9)
-            centres.append((cz + rng.normal(0, 0.5), cy + step * np.sin(angle), cx + step * np.cos(angle)))
+            candidate = (pz + rng.normal(0, 0.5), py + step * np.sin(angle), px + step * np.cos(angle))
         else:
-            centres.append((rng.uniform(0, depth), rng.uniform(0, height), rng.uniform(0, width)))
+            candidate = (rng.uniform(0, depth), rng.uniform(0, height), rng.uniform(0, width))
+        if _stacks_on_others(candidate, centres, parent, 2.0 * radius):
+            continue
+        centres.append(candidate)
     for label, (cz, cy, cx) in enumerate(centres, start=1):
         ry, rx = rng.uniform(0.7, 1.3, size=2) * radius
         rz = max(1.0, rng.uniform(0.5, 1.5) * radius / 4)
@@ -136,6 +142,27 @@ def nuclei_labels(
     volume[border] = 0
     relabelled = _consecutive(volume)  # the image is drawn from these: the gaps are visible
     return relabelled[0] if len(shape) == 2 else relabelled
+
+
+def _stacks_on_others(
+    candidate: tuple[float, float, float],
+    centres: list[tuple[float, float, float]],
+    parent: int | None,
+    spacing: float,
+) -> bool:
+    """Whether ``candidate`` comes closer than ``spacing`` in y, x to a nucleus other than ``parent``.
+
+    Nuclei above one another would touch through a z gap of one plane that a
+    2D network cannot see through the z blur: the sample is a layer of
+    nuclei that touch side by side (a cultured monolayer, a thin section).
+    """
+    if not centres:
+        return False
+    yx = np.asarray(centres)[:, 1:]
+    near = np.hypot(yx[:, 0] - candidate[1], yx[:, 1] - candidate[2]) < spacing
+    if parent is not None:
+        near[parent] = False
+    return bool(near.any())
 
 
 def _consecutive(labels: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:

@@ -85,7 +85,7 @@ def open_pairs(
                 f"training pair {name}: image {image_url} has shape {image.shape_zyx}, "
                 f"labels {labels_url} {labels.shape_zyx}"
             )
-        stats = normalization.statistics(normalization_sample(image, 32, 4_000_000))
+        stats = normalization.statistics(normalization_sample(image, 64, 4_000_000))
         opened.append((name, image, labels, stats))
     if len(opened) == 1:
         name, image, labels, stats = opened[0]

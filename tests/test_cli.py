@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -9,7 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import cli
+from pipeline.config import load_train_config
+from pipeline.demo import DEMO_MODEL
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -81,9 +85,29 @@ def test_convert_command(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_writes_picture_and_says_untrained(tmp_path: Path) -> None:
-    result = run("demo", str(tmp_path / "demo"))
+def test_demo_segments_unseen_nuclei_to_the_quality_bars(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = run("demo", str(out))
     assert result.returncode == 0, result.stderr
-    assert "UNTRAINED" in result.stdout
-    picture = tmp_path / "demo" / "demo.png"
-    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scores = json.loads((out / "demo-scores.json").read_text())
+    assert scores["foreground_iou"] >= 0.90, scores
+    assert scores["instance_f1"] >= 0.90, scores
+    assert scores["touching_pairs"] > 50
+    assert scores["touching_pairs_kept_apart"] >= 0.5 * scores["touching_pairs"], scores
+    assert f"instance F1 (IoU 0.5) {scores['instance_f1']:.3f}" in result.stdout
+    assert "trained on synthetic nuclei" in result.stdout
+    record = json.loads(run("inspect", str(out / "segmentation.ome.zarr"), "--json").stdout)
+    assert record["runs"][-1]["checkpoint"]["sha256"] == hashlib.sha256(DEMO_MODEL.read_bytes()).hexdigest()
+    assert (out / "preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_readme_lists_the_shipped_demo_model_and_its_training_config() -> None:
+    sha = hashlib.sha256(DEMO_MODEL.read_bytes()).hexdigest()
+    readme = (DEMO_MODEL.parents[1] / "README.md").read_text()
+    assert sha in readme
+    training = load_checkpoint(DEMO_MODEL).training
+    shipped = load_train_config(DEMO_MODEL.parents[1] / "configs" / "train.yaml")
+    assert training["config"] == shipped.model_dump(mode="json")
+    assert [pair["name"] for pair in training["data"]] == [
+        f"nuclei-{seed}.ome.zarr" for seed in (101, 102, 103, 104)
+    ]

@@ -36,7 +36,7 @@ RUN_CONFIG = {
     "tiling": {"tile": 36, "shard_tiles": 2, "block_tiles": [2, 2]},
     "profile": {"batch_size": 4},
     "cluster": {"workers": 1},
-    "normalization_sample": {"chunks": 2},
+    "normalization_sample": {"regions": 2},
 }
 
 pytestmark = pytest.mark.slow

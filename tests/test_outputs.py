@@ -30,7 +30,7 @@ from tests.conftest import write_small_setup, write_volume
 SETTINGS = {
     "tiling": {"tile": 36, "shard_tiles": 2, "block_tiles": [2, 2]},
     "profile": {"batch_size": 4},
-    "normalization_sample": {"chunks": 2},
+    "normalization_sample": {"regions": 2},
 }
 
 

@@ -29,7 +29,7 @@ SETTINGS = {
     "tiling": {"tile": 36, "shard_tiles": 1, "block_tiles": [1, 1]},
     "profile": {"batch_size": 2},
     "output": {"dtype": "float32", "pyramid_levels": 1},
-    "normalization_sample": {"chunks": 1},
+    "normalization_sample": {"regions": 1},
     "retries": 1,
 }
 
