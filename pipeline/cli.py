@@ -161,6 +161,8 @@ def model_convert(source: Path, target: Path, normalization: str) -> None:
 @click.option(
     "--config", "config_file", type=click.Path(path_type=Path), help="YAML config (default: built-in)."
 )
+@click.option("--channel", type=int, help="Index on the input's channel axis (C, or RGB samples).")
+@click.option("--timepoint", type=int, help="Index on the input's time axis (T).")
 @click.option("--cluster", help="local | cuda | tcp://HOST:PORT of a running scheduler.")
 @click.option("--workers", type=int, help="Worker processes of a local cluster.")
 @click.option("--block-tiles", type=int, help="Block edge in tiles (a multiple of the shard edge).")
@@ -168,6 +170,11 @@ def model_convert(source: Path, target: Path, normalization: str) -> None:
 @click.option("--batch-size", type=int, help="Windows per forward pass (execution profile).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device (execution profile).")
 @click.option("--output-dtype", type=click.Choice(["uint8", "float32"]), help="Stored probability type.")
+@click.option(
+    "--ngff",
+    type=click.Choice(["0.5", "0.4"]),
+    help="Output OME-Zarr version (0.4: Zarr v2, for older viewers).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output of this pipeline.")
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run: only unfinished blocks are computed."
@@ -178,6 +185,8 @@ def segment(
     output_url: str,
     checkpoint: Path,
     config_file: Path | None,
+    channel: int | None,
+    timepoint: int | None,
     cluster: str | None,
     workers: int | None,
     block_tiles: int | None,
@@ -185,12 +194,15 @@ def segment(
     batch_size: int | None,
     device: str | None,
     output_dtype: str | None,
+    ngff: str | None,
     overwrite: bool,
     resume: bool,
     no_progress: bool,
 ) -> None:
     """Segment volume IN into an OME-Zarr store OUT (probabilities and instance labels)."""
     flags = {
+        "input.channel": channel,
+        "input.timepoint": timepoint,
         "cluster.address": cluster,
         "cluster.workers": workers,
         "tiling.block_tiles": None if block_tiles is None else [block_tiles, block_tiles],
@@ -198,6 +210,7 @@ def segment(
         "profile.batch_size": batch_size,
         "profile.device": device,
         "output.dtype": output_dtype,
+        "output.ngff": ngff,
     }
     config = load_config(config_file, {key: value for key, value in flags.items() if value is not None})
     record = run_segment(
@@ -346,10 +359,14 @@ def synth(output_url: str, shape: str, chunks: str, dtype: str, seed: int, with_
 @cli.command("rechunk")
 @click.argument("input_url", metavar="IN")
 @click.argument("output", metavar="OUT", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--channel", type=int, help="Index on the input's channel axis (C, or RGB samples).")
+@click.option("--timepoint", type=int, help="Index on the input's time axis (T).")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs only).")
-def rechunk_command(input_url: str, output: Path, no_progress: bool) -> None:
+def rechunk_command(
+    input_url: str, output: Path, channel: int | None, timepoint: int | None, no_progress: bool
+) -> None:
     """Copy an input (TIFF, Zarr) into an OME-Zarr image of 512 x 512 chunks, for fast block reads."""
-    copy = rechunk(input_url, output, show_progress=not no_progress)
+    copy = rechunk(input_url, output, channel=channel, timepoint=timepoint, show_progress=not no_progress)
     click.echo(f"wrote {output}: {' x '.join(str(n) for n in copy.array.shape)} {copy.dtype.name}, level s0")
 
 

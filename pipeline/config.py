@@ -60,6 +60,9 @@ class OutputConfig(_Strict):
     pyramid_levels: int | Literal["auto"] = Field(
         "auto", description="levels below full resolution; auto halves until a plane fits one tile"
     )
+    ngff: Literal["0.5", "0.4"] = Field(
+        "0.5", description="0.5: Zarr v3, sharded; 0.4: Zarr v2, chunks of one tile (older viewers)"
+    )
 
 
 class ClusterConfig(_Strict):
@@ -92,12 +95,20 @@ class LabelsConfig(_Strict):
     )
 
 
+class InputConfig(_Strict):
+    channel: int | None = Field(
+        None, ge=0, description="index on the input's channel axis (C, or RGB samples)"
+    )
+    timepoint: int | None = Field(None, ge=0, description="index on its time axis (T)")
+
+
 class NormalizationSampleConfig(_Strict):
     regions: int = Field(64, ge=1, description="256 x 256 px regions read, spread evenly over the volume")
     max_values: int = Field(4_000_000, ge=1000, description="values kept from them (evenly strided)")
 
 
 class RunConfig(_Strict):
+    input: InputConfig = Field(default_factory=InputConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
     tiling: TilingConfig = Field(default_factory=TilingConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

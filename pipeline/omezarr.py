@@ -1,10 +1,14 @@
-"""The output store: an OME-Zarr (NGFF 0.5, Zarr v3) image of the foreground probability.
+"""The output store: an OME-Zarr image of the foreground probability, NGFF 0.5 or 0.4.
 
 Layout, for a ZYX input::
 
     OUT/zarr.json        group: "ome" multiscales + "unet_pipeline" run records
     OUT/s0 .. OUT/sN     probability pyramid, 2x2 mean in YX per level
                          chunk = one output tile (1 x t x t), shard = k x k tiles
+
+NGFF 0.4 (for viewers that read only Zarr v2: Fiji/MoBIE, ilastik) holds
+the same arrays in Zarr v2: no shards (chunks of one tile, "/" separated
+keys), the metadata at the top of ``.zattrs`` with a version in each entry.
 
 Readers need nothing of this package: napari, ome-zarr-py, dask and zarr
 open it as it is.
@@ -19,6 +23,7 @@ import fsspec
 import numpy as np
 import numpy.typing as npt
 import zarr
+from numcodecs import Zstd
 from zarr.codecs import ZstdCodec
 
 from pipeline.errors import InputError
@@ -27,6 +32,7 @@ from pipeline.store import PixelSize
 
 RECORD_KEY = "unet_pipeline"  # our key in the root attributes
 NGFF_VERSION = "0.5"
+NGFF_VERSIONS = ("0.5", "0.4")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +45,17 @@ class OutputLayout:
     zstd_level: int = 3
     levels: int = 0  # pyramid levels below full resolution
     pixel_sizes: dict[str, PixelSize] = field(default_factory=dict)
+    ngff: str = NGFF_VERSION  # "0.5" (Zarr v3, sharded) or "0.4" (Zarr v2)
 
     def __post_init__(self) -> None:
         if len(self.shape) != len(self.axes):
             raise ValueError(f"shape {self.shape} does not match axes '{self.axes}'")
+        if self.ngff not in NGFF_VERSIONS:
+            raise ValueError(f"NGFF version {self.ngff} is not one of {', '.join(NGFF_VERSIONS)}")
+
+    @property
+    def zarr_format(self) -> int:
+        return 3 if self.ngff == "0.5" else 2
 
     def level_shape(self, level: int) -> tuple[int, ...]:
         """Shape at pyramid ``level``: YX halved (rounding up) per level, Z kept."""
@@ -112,6 +125,18 @@ def _create_pyramid(group: zarr.Group, prefix: str, layout: OutputLayout, dtype:
 def _create_array(
     group: zarr.Group, path: str, layout: OutputLayout, shape: tuple[int, ...], dtype: str
 ) -> None:
+    if layout.zarr_format == 2:
+        group.create_array(
+            path,
+            shape=shape,
+            dtype=dtype,
+            chunks=layout.chunks,
+            compressors=Zstd(level=layout.zstd_level),
+            fill_value=0,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+            overwrite=True,
+        )
+        return
     group.create_array(
         path,
         shape=shape,
@@ -130,33 +155,43 @@ def create_output(
 ) -> zarr.Group:
     """Create the store with empty arrays and OME metadata; refuses an existing one."""
     try:
-        group = zarr.open_group(store=url, mode="w-", zarr_format=3)
+        group = zarr.open_group(store=url, mode="w-", zarr_format=layout.zarr_format)  # type: ignore[arg-type]
     except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
         raise InputError(f"output {url} already exists") from None
     _create_pyramid(group, "", layout, layout.dtype)
     if scratch_labels:
         _create_array(group, SCRATCH_LABELS, layout, layout.shape, "uint32")
     window_end = 255 if layout.dtype == "uint8" else 1.0
+    omero = {
+        "channels": [
+            {
+                "label": name,
+                "color": "FFFFFF",
+                "active": True,
+                "window": {"min": 0, "max": window_end, "start": 0, "end": window_end},
+            }
+        ]
+    }
     group.attrs.update(
         {
-            "ome": {
-                "version": NGFF_VERSION,
-                "multiscales": [multiscales(layout, name)],
-                "omero": {
-                    "channels": [
-                        {
-                            "label": name,
-                            "color": "FFFFFF",
-                            "active": True,
-                            "window": {"min": 0, "max": window_end, "start": 0, "end": window_end},
-                        }
-                    ]
-                },
-            },
+            **ome_attributes(layout.ngff, multiscales=[multiscales(layout, name)], omero=omero),
             RECORD_KEY: {"complete": False, "runs": []},
         }
     )
     return group
+
+
+def ome_attributes(ngff: str, **content: Any) -> dict[str, Any]:
+    """NGFF metadata where the version keeps it: under "ome" (0.5), or at the top with a version
+    in each multiscale and image-label entry (0.4)."""
+    if ngff == "0.5":
+        return {"ome": {"version": ngff, **content}}
+    legacy = dict(content)
+    if "multiscales" in legacy:
+        legacy["multiscales"] = [{"version": ngff, **entry} for entry in legacy["multiscales"]]
+    if "image-label" in legacy:
+        legacy["image-label"] = {**legacy["image-label"], "version": ngff}
+    return legacy
 
 
 def create_labels(url: str, layout: OutputLayout, name: str, dtype: str) -> None:
@@ -172,14 +207,16 @@ def create_labels(url: str, layout: OutputLayout, name: str, dtype: str) -> None
     if isinstance(existing, zarr.Array) and existing.dtype == np.dtype(dtype):
         return
     labels = group.require_group("labels")
-    labels.attrs["ome"] = {"version": NGFF_VERSION, "labels": [name]}
+    labels.attrs.update(ome_attributes(layout.ngff, labels=[name]))
     image = labels.require_group(name)
     _create_pyramid(image, "", layout, dtype)
-    image.attrs["ome"] = {
-        "version": NGFF_VERSION,
-        "multiscales": [multiscales(layout, name, method="nearest")],
-        "image-label": {"version": NGFF_VERSION, "source": {"image": "../../"}},
-    }
+    image.attrs.update(
+        ome_attributes(
+            layout.ngff,
+            multiscales=[multiscales(layout, name, method="nearest")],
+            **{"image-label": {"version": layout.ngff, "source": {"image": "../../"}}},
+        )
+    )
 
 
 def ensure_scratch_labels(url: str, layout: OutputLayout) -> None:

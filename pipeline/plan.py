@@ -57,7 +57,7 @@ def plan_run(request: SegmentRequest) -> RunPlan:
     config = request.config
     if request.resume and request.overwrite:
         raise InputError("--resume continues an output and --overwrite replaces it: pass one of them")
-    volume = open_input(request.input_url)
+    volume = open_input(request.input_url, channel=config.input.channel, timepoint=config.input.timepoint)
     checkpoint = load_checkpoint(request.checkpoint_path)
     if checkpoint.config.in_channels != 1:
         raise InputError(
@@ -82,6 +82,7 @@ def plan_run(request: SegmentRequest) -> RunPlan:
         zstd_level=config.output.zstd_level,
         levels=auto_levels(height, width, config.tiling.tile) if levels == "auto" else levels,
         pixel_sizes=volume.pixel_sizes,
+        ngff=config.output.ngff,
     )
     grid = BlockGrid(
         volume.shape_zyx, config.tiling.tile, config.tiling.block_tiles, config.tiling.block_planes

@@ -22,7 +22,8 @@ def render_preview(output_url: str, max_pixels: int) -> npt.NDArray[np.uint8]:
     """(H, W, 3) picture of the middle plane: input in grey, each label's outline in its colour."""
     group = open_output(output_url)
     last_run = read_state(group)["runs"][-1]
-    volume = open_input(last_run["input"]["url"])
+    selection = last_run["input"].get("selection", {})
+    volume = open_input(last_run["input"]["url"], channel=selection.get("c"), timepoint=selection.get("t"))
     planes, height, width = volume.shape_zyx
     plane = planes // 2
     labels_config = last_run["config"]["labels"]
@@ -31,7 +32,7 @@ def render_preview(output_url: str, max_pixels: int) -> npt.NDArray[np.uint8]:
     level_edge = math.ceil(max(height, width) / 2**level)
     extra = max(1, math.ceil(level_edge / max_pixels))
     stride = 2**level * extra  # nearest levels keep every 2nd voxel, so level k = s0[::2**k, ::2**k]
-    index: tuple[Any, ...] = (plane,) if volume.array.ndim == 3 else ()
+    index: tuple[Any, ...] = (plane,) if volume.ref.axes == "zyx" else ()
     grey = to_uint8(np.asarray(volume.array[(*index, slice(None, None, stride), slice(None, None, stride))]))
     picture = np.repeat(grey[:, :, np.newaxis], 3, axis=2)
     if labels_config["enabled"]:

@@ -30,9 +30,16 @@ def block_read_amplification(volume: InputVolume, window_zyx: tuple[int, int, in
     return read_amplification(volume.shape_zyx, volume.chunks_zyx, window_zyx)
 
 
-def rechunk(input_url: str, output: Path, *, show_progress: bool = True) -> InputVolume:
-    """Write ``input_url`` to ``output`` (an OME-Zarr 0.5 image, level s0), band by band."""
-    volume = open_input(input_url)
+def rechunk(
+    input_url: str,
+    output: Path,
+    *,
+    channel: int | None = None,
+    timepoint: int | None = None,
+    show_progress: bool = True,
+) -> InputVolume:
+    """Write ``input_url`` (one channel and timepoint of it) to ``output``, an OME-Zarr 0.5 image, band by band."""
+    volume = open_input(input_url, channel=channel, timepoint=timepoint)
     if output.exists():
         raise InputError(f"{output} exists: rechunk writes a new store")
     planes, height, width = volume.shape_zyx

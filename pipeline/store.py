@@ -17,12 +17,12 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 
+from pipeline.axes import VolumeArray, select_volume
 from pipeline.errors import InputError
 from pipeline.geometry import reflect_indices, spread_indices
 from pipeline.tiff import is_tiff, open_tiff, reopen_tiff
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
-SUPPORTED_AXES = ("yx", "zyx")
 SAMPLE_EDGE = 256  # normalisation sample regions: SAMPLE_EDGE x SAMPLE_EDGE px of one plane
 LABEL_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int32", "int64")
 
@@ -39,15 +39,18 @@ class InputRef:
 
     url: str  # the store: a local path or an fsspec URL
     path: str  # the array inside the store ("" for a bare array)
-    axes: str  # "yx" or "zyx"
+    axes: str  # "yx" or "zyx": the axes segmented
+    fixed: tuple[tuple[int, int], ...] = ()  # the stored array's other axes, held at these (position, index)
 
 
 @dataclass(frozen=True)
 class InputVolume:
     ref: InputRef
-    array: zarr.Array[Any]
+    array: VolumeArray
     description: str  # e.g. "OME-Zarr 0.5 image, level s0"
     pixel_sizes: dict[str, PixelSize] = field(default_factory=dict)
+    source_axes: str = ""  # all axes of the stored array, e.g. "tczyx"
+    selection: dict[str, int] = field(default_factory=dict)  # the index held on each of its other axes
 
     @property
     def shape_zyx(self) -> tuple[int, int, int]:
@@ -73,7 +76,7 @@ class InputVolume:
 
 
 def read_mirrored(
-    array: zarr.Array[Any], planes: range, rows: tuple[int, int], cols: tuple[int, int]
+    array: VolumeArray, planes: range, rows: tuple[int, int], cols: tuple[int, int]
 ) -> npt.NDArray[Any]:
     """One read of the bounding box of the mirrored window, then the mirror in memory."""
     height, width = (int(n) for n in array.shape[-2:])
@@ -90,19 +93,24 @@ def read_mirrored(
     return box[:, ys - y0][:, :, xs - x0]
 
 
-def open_input(url: str, dtypes: tuple[str, ...] = SUPPORTED_DTYPES) -> InputVolume:
+def open_input(
+    url: str,
+    dtypes: tuple[str, ...] = SUPPORTED_DTYPES,
+    *,
+    channel: int | None = None,
+    timepoint: int | None = None,
+) -> InputVolume:
     """Open an input volume read-only; InputError names the path and the problem.
 
     ``dtypes``: the accepted data types (label maps for training pass integer ones).
+    ``channel``, ``timepoint``: the index on those axes, where the input has them.
     """
+    choice = {"channel": channel, "timepoint": timepoint}
     if "://" not in url:
         if not Path(url).exists():
             raise InputError(f"no input at {url}: the path does not exist")
         url = str(Path(url).resolve())  # workers may run elsewhere; runs compare fingerprints by it
-    if is_tiff(url):
-        volume = _open_tiff(url)
-    else:
-        volume = _open_zarr(url)
+    volume = _open_tiff(url, **choice) if is_tiff(url) else _open_zarr(url, **choice)
     if volume.dtype.name not in dtypes:
         raise InputError(f"{url}: unsupported dtype {volume.dtype.name}; supported are {', '.join(dtypes)}")
     if min(volume.shape_zyx) < 1:
@@ -110,13 +118,21 @@ def open_input(url: str, dtypes: tuple[str, ...] = SUPPORTED_DTYPES) -> InputVol
     return volume
 
 
-def _open_tiff(url: str) -> InputVolume:
+def _open_tiff(url: str, **choice: int | None) -> InputVolume:
     image = open_tiff(url)
+    selection = select_volume(url, image.axes, tuple(int(n) for n in image.array.shape), **choice)
     sizes = {name: PixelSize(value, unit) for name, (value, unit) in image.pixel_sizes.items()}
-    return InputVolume(InputRef(url, "", image.axes), image.array, image.description, sizes)
+    return InputVolume(
+        InputRef(url, "", selection.spatial, selection.fixed),
+        VolumeArray(image.array, selection.fixed),
+        image.description,
+        sizes,
+        image.axes,
+        selection.chosen,
+    )
 
 
-def _open_zarr(url: str) -> InputVolume:
+def _open_zarr(url: str, **choice: int | None) -> InputVolume:
     try:
         node = zarr.open(store=url, mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:
@@ -130,11 +146,13 @@ def _open_zarr(url: str) -> InputVolume:
                 f"{url}: a {node.ndim}-d array (shape {node.shape}); plain arrays must be YX or ZYX, "
                 "or carry OME-Zarr axes metadata"
             )
-        return InputVolume(InputRef(url, "", axes), node, f"Zarr v{node.metadata.zarr_format} array")
-    return _open_group(url, node)
+        return InputVolume(
+            InputRef(url, "", axes), VolumeArray(node), f"Zarr v{node.metadata.zarr_format} array"
+        )
+    return _open_group(url, node, **choice)
 
 
-def _open_group(url: str, group: zarr.Group) -> InputVolume:
+def _open_group(url: str, group: zarr.Group, **choice: int | None) -> InputVolume:
     attrs: dict[str, Any] = dict(group.attrs)
     ome: Any = attrs.get("ome", attrs)
     multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
@@ -145,7 +163,9 @@ def _open_group(url: str, group: zarr.Group) -> InputVolume:
             assert isinstance(array, zarr.Array)
             axes = {2: "yx", 3: "zyx"}.get(array.ndim)
             if axes is not None:
-                return InputVolume(InputRef(url, arrays[0], axes), array, f"Zarr group, array {arrays[0]}")
+                return InputVolume(
+                    InputRef(url, arrays[0], axes), VolumeArray(array), f"Zarr group, array {arrays[0]}"
+                )
         raise InputError(
             f"{url} is a Zarr group without OME-Zarr multiscales metadata and holding arrays {arrays}; "
             "point at one array (e.g. PATH/NAME) instead"
@@ -153,11 +173,7 @@ def _open_group(url: str, group: zarr.Group) -> InputVolume:
     version = ome.get("version") or multiscales[0].get("version", "0.4")
     first = multiscales[0]
     level = first["datasets"][0]
-    axes = "".join(axis["name"] if isinstance(axis, dict) else axis for axis in first.get("axes", []))
-    if axes not in SUPPORTED_AXES:
-        raise InputError(
-            f"{url}: OME-Zarr axes '{axes}' are not supported yet; supported are {', '.join(SUPPORTED_AXES)}"
-        )
+    axes = "".join(_axis_letter(axis) for axis in first.get("axes", []))
     try:
         array = group[level["path"]]
     except KeyError:
@@ -168,10 +184,25 @@ def _open_group(url: str, group: zarr.Group) -> InputVolume:
     scale = _scale(level.get("coordinateTransformations", []), len(axes))
     outer = _scale(first.get("coordinateTransformations", []), len(axes))
     units = [axis.get("unit") if isinstance(axis, dict) else None for axis in first.get("axes", [])]
-    sizes = {name: PixelSize(s * o, unit) for name, s, o, unit in zip(axes, scale, outer, units)}
+    sizes = {
+        name: PixelSize(s * o, unit) for name, s, o, unit in zip(axes, scale, outer, units) if name in "zyx"
+    }
+    selection = select_volume(url, axes, tuple(int(n) for n in array.shape), **choice)
     return InputVolume(
-        InputRef(url, level["path"], axes), array, f"OME-Zarr {version} image, level {level['path']}", sizes
+        InputRef(url, level["path"], selection.spatial, selection.fixed),
+        VolumeArray(array, selection.fixed),
+        f"OME-Zarr {version} image, level {level['path']}",
+        sizes,
+        axes,
+        selection.chosen,
     )
+
+
+def _axis_letter(axis: Any) -> str:
+    """t, c, or the space axis' name: OME-NGFF 0.4+ axes carry a type, 0.3 only names."""
+    if not isinstance(axis, dict):
+        return str(axis)
+    return {"time": "t", "channel": "c"}.get(str(axis.get("type")), str(axis.get("name")))
 
 
 def _scale(transforms: list[dict[str, Any]], ndim: int) -> list[float]:
@@ -181,15 +212,15 @@ def _scale(transforms: list[dict[str, Any]], ndim: int) -> list[float]:
     return [1.0] * ndim
 
 
-def reopen_input(ref: InputRef) -> zarr.Array[Any]:
-    """The input array, reopened read-only in a worker (not cached: see ``omezarr.output_array``)."""
+def reopen_input(ref: InputRef) -> VolumeArray:
+    """The input volume, reopened read-only in a worker (not cached: see ``omezarr.output_array``)."""
     if is_tiff(ref.url):
-        return reopen_tiff(ref.url)
+        return VolumeArray(reopen_tiff(ref.url), ref.fixed)
     node = zarr.open(store=ref.url, mode="r")
     if isinstance(node, zarr.Group):
         node = node[ref.path]
     assert isinstance(node, zarr.Array)
-    return node
+    return VolumeArray(node, ref.fixed)
 
 
 def sample_chunks(volume: InputVolume, count: int) -> list[npt.NDArray[Any]]:
@@ -230,10 +261,12 @@ def fingerprint(volume: InputVolume, chunks: int = 16) -> dict[str, Any]:
     digest = hashlib.sha256()
     for chunk in sample_chunks(volume, chunks):
         digest.update(np.ascontiguousarray(chunk).tobytes())
+    selected = {"source_axes": volume.source_axes, "selection": volume.selection} if volume.selection else {}
     return {
         "url": volume.ref.url,
         "path": volume.ref.path,
         "axes": volume.ref.axes,
+        **selected,
         "shape": list(volume.array.shape),
         "dtype": volume.dtype.name,
         "chunks": list(volume.array.chunks),

@@ -19,7 +19,7 @@ import zarr
 from pipeline.errors import InputError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
-PLANE_AXES = "ZQI"  # tifffile's letters for depth, unknown and image-sequence axes: planes to us
+LETTERS = {"T": "t", "C": "c", "S": "c", "Z": "z", "Q": "z", "I": "z", "Y": "y", "X": "x"}
 MICROMETRES_PER_UNIT = {3: 10000.0}  # ResolutionUnit centimetre; inch is print DPI (72 dpi), not optics
 OME_UNITS = {"µm": "micrometer", "um": "micrometer", "nm": "nanometer", "mm": "millimeter"}
 
@@ -27,7 +27,7 @@ OME_UNITS = {"µm": "micrometer", "um": "micrometer", "nm": "nanometer", "mm": "
 @dataclass(frozen=True)
 class TiffImage:
     array: zarr.Array[Any]
-    axes: str  # "yx" or "zyx"
+    axes: str  # ours, lower case, one per array axis: e.g. "tczyx", "zyx", "yxc" (RGB)
     description: str  # e.g. "OME-TIFF, series 0, tiled 256 x 256, zlib"
     pixel_sizes: dict[str, tuple[float, str | None]] = field(default_factory=dict)
 
@@ -44,7 +44,6 @@ def open_tiff(path: str) -> TiffImage:
         with tifffile.TiffFile(path) as tiff:
             series = tiff.series[0]
             letters = series.axes.upper()
-            shape = tuple(int(n) for n in series.shape)
             description = _describe(tiff, series)
             sizes = _pixel_sizes(tiff, letters)
         store = tifffile.imread(path, aszarr=True, series=0, level=0)
@@ -53,9 +52,8 @@ def open_tiff(path: str) -> TiffImage:
         raise
     except Exception as error:  # tifffile raises many kinds for damaged files
         raise InputError(f"cannot read {path} as TIFF: {type(error).__name__}: {error}") from error
-    axes = _plane_axes(path, letters, shape)
-    named = {name: sizes[letter] for letter, name in zip(letters, axes) if letter in sizes}
-    return TiffImage(array, axes, description, named)
+    named = {letter.lower(): size for letter, size in sizes.items()}
+    return TiffImage(array, _axes(letters), description, named)
 
 
 def reopen_tiff(path: str) -> zarr.Array[Any]:
@@ -63,19 +61,9 @@ def reopen_tiff(path: str) -> zarr.Array[Any]:
     return zarr.open_array(store=tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
 
 
-def _plane_axes(path: str, letters: str, shape: tuple[int, ...]) -> str:
-    """'yx' or 'zyx' for the series' axes; anything else is refused, naming the axes."""
-    spatial = letters[-2:] == "YX"
-    if spatial and len(letters) == 2:
-        return "yx"
-    if spatial and len(letters) == 3 and letters[0] in PLANE_AXES:
-        return "zyx"
-    listed = ", ".join(f"{letter}={n}" for letter, n in zip(letters, shape))
-    raise InputError(
-        f"{path}: TIFF series axes {letters} ({listed}); supported are YX and ZYX (planes may be "
-        "Z, Q or I): channels (C), timepoints (T) and RGB samples (S) must be selected first, "
-        "which is not built yet"
-    )
+def _axes(letters: str) -> str:
+    """tifffile's axis letters as ours: t, c (RGB samples too), z (depth, pages, unknown), y, x."""
+    return "".join(LETTERS.get(letter, letter.lower()) for letter in letters)
 
 
 def _describe(tiff: tifffile.TiffFile, series: Any) -> str:

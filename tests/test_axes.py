@@ -1,0 +1,160 @@
+"""Many-axis inputs: one channel and one timepoint of a TCZYX acquisition, picked without copying."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from click.testing import CliRunner
+
+from pipeline.axes import VolumeArray, select_volume
+from pipeline.cli import cli
+from pipeline.errors import InputError
+from pipeline.preview import render_preview
+from pipeline.store import PixelSize, open_input
+from pipeline.synthetic import cell_image
+from tests.conftest import write_small_setup, write_volume
+
+SPATIAL = (3, 120, 140)
+SETTINGS = {
+    "tiling": {"tile": 36, "shard_tiles": 1, "block_tiles": [2, 2]},
+    "profile": {"batch_size": 2},
+    "output": {"dtype": "float32", "pyramid_levels": 1},
+}
+
+
+def tczyx() -> np.ndarray:
+    """2 timepoints x 2 channels, every volume different."""
+    return np.stack([np.stack([cell_image(SPATIAL, seed=10 * t + c) for c in range(2)]) for t in range(2)])
+
+
+def write_ome_zarr(path: Path, data: np.ndarray) -> str:
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.create_array("0", data=data, chunks=(1, 1, 1, 64, 64))
+    kinds = {"t": "time", "c": "channel"}
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "axes": [
+                    {
+                        "name": a,
+                        "type": kinds.get(a, "space"),
+                        **({"unit": "micrometer"} if a in "zyx" else {}),
+                    }
+                    for a in "tczyx"
+                ],
+                "datasets": [
+                    {
+                        "path": "0",
+                        "coordinateTransformations": [{"type": "scale", "scale": [60.0, 1, 2.0, 0.3, 0.3]}],
+                    }
+                ],
+            }
+        ],
+    }
+    return str(path)
+
+
+def write_ome_tiff(path: Path, data: np.ndarray) -> str:
+    tifffile.imwrite(
+        path,
+        data,
+        ome=True,
+        tile=(64, 64),
+        photometric="minisblack",
+        metadata={"axes": "TCZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 2.0},
+    )
+    return str(path)
+
+
+def test_volume_array_reads_equal_numpy_indexing() -> None:
+    data = np.arange(2 * 3 * 4 * 5 * 6).reshape(2, 3, 4, 5, 6)
+    view = VolumeArray(zarr.array(data, chunks=(1, 1, 2, 5, 3)), ((0, 1), (1, 2)))
+    assert view.shape == (4, 5, 6) and view.chunks == (2, 5, 3) and view.ndim == 3
+    assert np.array_equal(view[...], data[1, 2])
+    assert np.array_equal(view[1:3, 2], data[1, 2, 1:3, 2])
+    assert np.array_equal(view[(slice(0, 4, 2), slice(None), slice(1, 5))], data[1, 2, 0:4:2, :, 1:5])
+
+
+def test_selection_names_the_axes_and_the_flag() -> None:
+    shape = (2, 3, 5, 64, 64)
+    assert select_volume("a", "tczyx", shape, channel=2, timepoint=1).fixed == ((0, 1), (1, 2))
+    with pytest.raises(
+        InputError,
+        match=r"a: axes TCZYX \(T=2, C=3, Z=5, Y=64, X=64\): 3 channels; choose one with --channel 0\.\.2",
+    ):
+        select_volume("a", "tczyx", shape, timepoint=0)
+    with pytest.raises(
+        InputError, match=r"2 timepoints; choose one with --timepoint 0\.\.1 \(every timepoint"
+    ):
+        select_volume("a", "tczyx", shape, channel=0)
+    with pytest.raises(InputError, match=r"--channel 3 is out of range: axes TCZYX"):
+        select_volume("a", "tczyx", shape, channel=3, timepoint=0)
+    with pytest.raises(InputError, match=r"--channel 1 given, but the input has no such axis \(axes ZYX"):
+        select_volume("a", "zyx", (5, 64, 64), channel=1)
+    single = select_volume("a", "tczyx", (1, 1, 5, 64, 64))
+    assert single.spatial == "zyx" and single.chosen == {"t": 0, "c": 0}
+    with pytest.raises(InputError, match=r"axes ZCCYX"):
+        select_volume("a", "zccyx", (2, 2, 2, 8, 8), channel=0)
+
+
+@pytest.mark.parametrize("form", ["ome-zarr", "ome-tiff"])
+def test_one_channel_of_one_timepoint_segments_like_that_volume_alone(
+    tmp_path: Path, form: str, dask_address: str
+) -> None:
+    data = tczyx()
+    if form == "ome-zarr":
+        source = write_ome_zarr(tmp_path / "in.ome.zarr", data)
+    else:
+        source = write_ome_tiff(tmp_path / "in.ome.tif", data)
+    volume = open_input(source, channel=1, timepoint=1)
+    assert volume.ref.axes == "zyx" and volume.selection == {"t": 1, "c": 1}
+    assert volume.pixel_sizes["z"] == PixelSize(2.0, "micrometer")
+    assert volume.pixel_sizes["x"] == PixelSize(0.3, "micrometer")
+    alone = write_volume(tmp_path / "alone.zarr", data[1, 1], (1, 64, 64))
+    checkpoint, config = write_small_setup(
+        tmp_path, {**SETTINGS, "cluster": {"address": dask_address}}, seed=4
+    )
+    runner = CliRunner()
+    common = ["--model", str(checkpoint), "--config", str(config), "--no-progress"]
+    picked = runner.invoke(
+        cli,
+        ["segment", source, str(tmp_path / "picked.ome.zarr"), "--channel", "1", "--timepoint", "1", *common],
+    )
+    assert picked.exit_code == 0, picked.output
+    reference = runner.invoke(cli, ["segment", alone, str(tmp_path / "alone.ome.zarr"), *common])
+    assert reference.exit_code == 0, reference.output
+    for level in ("s0", "labels/cells/s0"):
+        assert np.array_equal(
+            zarr.open_array(f"{tmp_path}/picked.ome.zarr/{level}", mode="r")[...],
+            zarr.open_array(f"{tmp_path}/alone.ome.zarr/{level}", mode="r")[...],
+        )
+    attrs: dict[str, Any] = dict(zarr.open_group(str(tmp_path / "picked.ome.zarr"), mode="r").attrs)
+    multiscales = attrs["ome"]["multiscales"][0]
+    assert [axis["name"] for axis in multiscales["axes"]] == ["z", "y", "x"]
+    assert multiscales["datasets"][0]["coordinateTransformations"][0]["scale"] == [2.0, 0.3, 0.3]
+    record = json.loads(runner.invoke(cli, ["inspect", str(tmp_path / "picked.ome.zarr"), "--json"]).output)
+    assert record["runs"][-1]["input"]["selection"] == {"t": 1, "c": 1}
+    assert record["runs"][-1]["config"]["input"] == {"channel": 1, "timepoint": 1}
+    assert render_preview(str(tmp_path / "picked.ome.zarr"), max_pixels=200).shape == (120, 140, 3)
+
+
+def test_a_many_channel_input_without_channel_is_refused_naming_it(tmp_path: Path) -> None:
+    source = write_ome_zarr(tmp_path / "in.ome.zarr", tczyx())
+    checkpoint, _ = write_small_setup(tmp_path, SETTINGS, seed=4)
+    result = CliRunner().invoke(
+        cli,
+        ["segment", source, str(tmp_path / "out.ome.zarr"), "--model", str(checkpoint), "--timepoint", "0"],
+    )
+    assert result.exit_code == 2
+    assert (
+        f"{source}: axes TCZYX (T=2, C=2, Z=3, Y=120, X=140): 2 channels; choose one with --channel 0..1"
+        in result.output
+    )
+    assert not (tmp_path / "out.ome.zarr").exists()
