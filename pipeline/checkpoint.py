@@ -136,8 +136,11 @@ def convert_state_dict(
     target: str | os.PathLike[str],
     *,
     normalization: Normalization,
+    pixel_size_um: float | None = None,
 ) -> str:
     """Convert a ``torch.save``-d state dict of this U-Net to a checkpoint.
+
+    ``pixel_size_um``: the Y, X pixel size it was trained at, if known (runs check theirs against it).
 
     Reads with ``weights_only=True`` (tensors and plain containers only, no
     code), infers the architecture from the tensor shapes, returns the sha256.
@@ -160,9 +163,10 @@ def convert_state_dict(
     shapes = {name: list(t.shape) for name, t in loaded.items()}
     _check_architecture(Path(source), model, {n: {"shape": s} for n, s in shapes.items()})
     model.load_state_dict(loaded, strict=True)
-    return save_checkpoint(
-        target, model, normalization=normalization, training={"converted_from": str(source)}
-    )
+    training: dict[str, Any] = {"converted_from": str(source)}
+    if pixel_size_um is not None:
+        training["pixel_size_um"] = {"y": pixel_size_um, "x": pixel_size_um}
+    return save_checkpoint(target, model, normalization=normalization, training=training)
 
 
 def _infer_config(source: Path, state: dict[str, torch.Tensor]) -> UNetConfig:

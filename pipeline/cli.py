@@ -146,9 +146,16 @@ def model_info(path: Path, as_json: bool) -> None:
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
 @normalization_option
-def model_convert(source: Path, target: Path, normalization: str) -> None:
+@click.option(
+    "--pixel-size",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Y, X pixel size (um) the weights were trained at; runs compare theirs with it.",
+)
+def model_convert(source: Path, target: Path, normalization: str, pixel_size: float | None) -> None:
     """Convert a torch.save-d state dict of this U-Net into a safe checkpoint."""
-    sha256 = convert_state_dict(source, target, normalization=Normalization(normalization))
+    sha256 = convert_state_dict(
+        source, target, normalization=Normalization(normalization), pixel_size_um=pixel_size
+    )
     click.echo(f"wrote {target} (sha256 {sha256})")
 
 
@@ -163,6 +170,9 @@ def model_convert(source: Path, target: Path, normalization: str) -> None:
 )
 @click.option("--channel", type=int, help="Index on the input's channel axis (C, or RGB samples).")
 @click.option("--timepoint", type=int, help="Index on the input's time axis (T).")
+@click.option(
+    "--rescale", is_flag=True, default=None, help="Resample the input to the model's pixel size (Y, X)."
+)
 @click.option("--cluster", help="local | cuda | tcp://HOST:PORT of a running scheduler.")
 @click.option("--workers", type=int, help="Worker processes of a local cluster.")
 @click.option("--block-tiles", type=int, help="Block edge in tiles (a multiple of the shard edge).")
@@ -187,6 +197,7 @@ def segment(
     config_file: Path | None,
     channel: int | None,
     timepoint: int | None,
+    rescale: bool | None,
     cluster: str | None,
     workers: int | None,
     block_tiles: int | None,
@@ -203,6 +214,7 @@ def segment(
     flags = {
         "input.channel": channel,
         "input.timepoint": timepoint,
+        "input.rescale": rescale,
         "cluster.address": cluster,
         "cluster.workers": workers,
         "tiling.block_tiles": None if block_tiles is None else [block_tiles, block_tiles],

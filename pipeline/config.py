@@ -100,6 +100,10 @@ class InputConfig(_Strict):
         None, ge=0, description="index on the input's channel axis (C, or RGB samples)"
     )
     timepoint: int | None = Field(None, ge=0, description="index on its time axis (T)")
+    pixel_size_tolerance: float = Field(
+        0.1, ge=0.0, lt=1.0, description="relative difference from the model's training pixel size allowed"
+    )
+    rescale: bool = Field(False, description="resample the input in Y, X to the model's pixel size")
 
 
 class NormalizationSampleConfig(_Strict):

@@ -20,7 +20,8 @@ from pipeline.errors import InputError
 from pipeline.geometry import Block, BlockGrid
 from pipeline.labels import Connectivity
 from pipeline.omezarr import OutputLayout, auto_levels, is_pipeline_output, output_exists
-from pipeline.store import InputVolume, PixelSize, open_input
+from pipeline.pixels import PLANE_AXES, ScaleCheck, check_scale
+from pipeline.store import InputVolume, PixelSize, open_input, resampled_input
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class RunPlan:
     blocks: list[Block]
     label_rule: LabelRule | None
     min_size_voxels: int
+    scale: ScaleCheck
 
     @property
     def output_url(self) -> str:
@@ -64,6 +66,16 @@ def plan_run(request: SegmentRequest) -> RunPlan:
             f"checkpoint {request.checkpoint_path} expects {checkpoint.config.in_channels} input channels; "
             f"the input {request.input_url} has axes '{volume.ref.axes}' (one channel)"
         )
+    scale = check_scale(
+        request.input_url,
+        volume.pixel_sizes,
+        checkpoint.training.get("pixel_size_um"),
+        tolerance=config.input.pixel_size_tolerance,
+        rescale=config.input.rescale,
+    )
+    if scale.verdict == "rescaled" and scale.model_um is not None:
+        model_sizes = {axis: PixelSize(scale.model_um[axis], "micrometer") for axis in PLANE_AXES}
+        volume = resampled_input(volume, (scale.factors["y"], scale.factors["x"]), model_sizes)
     try:
         checkpoint.model.geometry.input_size(config.tiling.tile)
     except ValueError as error:
@@ -101,6 +113,7 @@ def plan_run(request: SegmentRequest) -> RunPlan:
         blocks=grid.blocks(),
         label_rule=rule,
         min_size_voxels=min_size_voxels(labels, volume.pixel_sizes, volume.ref.axes, request.input_url),
+        scale=scale,
     )
 
 

@@ -107,6 +107,7 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
             blocks=len(plan.blocks),
         )
         record["resumed_from"] = previous_id
+        record["pixel_size"] = plan.scale.to_dict()
         record["input_layout"] = {
             "description": plan.volume.description,
             "read_amplification": round(read_amplification, 2),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import zarr
 from pipeline.axes import VolumeArray, select_volume
 from pipeline.errors import InputError
 from pipeline.geometry import reflect_indices, spread_indices
+from pipeline.resample import ResampledArray, SpatialArray
 from pipeline.tiff import is_tiff, open_tiff, reopen_tiff
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
@@ -41,12 +42,13 @@ class InputRef:
     path: str  # the array inside the store ("" for a bare array)
     axes: str  # "yx" or "zyx": the axes segmented
     fixed: tuple[tuple[int, int], ...] = ()  # the stored array's other axes, held at these (position, index)
+    resample: tuple[float, float] | None = None  # seen resampled in Y, X by these factors (--rescale)
 
 
 @dataclass(frozen=True)
 class InputVolume:
     ref: InputRef
-    array: VolumeArray
+    array: SpatialArray
     description: str  # e.g. "OME-Zarr 0.5 image, level s0"
     pixel_sizes: dict[str, PixelSize] = field(default_factory=dict)
     source_axes: str = ""  # all axes of the stored array, e.g. "tczyx"
@@ -76,7 +78,7 @@ class InputVolume:
 
 
 def read_mirrored(
-    array: VolumeArray, planes: range, rows: tuple[int, int], cols: tuple[int, int]
+    array: SpatialArray, planes: range, rows: tuple[int, int], cols: tuple[int, int]
 ) -> npt.NDArray[Any]:
     """One read of the bounding box of the mirrored window, then the mirror in memory."""
     height, width = (int(n) for n in array.shape[-2:])
@@ -212,15 +214,30 @@ def _scale(transforms: list[dict[str, Any]], ndim: int) -> list[float]:
     return [1.0] * ndim
 
 
-def reopen_input(ref: InputRef) -> VolumeArray:
+def reopen_input(ref: InputRef) -> SpatialArray:
     """The input volume, reopened read-only in a worker (not cached: see ``omezarr.output_array``)."""
+    source: Any
     if is_tiff(ref.url):
-        return VolumeArray(reopen_tiff(ref.url), ref.fixed)
-    node = zarr.open(store=ref.url, mode="r")
-    if isinstance(node, zarr.Group):
-        node = node[ref.path]
-    assert isinstance(node, zarr.Array)
-    return VolumeArray(node, ref.fixed)
+        source = reopen_tiff(ref.url)
+    else:
+        node = zarr.open(store=ref.url, mode="r")
+        source = node[ref.path] if isinstance(node, zarr.Group) else node
+    assert isinstance(source, zarr.Array)
+    volume = VolumeArray(source, ref.fixed)
+    return volume if ref.resample is None else ResampledArray(volume, ref.resample)
+
+
+def resampled_input(
+    volume: InputVolume, factors: tuple[float, float], sizes: dict[str, PixelSize]
+) -> InputVolume:
+    """``volume`` seen at another pixel size (``sizes`` for Y and X): bilinear, window by window."""
+    return replace(
+        volume,
+        ref=replace(volume.ref, resample=factors),
+        array=ResampledArray(volume.array, factors),
+        description=f"{volume.description}, resampled x{factors[0]:.4g} (y) x{factors[1]:.4g} (x)",
+        pixel_sizes={**volume.pixel_sizes, **sizes},
+    )
 
 
 def sample_chunks(volume: InputVolume, count: int) -> list[npt.NDArray[Any]]:

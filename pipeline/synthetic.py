@@ -196,13 +196,19 @@ def fluorescence_image(labels: npt.NDArray[np.uint32], *, seed: int) -> npt.NDAr
 
 
 def write_synthetic_acquisition(
-    url: str, shape: tuple[int, ...], chunks: tuple[int, ...], *, seed: int
+    url: str, shape: tuple[int, ...], chunks: tuple[int, ...], *, seed: int, pixel_size: float | None = None
 ) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint32]]:
-    """An OME-Zarr 0.5 image of nuclei with its exact instance labels under ``labels/truth``."""
+    """An OME-Zarr 0.5 image of nuclei with its exact instance labels under ``labels/truth``.
+
+    ``pixel_size``: um per pixel in Y and X (Z: 4x that), written with units; None: unit-less scale 1.
+    """
     labels = nuclei_labels(shape, seed=seed)
     image = fluorescence_image(labels, seed=seed)
-    axes: list[Any] = [{"name": name, "type": "space"} for name in ("zyx" if len(shape) == 3 else "yx")]
-    scale: list[Any] = [{"type": "scale", "scale": [1.0] * len(shape)}]
+    names = "zyx" if len(shape) == 3 else "yx"
+    unit = {} if pixel_size is None else {"unit": "micrometer"}
+    axes: list[Any] = [{"name": name, "type": "space", **unit} for name in names]
+    sizes = [1.0] * len(shape) if pixel_size is None else [pixel_size * (4 if n == "z" else 1) for n in names]
+    scale: list[Any] = [{"type": "scale", "scale": sizes}]
     root = zarr.open_group(url, mode="w", zarr_format=3)
     root.create_array("s0", shape=shape, chunks=chunks, dtype="uint16")[...] = image
     root.attrs["ome"] = {

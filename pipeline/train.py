@@ -29,6 +29,7 @@ from pipeline.errors import InputError
 from pipeline.metrics import match_instances
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
+from pipeline.pixels import training_pixel_size
 from pipeline.predict import predict_plane
 from pipeline.progress import stage_progress
 from pipeline.training_data import TileSampler, TrainingPair, find_pairs, open_pairs, plane_region
@@ -69,6 +70,7 @@ def train(
         raise InputError(f"training tile {config.tile} does not fit the network: {error}") from None
     specs = find_pairs(images, labels)
     training, validation = open_pairs(specs, NORMALIZATION, config.validation_fraction)
+    pixel_size = training_pixel_size([(pair.name, pair.image.pixel_sizes) for pair in training + validation])
     sampler = TileSampler(training, config, model.geometry.halo, rng)
     device = torch.device(config.device)
     model.to(device).train()
@@ -122,11 +124,14 @@ def train(
                         out,
                         model,
                         normalization=NORMALIZATION,
-                        training=_summary(config, specs, history, best),
+                        training=_summary(config, specs, history, best, pixel_size),
                     )
                 model.train()
     assert best is not None
-    summary = {**_summary(config, specs, history, best), "seconds": round(time.perf_counter() - started, 1)}
+    summary = {
+        **_summary(config, specs, history, best, pixel_size),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     log.info(
         "best checkpoint: step %d, F1 %.3f, IoU %.3f -> %s",
         best.step,
@@ -176,10 +181,18 @@ def _optimizer(model: UNet, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def _summary(
-    config: TrainConfig, specs: list[tuple[str, str, str]], history: list[Validation], best: Validation
+    config: TrainConfig,
+    specs: list[tuple[str, str, str]],
+    history: list[Validation],
+    best: Validation,
+    pixel_size: dict[str, float] | None,
 ) -> dict[str, Any]:
-    """What the checkpoint records of its training: nothing that varies between identical runs."""
+    """What the checkpoint records of its training: nothing that varies between identical runs.
+
+    ``pixel_size_um`` (Y, X) only when every training image has one: runs compare it with theirs.
+    """
     return {
+        **({"pixel_size_um": pixel_size} if pixel_size else {}),
         "status": "trained",
         "recipe": "Ronneberger et al. 2015: weighted cross-entropy (w0, sigma), elastic deformation",
         "config": config.model_dump(mode="json"),

@@ -78,10 +78,12 @@ def test_convert_command(tmp_path: Path) -> None:
     refused = CliRunner().invoke(cli, ["model", "info", str(pickled)])
     assert refused.exit_code == 2
     assert "unet-pipeline model convert" in refused.output
-    converted = CliRunner().invoke(cli, ["model", "convert", str(pickled), str(tmp_path / "new.safetensors")])
+    target = str(tmp_path / "new.safetensors")
+    converted = CliRunner().invoke(cli, ["model", "convert", str(pickled), target, "--pixel-size", "0.65"])
     assert converted.exit_code == 0, converted.output
-    info = CliRunner().invoke(cli, ["model", "info", str(tmp_path / "new.safetensors"), "--json"])
-    assert json.loads(info.output)["architecture"]["depth"] == 2
+    info = json.loads(CliRunner().invoke(cli, ["model", "info", target, "--json"]).output)
+    assert info["architecture"]["depth"] == 2
+    assert info["training"]["pixel_size_um"] == {"y": 0.65, "x": 0.65}
 
 
 @pytest.mark.slow

@@ -101,7 +101,11 @@ def test_synthetic_nuclei_are_deterministic_and_touching_ones_are_separated() ->
 def test_a_short_training_run_learns_and_is_reproducible(tmp_path: Path) -> None:
     for seed in (11, 12):
         write_synthetic_acquisition(
-            str(tmp_path / "data" / f"n{seed}.ome.zarr"), (2, 160, 160), (1, 80, 80), seed=seed
+            str(tmp_path / "data" / f"n{seed}.ome.zarr"),
+            (2, 160, 160),
+            (1, 80, 80),
+            seed=seed,
+            pixel_size=0.5,
         )
     config = TrainConfig(
         base_channels=2, depth=3, tile=36, steps=24, validate_every=12, learning_rate=3e-3, threads=1
@@ -116,3 +120,4 @@ def test_a_short_training_run_learns_and_is_reproducible(tmp_path: Path) -> None
     )
     checkpoint = load_checkpoint(tmp_path / "a.safetensors")
     assert checkpoint.training["status"] == "trained" and checkpoint.training["best"]["step"] in (12, 24)
+    assert checkpoint.training["pixel_size_um"] == {"y": 0.5, "x": 0.5}
