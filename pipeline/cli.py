@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ import click
 import torch
 
 from pipeline import __version__
+from pipeline.bench import DTYPE_NAMES, BenchSettings, run_bench
+from pipeline.bench import table as bench_table
 from pipeline.checkpoint import convert_state_dict, load_checkpoint, save_checkpoint
 from pipeline.cli_train import train_command
 from pipeline.config import load_config
@@ -417,6 +420,77 @@ def demo(out_dir: Path, model: Path | None) -> None:
     click.echo(f"      output     {result.output_url} (OME-Zarr 0.5; `unet-pipeline inspect` shows the run)")
     click.echo(f"      napari     napari --plugin napari-ome-zarr {result.output_url}")
     click.echo(f"      preview    {result.picture} (middle plane, label outlines)")
+
+
+@cli.command("bench")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--base-channels", type=int, help="Network width (default: 16 on CPU, 64 on CUDA: the paper).")
+@click.option("--depth", default=5, show_default=True)
+@click.option(
+    "--tile", default=388, show_default=True, help="Output tile edge (388: the paper's 572 -> 388)."
+)
+@click.option(
+    "--dtypes", help="Comma list of fp32, tf32, bf16, fp16 (default: fp32,bf16 on CPU; all on CUDA)."
+)
+@click.option("--batch-sizes", help="Comma list (default: 1,4 on CPU; 1,8,32 on CUDA).")
+@click.option(
+    "--compile", "compiled", is_flag=True, help="Also torch.compile each profile (slow to warm up on CPU)."
+)
+@click.option("--threads", type=int, help="Torch threads (default: all cores).")
+@click.option(
+    "--seconds", default=2.0, show_default=True, help="Timed forward passes per profile, after warm-up."
+)
+@click.option("--e2e-shape", default="2x1552x1552", show_default=True, help="ZYX of the end-to-end volume.")
+@click.option("--no-e2e", is_flag=True, help="Model-only figures and agreement only.")
+@click.option("--workers", default=1, show_default=True, help="Dask workers of the end-to-end run.")
+@click.option(
+    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
+)
+def bench(
+    device: str,
+    base_channels: int | None,
+    depth: int,
+    tile: int,
+    dtypes: str | None,
+    batch_sizes: str | None,
+    compiled: bool,
+    threads: int | None,
+    seconds: float,
+    e2e_shape: str,
+    no_e2e: bool,
+    workers: int,
+    json_path: Path | None,
+) -> None:
+    """Throughput of the model over execution profiles (the naive one included) and of segment end to end."""
+    gpu = device == "cuda"
+    shape = _shape(e2e_shape)
+    if len(shape) != 3:
+        raise InputError(f"--e2e-shape {e2e_shape} must be ZYX, e.g. 2x1552x1552")
+    settings = BenchSettings(
+        device=device,
+        base_channels=base_channels or (64 if gpu else 16),
+        depth=depth,
+        tile=tile,
+        dtypes=tuple(dtypes.split(","))
+        if dtypes
+        else (("fp32", "tf32", "bf16", "fp16") if gpu else ("fp32", "bf16")),
+        batch_sizes=tuple(int(n) for n in batch_sizes.split(","))
+        if batch_sizes
+        else ((1, 8, 32) if gpu else (1, 4)),
+        compile=compiled,
+        threads=threads or os.cpu_count() or 1,
+        min_seconds=seconds,
+        e2e_shape=None if no_e2e else (shape[0], shape[1], shape[2]),
+        e2e_workers=workers,
+    )
+    unknown = set(settings.dtypes) - set(DTYPE_NAMES)
+    if unknown:
+        raise InputError(f"--dtypes: unknown {', '.join(sorted(unknown))}; use fp32, tf32, bf16, fp16")
+    report = run_bench(settings)
+    click.echo(bench_table(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        click.echo(f"wrote {json_path}")
 
 
 cli.add_command(train_command)

@@ -1,0 +1,317 @@
+"""`unet-pipeline bench`: the model alone over execution profiles, then `segment` end to end.
+
+Every figure comes from one run on one machine, and the naive profile (fp32,
+NCHW, batch 1, eager) is always measured, so each speed-up is a ratio on the
+same machine. Output megapixels per second count valid output pixels: a
+batch of ``b`` windows yields ``b * tile**2`` of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.config import load_config
+from pipeline.demo import DEMO_MODEL
+from pipeline.model import UNet
+from pipeline.normalization import Normalization
+from pipeline.predict import predict_plane, prepare_model
+from pipeline.run import SegmentRequest, segment
+from pipeline.synthetic import write_synthetic_acquisition
+
+log = logging.getLogger(__name__)
+
+DTYPE_NAMES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@dataclass(frozen=True, slots=True)
+class BenchProfile:
+    dtype: str  # fp32 | tf32 | bf16 | fp16
+    channels_last: bool
+    compiled: bool
+    batch_size: int
+
+    @property
+    def name(self) -> str:
+        layout = "channels_last" if self.channels_last else "NCHW"
+        return f"{self.dtype} {layout} {'compiled' if self.compiled else 'eager'} b{self.batch_size}"
+
+
+NAIVE = BenchProfile("fp32", False, False, 1)
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSettings:
+    device: str = "cpu"
+    base_channels: int = 16
+    depth: int = 5
+    tile: int = 388
+    dtypes: tuple[str, ...] = ("fp32", "bf16")
+    batch_sizes: tuple[int, ...] = (1, 4)
+    layouts: tuple[bool, ...] = (False, True)  # channels_last off / on
+    compile: bool = False
+    threads: int = 2
+    min_seconds: float = 2.0  # per profile, after warm-up
+    e2e_shape: tuple[int, int, int] | None = (2, 1552, 1552)
+    e2e_workers: int = 1
+
+
+def profiles(settings: BenchSettings) -> list[BenchProfile]:
+    """The naive profile first, then every dtype x layout x batch size (x compiled), no repeats."""
+    found = [NAIVE]
+    for dtype in settings.dtypes:
+        for channels_last in settings.layouts:
+            for batch in settings.batch_sizes:
+                for compiled in (False, True) if settings.compile else (False,):
+                    profile = BenchProfile(dtype, channels_last, compiled, batch)
+                    if profile not in found:
+                        found.append(profile)
+    return found
+
+
+def run_bench(settings: BenchSettings, progress: bool = True) -> dict[str, Any]:
+    """Model-only throughput per profile, the end-to-end run, and precision agreement, as one report."""
+    if settings.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked, but torch sees no CUDA device")
+    torch.set_num_threads(settings.threads)
+    report: dict[str, Any] = {"settings": asdict(settings), "machine": machine()}
+    model_rows = []
+    for profile in profiles(settings):
+        row = {"profile": profile.name, **asdict(profile), **measure_model(settings, profile)}
+        model_rows.append(row)
+        if progress:
+            log.info("model-only %-36s %8.3f Mpix/s", profile.name, row["mpix_per_second"])
+    naive = model_rows[0]["mpix_per_second"]
+    for row in model_rows:
+        row["speedup_vs_naive"] = round(row["mpix_per_second"] / naive, 2) if naive else None
+    report["model_only"] = model_rows
+    report["agreement"] = precision_agreement(settings)
+    if settings.e2e_shape is not None:
+        report["end_to_end"] = measure_end_to_end(settings, model_rows)
+    return report
+
+
+def bench_model(settings: BenchSettings, seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    return UNet(1, 2, settings.base_channels, settings.depth).eval()
+
+
+def measure_model(settings: BenchSettings, profile: BenchProfile) -> dict[str, Any]:
+    """Forward passes of one device-resident batch for at least ``min_seconds``, after warm-up."""
+    device = torch.device(settings.device)
+    model = prepare_model(
+        bench_model(settings),
+        device=device,
+        dtype=DTYPE_NAMES[profile.dtype],
+        channels_last=profile.channels_last,
+    )
+    window = model.geometry.input_size(settings.tile)
+    memory_format = torch.channels_last if profile.channels_last else torch.contiguous_format
+    batch = torch.randn(profile.batch_size, 1, window, window).to(
+        device=device, dtype=next(model.parameters()).dtype, memory_format=memory_format
+    )
+    forward: Any = torch.compile(model) if profile.compiled else model
+    with tf32(profile.dtype == "tf32" and device.type == "cuda"), torch.inference_mode():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        compile_started = time.perf_counter()
+        for _ in range(3 if profile.compiled else 1):
+            forward(batch)
+        synchronize(device)
+        warmup = time.perf_counter() - compile_started
+        passes, started = 0, time.perf_counter()
+        while passes < 2 or time.perf_counter() - started < settings.min_seconds:
+            forward(batch)
+            passes += 1
+            if device.type == "cuda" and passes % 4:
+                continue
+            synchronize(device)
+        synchronize(device)
+        seconds = time.perf_counter() - started
+    pixels = passes * profile.batch_size * settings.tile**2
+    return {
+        "mpix_per_second": round(pixels / seconds / 1e6, 3),
+        "seconds_per_batch": round(seconds / passes, 4),
+        "warmup_seconds": round(warmup, 2),
+        "passes": passes,
+        "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else None,
+    }
+
+
+def precision_agreement(settings: BenchSettings) -> dict[str, Any]:
+    """bf16 against fp32 on one synthetic nuclei plane: probability difference, label voxels equal.
+
+    Uses the shipped demo model when it fits the bench's architecture, else the bench model.
+    """
+    plane = np.asarray(write_plane(settings), dtype=np.float32)
+    stats = Normalization("percentile", 1.0, 99.8).statistics(plane.ravel())
+    normalised = stats.apply(plane)
+    use_demo = DEMO_MODEL.exists() and load_checkpoint(DEMO_MODEL).model.geometry.is_valid_input(
+        settings.tile + 2 * load_checkpoint(DEMO_MODEL).model.geometry.halo
+    )
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        model = load_checkpoint(DEMO_MODEL).model if use_demo else bench_model(settings)
+        results[dtype] = predict_plane(
+            model, normalised, tile=settings.tile, batch_size=4, device=settings.device, dtype=dtype
+        )[1]
+    reference, low = results["float32"], results["bfloat16"]
+    return {
+        "model": "demo" if use_demo else "bench (untrained)",
+        "pixels": int(reference.size),
+        "max_abs_probability_difference": float(np.abs(reference - low).max()),
+        "foreground_voxels_equal": float(np.mean((reference >= 0.5) == (low >= 0.5))),
+    }
+
+
+def write_plane(settings: BenchSettings) -> np.ndarray:
+    with tempfile.TemporaryDirectory() as folder:
+        image, _ = write_synthetic_acquisition(
+            f"{folder}/plane.ome.zarr", (2 * settings.tile, 2 * settings.tile), (256, 256), seed=7
+        )
+    return image
+
+
+def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """`segment` of a synthetic uint16 Zarr volume with the fastest eager profile, against its model-only rate."""
+    eager = [row for row in model_rows if not row["compiled"]]
+    best = max(eager, key=lambda row: row["mpix_per_second"])
+    assert settings.e2e_shape is not None
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        source = f"{root}/input.ome.zarr"
+        write_synthetic_acquisition(source, settings.e2e_shape, (1, 512, 512), seed=11)
+        checkpoint = root / "bench.safetensors"
+        save_checkpoint(
+            checkpoint, bench_model(settings), normalization=Normalization("percentile", 1.0, 99.8)
+        )
+        threads = max(1, settings.threads // settings.e2e_workers)
+        config = load_config(
+            overrides={
+                "cluster.workers": settings.e2e_workers,
+                "profile.device": settings.device,
+                "profile.dtype": DTYPE_NAMES[best["dtype"]],
+                "profile.channels_last": best["channels_last"],
+                "profile.batch_size": best["batch_size"],
+                "profile.threads": threads,
+                "tiling.tile": settings.tile,
+            }
+        )
+        with gpu_utilisation(settings.device) as samples:
+            record = segment(
+                SegmentRequest(source, str(root / "out.ome.zarr"), checkpoint, config, show_progress=False)
+            )
+        shape = zarr.open_array(f"{root}/out.ome.zarr/s0", mode="r").shape
+    predict = record["stages"]["predict"]
+    end_to_end = predict["pixels"] / record["wall_seconds"] / 1e6
+    return {
+        "shape": list(shape),
+        "profile": best["profile"],
+        "workers": settings.e2e_workers,
+        "threads_per_worker": threads,
+        "wall_seconds": record["wall_seconds"],
+        "mpix_per_second": round(end_to_end, 3),
+        "predict_stage_mpix_per_second": predict["mpix_per_second"],
+        "model_only_mpix_per_second": best["mpix_per_second"],
+        "fraction_of_model_only": round(end_to_end / best["mpix_per_second"], 3),
+        "stage_wall_seconds": {stage: values["wall_seconds"] for stage, values in record["stages"].items()},
+        "predict_worker_seconds": predict["worker_seconds"],
+        "peak_worker_rss_bytes": record.get("worker_peak_rss_bytes"),
+        "gpu_utilisation_percent": round(float(np.mean(samples)), 1) if samples else None,
+    }
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool) -> Iterator[None]:
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+@contextlib.contextmanager
+def gpu_utilisation(device: str) -> Iterator[list[float]]:
+    """Samples of the GPU's utilisation (nvidia-smi, 5 per second) while the block runs; none on CPU."""
+    samples: list[float] = []
+    if device != "cuda":
+        yield samples
+        return
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.2):
+            with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
+                out = subprocess.run(
+                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                    check=True,
+                ).stdout
+                samples.append(float(out.split()[0]))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def machine() -> dict[str, Any]:
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpu": gpu,
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    """The report as the text table `bench` prints."""
+    lines = [f"{'model only':<40} {'Mpix/s':>9} {'x naive':>8} {'s/batch':>9}"]
+    for row in report["model_only"]:
+        lines.append(
+            f"{row['profile']:<40} {row['mpix_per_second']:>9.3f} {row['speedup_vs_naive']:>8.2f} "
+            f"{row['seconds_per_batch']:>9.4f}"
+        )
+    agreement = report["agreement"]
+    lines.append(
+        f"bf16 vs fp32 ({agreement['model']} model): max |dp| {agreement['max_abs_probability_difference']:.4f}, "
+        f"foreground voxels equal {agreement['foreground_voxels_equal']:.5f}"
+    )
+    if "end_to_end" in report:
+        e2e = report["end_to_end"]
+        lines.append(
+            f"end to end {'x'.join(map(str, e2e['shape']))} ({e2e['profile']}, {e2e['workers']} worker(s)): "
+            f"{e2e['mpix_per_second']:.3f} Mpix/s = {e2e['fraction_of_model_only']:.0%} of model-only; "
+            f"stages {json.dumps(e2e['stage_wall_seconds'])}"
+        )
+    return "\n".join(lines)

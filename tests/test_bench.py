@@ -1,0 +1,58 @@
+"""`unet-pipeline bench` on CPU: every profile measured next to the naive one, end to end, agreement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from pipeline.bench import NAIVE, BenchSettings, profiles
+from pipeline.cli import cli
+
+
+def test_the_naive_profile_comes_first_and_no_profile_twice() -> None:
+    found = profiles(BenchSettings(dtypes=("fp32", "bf16"), batch_sizes=(1, 4), compile=True))
+    assert found[0] == NAIVE
+    assert len(found) == len(set(found)) == 2 * 2 * 2 * 2
+
+
+def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = [
+        "--base-channels",
+        "2",
+        "--depth",
+        "3",
+        "--tile",
+        "36",
+        "--seconds",
+        "0.2",
+        "--batch-sizes",
+        "1,2",
+    ]
+    result = CliRunner().invoke(
+        cli, ["bench", *args, "--e2e-shape", "1x200x200", "--threads", "1", "--json", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    rows = report["model_only"]
+    assert rows[0]["profile"] == "fp32 NCHW eager b1" and rows[0]["speedup_vs_naive"] == 1.0
+    assert {row["profile"] for row in rows} >= {"bf16 channels_last eager b2", "fp32 channels_last eager b1"}
+    assert all(row["mpix_per_second"] > 0 and row["passes"] >= 2 for row in rows)
+    e2e = report["end_to_end"]
+    assert e2e["shape"] == [1, 200, 200] and e2e["mpix_per_second"] > 0
+    assert e2e["fraction_of_model_only"] == round(
+        e2e["mpix_per_second"] / e2e["model_only_mpix_per_second"], 3
+    )
+    assert set(e2e["predict_worker_seconds"]) >= {"read", "predict", "write", "label"}
+    agreement = report["agreement"]
+    assert 0.0 <= agreement["max_abs_probability_difference"] < 1.0
+    assert 0.9 <= agreement["foreground_voxels_equal"] <= 1.0
+    assert report["machine"]["torch"] and "fp32 NCHW eager b1" in result.output
+
+
+def test_an_unknown_precision_is_refused() -> None:
+    result = CliRunner().invoke(cli, ["bench", "--dtypes", "fp32,int4", "--no-e2e"])
+    assert result.exit_code == 2
+    assert "--dtypes: unknown int4" in result.output
