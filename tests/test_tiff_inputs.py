@@ -137,10 +137,10 @@ def _scale(output: Path) -> list[float]:
     ("shape", "write", "expected"),
     [
         ((2, 3, 40, 50), {"metadata": {"axes": "CZYX"}}, "axes CZYX (C=2, Z=3, Y=40, X=50)"),
-        ((2, 40, 50, 3), {"photometric": "rgb", "planarconfig": "contig"}, "S=3)"),
+        ((2, 40, 50, 3), {"photometric": "rgb", "planarconfig": "contig"}, "(C=2, Y=40, X=50, C=3)"),
     ],
 )
-def test_tiff_axes_we_cannot_segment_yet_are_named(
+def test_tiff_axes_without_a_choice_are_named(
     tmp_path: Path, shape: tuple[int, ...], write: dict[str, Any], expected: str
 ) -> None:
     path = tmp_path / "multi.ome.tif"
