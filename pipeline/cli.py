@@ -440,7 +440,7 @@ def demo(out_dir: Path, model: Path | None) -> None:
 @click.option(
     "--seconds", default=2.0, show_default=True, help="Timed forward passes per profile, after warm-up."
 )
-@click.option("--e2e-shape", default="2x1552x1552", show_default=True, help="ZYX of the end-to-end volume.")
+@click.option("--e2e-shape", default="4x3104x3104", show_default=True, help="ZYX of the end-to-end volume.")
 @click.option("--no-e2e", is_flag=True, help="Model-only figures and agreement only.")
 @click.option("--workers", default=1, show_default=True, help="Dask workers of the end-to-end run.")
 @click.option(
@@ -465,7 +465,7 @@ def bench(
     gpu = device == "cuda"
     shape = _shape(e2e_shape)
     if len(shape) != 3:
-        raise InputError(f"--e2e-shape {e2e_shape} must be ZYX, e.g. 2x1552x1552")
+        raise InputError(f"--e2e-shape {e2e_shape} must be ZYX, e.g. 4x3104x3104")
     settings = BenchSettings(
         device=device,
         base_channels=base_channels or (64 if gpu else 16),
