@@ -7,8 +7,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# the ephemeral server runs in this process: no usage reports to the outside (set before prefect loads)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from flows.nightly import nightly_segmentation
 from pipeline.demo import DEMO_MODEL
