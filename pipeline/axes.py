@@ -1,10 +1,12 @@
-"""Which volume of a many-axis input is segmented: one timepoint, one channel.
+"""Which part of a many-axis input is segmented: one channel, one timepoint or all of them.
 
 Acquisitions come with up to five axes (t, c, z, y, x in OME-NGFF order; a
-TIFF series in any order). A run segments one YX or ZYX volume: every other
-axis is held at a chosen index (``--channel``, ``--timepoint``, or 0 where
-the axis has one entry), and reads go through :class:`VolumeArray`, which
-puts those indices in, so nothing is copied.
+TIFF series in any order). The channel axis is held at a chosen index
+(``--channel``, or 0 where it has one entry); the time axis too with
+``--timepoint``, else every timepoint is kept: the run sees T * Z planes,
+timepoint after timepoint, and objects never join across timepoints. Reads
+go through :class:`VolumeArray`, which puts the indices in, so nothing is
+copied.
 """
 
 from __future__ import annotations
@@ -23,10 +25,15 @@ SPATIAL = ("yx", "zyx")
 
 @dataclass(frozen=True, slots=True)
 class VolumeArray:
-    """The spatial axes of ``source`` (a Zarr array) at fixed indices of its other axes."""
+    """The spatial axes of ``source`` (a Zarr array) at fixed indices of its other axes.
+
+    ``merge_time``: the first free axis is time and the next one Z; they are
+    seen as one plane axis of T * Z planes, plane ``p`` at (p // Z, p % Z).
+    """
 
     source: Any
     fixed: tuple[tuple[int, int], ...] = ()  # (axis position in source, index on it)
+    merge_time: bool = False
 
     @property
     def _free(self) -> list[int]:
@@ -35,15 +42,17 @@ class VolumeArray:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(self.source.shape[axis]) for axis in self._free)
+        sizes = [int(self.source.shape[axis]) for axis in self._free]
+        return (sizes[0] * sizes[1], *sizes[2:]) if self.merge_time else tuple(sizes)
 
     @property
     def chunks(self) -> tuple[int, ...]:
-        return tuple(int(self.source.chunks[axis]) for axis in self._free)
+        chunks = [int(self.source.chunks[axis]) for axis in self._free]
+        return tuple(chunks[1:]) if self.merge_time else tuple(chunks)
 
     @property
     def ndim(self) -> int:
-        return len(self._free)
+        return len(self._free) - (1 if self.merge_time else 0)
 
     @property
     def dtype(self) -> np.dtype[Any]:
@@ -54,6 +63,24 @@ class VolumeArray:
         parts = list(index) if isinstance(index, tuple) else [index]
         if parts == [Ellipsis]:
             parts = []
+        parts += [slice(None)] * (self.ndim - len(parts))
+        if not self.merge_time:
+            return self._read(parts)
+        plane, rest = parts[0], parts[1:]
+        depth = int(self.source.shape[self._free[1]])
+        wanted = (
+            np.array([plane]) if isinstance(plane, (int, np.integer)) else np.arange(self.shape[0])[plane]
+        )
+        pieces = []
+        for timepoint in dict.fromkeys((wanted // depth).tolist()):
+            planes = wanted[wanted // depth == timepoint] % depth
+            low = int(planes.min())
+            box = self._read([int(timepoint), slice(low, int(planes.max()) + 1), *rest])
+            pieces.append(box[planes - low])
+        values = np.concatenate(pieces) if pieces else self._read([0, slice(0, 0), *rest])
+        return values[0] if isinstance(plane, (int, np.integer)) else values
+
+    def _read(self, parts: list[Any]) -> npt.NDArray[Any]:
         held = dict(self.fixed)
         free = iter(parts)
         full = tuple(
@@ -64,9 +91,18 @@ class VolumeArray:
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    spatial: str  # "yx" or "zyx"
+    spatial: str  # "yx" or "zyx": the axes a run sees (every timepoint kept: "zyx" of T * Z planes)
     fixed: tuple[tuple[int, int], ...]
     chosen: dict[str, int] = field(default_factory=dict)  # e.g. {"t": 0, "c": 1}: the input's other axes
+    timepoints: int = 1  # > 1: every timepoint kept, one after the other along the plane axis
+    merge_time: bool = False  # T and Z seen as one plane axis (see VolumeArray)
+
+    @property
+    def output_axes(self) -> str:
+        """The output's axes: the run's, with T in front when timepoints are kept ("tzyx", "tyx")."""
+        if self.timepoints == 1:
+            return self.spatial
+        return "tzyx" if self.merge_time else "tyx"
 
 
 def select_volume(
@@ -92,18 +128,25 @@ def select_volume(
             )
     fixed: list[tuple[int, int]] = []
     chosen: dict[str, int] = {}
+    timepoints = 1
     for position, (letter, size) in enumerate(zip(axes, shape)):
         if letter not in SELECTABLE:
             continue
         name, value = SELECTABLE[letter], wanted[letter]
+        if letter == "t" and value is None and size > 1:
+            if position > axes.index(spatial[0]):
+                raise InputError(
+                    f"{url}: {listed}: T must come before the spatial axes to keep every timepoint"
+                )
+            timepoints = size  # every timepoint, in order
+            continue
         if value is None and size > 1:
-            later = " (every timepoint into one TZYX output is not built yet)" if letter == "t" else ""
-            raise InputError(
-                f"{url}: {listed}: {size} {name}s; choose one with --{name} 0..{size - 1}{later}"
-            )
+            raise InputError(f"{url}: {listed}: {size} {name}s; choose one with --{name} 0..{size - 1}")
         index = value or 0
         if index >= size:
             raise InputError(f"{url}: --{name} {index} is out of range: {listed}")
         fixed.append((position, index))
         chosen[letter] = index
-    return Selection(spatial, tuple(fixed), chosen)
+    if timepoints == 1:
+        return Selection(spatial, tuple(fixed), chosen)
+    return Selection("zyx", tuple(fixed), chosen, timepoints, merge_time=spatial == "zyx")

@@ -194,21 +194,35 @@ def pyramid_block(task: PyramidTask) -> BlockReport:
 
 
 def read_region(array: Any, roi: Roi) -> npt.NDArray[Any]:
-    """A ZYX region of an output array; YX arrays get a plane axis of 1."""
-    if array.ndim == 2:
-        return np.asarray(array[roi.start[1] : roi.stop[1], roi.start[2] : roi.stop[2]])[np.newaxis]
-    return np.asarray(array[roi.slices()])
+    """A region of an output array in plane coordinates (see :func:`plane_index`), as (P, Y, X)."""
+    values = np.asarray(array[plane_index(array.shape, roi)])
+    return values[np.newaxis] if array.ndim == 2 else values
 
 
 def write_region(url: str, path: str, roi: Roi, values: npt.NDArray[Any]) -> None:
-    """Write a ZYX ``roi`` (whole shards) of an output array; YX arrays drop the plane axis."""
+    """Write a region (whole shards) of an output array, given in plane coordinates as (P, Y, X)."""
     array = output_array(url, path)
     if values.shape != roi.shape:
         raise PipelineError(f"internal: block data {values.shape} does not fit its region {roi}")
-    if array.ndim == 2:
-        array[roi.start[1] : roi.stop[1], roi.start[2] : roi.stop[2]] = values[0]
-    else:
-        array[roi.slices()] = values
+    array[plane_index(array.shape, roi)] = values[0] if array.ndim == 2 else values
+
+
+def plane_index(shape: tuple[int, ...], roi: Roi) -> tuple[slice | int, ...]:
+    """The index of a plane-coordinate region in an array of ``shape``: YX, ZYX, or TZYX.
+
+    Runs see a TZYX output as T * Z planes, plane ``p`` at (p // Z, p % Z); a
+    region never spans two timepoints (blocks and faces stop at their edge).
+    """
+    rows, cols = slice(roi.start[1], roi.stop[1]), slice(roi.start[2], roi.stop[2])
+    if len(shape) == 2:
+        return rows, cols
+    if len(shape) == 3:
+        return slice(roi.start[0], roi.stop[0]), rows, cols
+    planes = int(shape[1])
+    timepoint, first = divmod(roi.start[0], planes)
+    if first + roi.shape[0] > planes:
+        raise PipelineError(f"internal: region {roi} spans two timepoints of {planes} planes")
+    return timepoint, slice(first, first + roi.shape[0]), rows, cols
 
 
 def configure_torch(profile: ProfileConfig) -> None:

@@ -99,7 +99,7 @@ class InputConfig(_Strict):
     channel: int | None = Field(
         None, ge=0, description="index on the input's channel axis (C, or RGB samples)"
     )
-    timepoint: int | None = Field(None, ge=0, description="index on its time axis (T)")
+    timepoint: int | None = Field(None, ge=0, description="index on its time axis (T); None: every one")
     pixel_size_tolerance: float = Field(
         0.1, ge=0.0, lt=1.0, description="relative difference from the model's training pixel size allowed"
     )

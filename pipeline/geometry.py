@@ -285,6 +285,7 @@ class BlockGrid:
     tile: int
     block_tiles: tuple[int, int]
     block_planes: int = 1
+    plane_period: int = 0  # > 0: planes come in runs of this many (the Z of one timepoint), never joined
 
     def __post_init__(self) -> None:
         if min(self.volume_shape) < 1:
@@ -293,6 +294,17 @@ class BlockGrid:
             raise ValueError(
                 f"block must hold >= 1 plane and tile, got {self.block_planes} x {self.block_tiles} of {self.tile}"
             )
+        if self.plane_period and self.plane_period % self.block_planes:
+            raise ValueError(
+                f"block_planes {self.block_planes} must divide the plane period {self.plane_period}"
+            )
+
+    def plane_run(self, plane: int) -> tuple[int, int]:
+        """[start, stop) of the run of planes holding ``plane`` (the whole volume without a period)."""
+        if not self.plane_period:
+            return 0, self.volume_shape[0]
+        start = plane - plane % self.plane_period
+        return start, start + self.plane_period
 
     @property
     def block_edges(self) -> tuple[int, int, int]:

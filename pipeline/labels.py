@@ -107,15 +107,17 @@ def face_slab(
 ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """The 2-voxel-thick box across one face of a block, grown by 1 voxel along the other axes.
 
-    ``side`` -1 is the lower face, +1 the upper; None where the face is the volume's edge.
+    ``side`` -1 is the lower face, +1 the upper; None where the face is the volume's edge or the
+    edge of a run of planes (a timepoint).
     """
-    shape = grid.volume_shape
+    first, last = grid.plane_run(write_start[0])  # objects never join across runs (timepoints)
+    low, high = (first, 0, 0), (last, *grid.volume_shape[1:])
     own = write_start[axis] if side < 0 else write_stop[axis] - 1
     other = own + side
-    if not 0 <= other < shape[axis]:
+    if not low[axis] <= other < high[axis]:
         return None
-    start = [max(0, s - 1) for s in write_start]
-    stop = [min(n, e + 1) for n, e in zip(shape, write_stop)]
+    start = [max(b, s - 1) for b, s in zip(low, write_start)]
+    stop = [min(n, e + 1) for n, e in zip(high, write_stop)]
     start[axis], stop[axis] = min(own, other), max(own, other) + 1
     return tuple(start), tuple(stop)
 

@@ -89,7 +89,7 @@ def multiscales(layout: OutputLayout, name: str, method: str = "mean") -> dict[s
     """
     axes = []
     for axis in layout.axes:
-        entry: dict[str, Any] = {"name": axis, "type": "space"}
+        entry: dict[str, Any] = {"name": axis, "type": "time" if axis == "t" else "space"}
         unit = layout.pixel_sizes.get(axis, PixelSize(1.0)).unit
         if unit:
             entry["unit"] = unit

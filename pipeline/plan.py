@@ -85,9 +85,13 @@ def plan_run(request: SegmentRequest) -> RunPlan:
     _check_output_path(request)
     _, height, width = volume.shape_zyx
     levels = config.output.pyramid_levels
+    shape = tuple(int(n) for n in volume.array.shape)
+    if volume.timepoints > 1:  # the run's T * Z planes are stored as T x Z
+        per_timepoint = (volume.planes_per_timepoint,) if volume.output_axes == "tzyx" else ()
+        shape = (volume.timepoints, *per_timepoint, height, width)
     layout = OutputLayout(
-        shape=tuple(int(n) for n in volume.array.shape),
-        axes=volume.ref.axes,
+        shape=shape,
+        axes=volume.output_axes or volume.ref.axes,
         tile=config.tiling.tile,
         shard_tiles=config.tiling.shard_tiles,
         dtype=config.output.dtype,
@@ -97,7 +101,11 @@ def plan_run(request: SegmentRequest) -> RunPlan:
         ngff=config.output.ngff,
     )
     grid = BlockGrid(
-        volume.shape_zyx, config.tiling.tile, config.tiling.block_tiles, config.tiling.block_planes
+        volume.shape_zyx,
+        config.tiling.tile,
+        config.tiling.block_tiles,
+        block_planes(config.tiling.block_planes, volume),
+        volume.planes_per_timepoint if volume.timepoints > 1 else 0,
     )
     labels = config.labels
     rule = None
@@ -115,6 +123,13 @@ def plan_run(request: SegmentRequest) -> RunPlan:
         min_size_voxels=min_size_voxels(labels, volume.pixel_sizes, volume.ref.axes, request.input_url),
         scale=scale,
     )
+
+
+def block_planes(configured: int, volume: InputVolume) -> int:
+    """Planes per block: the configured number, or the largest divisor of a timepoint's planes below it."""
+    if volume.timepoints == 1:
+        return configured
+    return math.gcd(configured, volume.planes_per_timepoint)
 
 
 def min_size_voxels(

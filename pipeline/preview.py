@@ -24,8 +24,8 @@ def render_preview(output_url: str, max_pixels: int) -> npt.NDArray[np.uint8]:
     last_run = read_state(group)["runs"][-1]
     selection = last_run["input"].get("selection", {})
     volume = open_input(last_run["input"]["url"], channel=selection.get("c"), timepoint=selection.get("t"))
-    planes, height, width = volume.shape_zyx
-    plane = planes // 2
+    _, height, width = volume.shape_zyx
+    plane = volume.planes_per_timepoint // 2  # of the first timepoint, where there are several
     labels_config = last_run["config"]["labels"]
     label_levels = _levels(group, f"labels/{labels_config['name']}") if labels_config["enabled"] else 0
     level = min(label_levels, max(0, math.ceil(math.log2(max(height, width) / max_pixels))))
@@ -37,7 +37,8 @@ def render_preview(output_url: str, max_pixels: int) -> npt.NDArray[np.uint8]:
     picture = np.repeat(grey[:, :, np.newaxis], 3, axis=2)
     if labels_config["enabled"]:
         labels = group[f"labels/{labels_config['name']}/s{level}"]
-        plane_labels = np.asarray(labels[(*index, slice(None, None, extra), slice(None, None, extra))])  # type: ignore[index]
+        at = (0, *index) if labels.ndim == 4 else index  # type: ignore[union-attr]
+        plane_labels = np.asarray(labels[(*at, slice(None, None, extra), slice(None, None, extra))])  # type: ignore[index]
         edges = outline_mask(plane_labels)
         picture[edges] = label_colours(plane_labels[edges])
     return picture

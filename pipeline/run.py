@@ -304,7 +304,7 @@ def _pyramid_tasks(plan: RunPlan, stage: str, prefix: str, method: str, level: i
     target = layout.level_shape(level)
     shape_zyx = (planes, target[-2], target[-1])
     shard_grid = BlockGrid(
-        shape_zyx, layout.tile * layout.shard_tiles, (1, 1), plan.request.config.tiling.block_planes
+        shape_zyx, layout.tile * layout.shard_tiles, (1, 1), plan.grid.block_planes, plan.grid.plane_period
     )
     return [
         PyramidTask(

@@ -43,6 +43,7 @@ class InputRef:
     axes: str  # "yx" or "zyx": the axes segmented
     fixed: tuple[tuple[int, int], ...] = ()  # the stored array's other axes, held at these (position, index)
     resample: tuple[float, float] | None = None  # seen resampled in Y, X by these factors (--rescale)
+    merge_time: bool = False  # every timepoint kept: T and Z seen as one plane axis
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,13 @@ class InputVolume:
     pixel_sizes: dict[str, PixelSize] = field(default_factory=dict)
     source_axes: str = ""  # all axes of the stored array, e.g. "tczyx"
     selection: dict[str, int] = field(default_factory=dict)  # the index held on each of its other axes
+    timepoints: int = 1  # > 1: every timepoint kept, each a run of planes along the plane axis
+    output_axes: str = ""  # the output's axes ("tzyx" when timepoints are kept); default: ref.axes
+
+    @property
+    def planes_per_timepoint(self) -> int:
+        """Planes of one timepoint: the run's plane axis holds ``timepoints`` runs of them."""
+        return self.shape_zyx[0] // self.timepoints
 
     @property
     def shape_zyx(self) -> tuple[int, int, int]:
@@ -125,12 +133,14 @@ def _open_tiff(url: str, **choice: int | None) -> InputVolume:
     selection = select_volume(url, image.axes, tuple(int(n) for n in image.array.shape), **choice)
     sizes = {name: PixelSize(value, unit) for name, (value, unit) in image.pixel_sizes.items()}
     return InputVolume(
-        InputRef(url, "", selection.spatial, selection.fixed),
-        VolumeArray(image.array, selection.fixed),
+        InputRef(url, "", selection.spatial, selection.fixed, merge_time=selection.merge_time),
+        VolumeArray(image.array, selection.fixed, selection.merge_time),
         image.description,
         sizes,
         image.axes,
         selection.chosen,
+        selection.timepoints,
+        selection.output_axes,
     )
 
 
@@ -191,12 +201,14 @@ def _open_group(url: str, group: zarr.Group, **choice: int | None) -> InputVolum
     }
     selection = select_volume(url, axes, tuple(int(n) for n in array.shape), **choice)
     return InputVolume(
-        InputRef(url, level["path"], selection.spatial, selection.fixed),
-        VolumeArray(array, selection.fixed),
+        InputRef(url, level["path"], selection.spatial, selection.fixed, merge_time=selection.merge_time),
+        VolumeArray(array, selection.fixed, selection.merge_time),
         f"OME-Zarr {version} image, level {level['path']}",
         sizes,
         axes,
         selection.chosen,
+        selection.timepoints,
+        selection.output_axes,
     )
 
 
@@ -223,7 +235,7 @@ def reopen_input(ref: InputRef) -> SpatialArray:
         node = zarr.open(store=ref.url, mode="r")
         source = node[ref.path] if isinstance(node, zarr.Group) else node
     assert isinstance(source, zarr.Array)
-    volume = VolumeArray(source, ref.fixed)
+    volume = VolumeArray(source, ref.fixed, ref.merge_time)
     return volume if ref.resample is None else ResampledArray(volume, ref.resample)
 
 
@@ -278,7 +290,11 @@ def fingerprint(volume: InputVolume, chunks: int = 16) -> dict[str, Any]:
     digest = hashlib.sha256()
     for chunk in sample_chunks(volume, chunks):
         digest.update(np.ascontiguousarray(chunk).tobytes())
-    selected = {"source_axes": volume.source_axes, "selection": volume.selection} if volume.selection else {}
+    selected: dict[str, Any] = {}
+    if volume.selection:
+        selected = {"source_axes": volume.source_axes, "selection": volume.selection}
+    if volume.timepoints > 1:
+        selected = {**selected, "source_axes": volume.source_axes, "timepoints": volume.timepoints}
     return {
         "url": volume.ref.url,
         "path": volume.ref.path,

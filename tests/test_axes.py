@@ -9,15 +9,20 @@ from typing import Any
 import numpy as np
 import pytest
 import tifffile
+import torch
 import zarr
 from click.testing import CliRunner
+from scipy import ndimage
 
 from pipeline.axes import VolumeArray, select_volume
+from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import cli
 from pipeline.errors import InputError
+from pipeline.normalization import NormalizationStats
 from pipeline.preview import render_preview
 from pipeline.store import PixelSize, open_input
 from pipeline.synthetic import cell_image
+from tests.canonical import canonical_prediction
 from tests.conftest import write_small_setup, write_volume
 
 SPATIAL = (3, 120, 140)
@@ -90,10 +95,11 @@ def test_selection_names_the_axes_and_the_flag() -> None:
         match=r"a: axes TCZYX \(T=2, C=3, Z=5, Y=64, X=64\): 3 channels; choose one with --channel 0\.\.2",
     ):
         select_volume("a", "tczyx", shape, timepoint=0)
-    with pytest.raises(
-        InputError, match=r"2 timepoints; choose one with --timepoint 0\.\.1 \(every timepoint"
-    ):
-        select_volume("a", "tczyx", shape, channel=0)
+    every = select_volume("a", "tczyx", shape, channel=0)
+    assert every.timepoints == 2 and every.merge_time and every.output_axes == "tzyx"
+    assert select_volume("a", "tyx", (4, 64, 64)).output_axes == "tyx"
+    with pytest.raises(InputError, match=r"T must come before the spatial axes"):
+        select_volume("a", "ztyx", (3, 2, 64, 64))
     with pytest.raises(InputError, match=r"--channel 3 is out of range: axes TCZYX"):
         select_volume("a", "tczyx", shape, channel=3, timepoint=0)
     with pytest.raises(InputError, match=r"--channel 1 given, but the input has no such axis \(axes ZYX"):
@@ -159,3 +165,82 @@ def test_a_many_channel_input_without_channel_is_refused_naming_it(tmp_path: Pat
         in result.output
     )
     assert not (tmp_path / "out.ome.zarr").exists()
+
+
+def test_volume_array_sees_every_timepoint_as_runs_of_planes() -> None:
+    data = np.arange(2 * 3 * 2 * 4 * 5).reshape(2, 3, 2, 4, 5)  # t c z y x
+    view = VolumeArray(zarr.array(data, chunks=(1, 1, 1, 4, 5)), ((1, 2),), merge_time=True)
+    flat = data[:, 2].reshape(4, 4, 5)
+    assert view.shape == (4, 4, 5) and view.chunks == (1, 4, 5) and view.ndim == 3
+    assert np.array_equal(view[...], flat)
+    assert np.array_equal(view[1:3, 1:3], flat[1:3, 1:3])  # across the timepoint edge
+    assert np.array_equal(view[3], flat[3])
+    assert np.array_equal(view[::3, :, 2], flat[::3, :, 2])
+
+
+@pytest.mark.parametrize("block_planes", [1, 3])
+def test_every_timepoint_segments_into_tzyx_like_each_timepoint_alone(
+    tmp_path: Path, dask_address: str, block_planes: int
+) -> None:
+    source = write_ome_zarr(tmp_path / "in.ome.zarr", tczyx())
+    settings = {
+        **SETTINGS,
+        "tiling": {**SETTINGS["tiling"], "block_planes": block_planes},
+        "profile": {"batch_size": 1},  # the canonical loop's profile
+    }
+    checkpoint, config = write_small_setup(
+        tmp_path, {**settings, "cluster": {"address": dask_address}}, seed=4
+    )
+    runner = CliRunner()
+    common = ["--model", str(checkpoint), "--config", str(config), "--channel", "0", "--no-progress"]
+    every = tmp_path / "every.ome.zarr"
+    result = runner.invoke(cli, ["segment", source, str(every), *common])
+    assert result.exit_code == 0, result.output
+    probability = zarr.open_array(str(every / "s0"), mode="r")[...]
+    labels = zarr.open_array(str(every / "labels/cells/s0"), mode="r")[...]
+    assert probability.shape == labels.shape == (2, *SPATIAL)
+    record = json.loads(runner.invoke(cli, ["inspect", str(every), "--json"]).output)["runs"][-1]
+    stats = NormalizationStats.from_dict(record["normalization"])  # one normalisation for the whole series
+    model = load_checkpoint(checkpoint).model
+    torch.set_num_threads(1)
+    offset = 0
+    for timepoint in range(2):
+        volume = stats.apply(tczyx()[timepoint, 0])
+        expected = np.stack([canonical_prediction(model, plane, tile=36)[1] for plane in volume])
+        assert np.array_equal(probability[timepoint], expected)
+        components, count = ndimage.label(expected >= 0.5)  # 3D, faces: within the timepoint only
+        components[components > 0] += offset  # IDs run on through the timepoints, in raster order
+        assert np.array_equal(labels[timepoint], components)
+        offset += count
+    assert set(np.unique(labels[0])) & set(np.unique(labels[1])) == {0}
+    attrs: dict[str, Any] = dict(zarr.open_group(str(every), mode="r").attrs)
+    multiscales = attrs["ome"]["multiscales"][0]
+    kinds = [(axis["name"], axis["type"]) for axis in multiscales["axes"]]
+    assert kinds == [("t", "time"), ("z", "space"), ("y", "space"), ("x", "space")]
+    assert multiscales["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 2.0, 0.3, 0.3]
+    assert record["input"]["timepoints"] == 2 and record["labels"]["objects"] == offset
+    assert render_preview(str(every), max_pixels=200).shape == (120, 140, 3)
+
+
+def test_a_time_series_of_planes_is_labelled_plane_by_plane(tmp_path: Path, dask_address: str) -> None:
+    series = np.stack([cell_image((90, 100), seed=s) for s in range(3)])
+    source = tmp_path / "series.ome.tif"
+    tifffile.imwrite(source, series, ome=True, photometric="minisblack", metadata={"axes": "TYX"})
+    checkpoint, config = write_small_setup(
+        tmp_path, {**SETTINGS, "cluster": {"address": dask_address}}, seed=4
+    )
+    output = tmp_path / "series.ome.zarr"
+    args = ["segment", str(source), str(output), "--model", str(checkpoint), "--config", str(config)]
+    result = CliRunner().invoke(cli, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    labels = zarr.open_array(str(output / "labels/cells/s0"), mode="r")[...]
+    foreground = zarr.open_array(str(output / "s0"), mode="r")[...] >= 0.5
+    assert labels.shape == (3, 90, 100)
+    offset = 0
+    for plane in range(3):  # objects never join across timepoints, even where they overlap
+        components, count = ndimage.label(foreground[plane])
+        components[components > 0] += offset
+        assert np.array_equal(labels[plane], components)
+        offset += count
+    axes = dict(zarr.open_group(str(output), mode="r").attrs)["ome"]["multiscales"][0]["axes"]
+    assert [axis["name"] for axis in axes] == ["t", "y", "x"]
