@@ -31,15 +31,7 @@ def cell_mask(
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
         ry, rx = rng.uniform(0.6, 1.4, size=2) * radius
         rz = max(1.0, rng.uniform(0.5, 1.5) * radius / 4)
-        z0, z1 = int(max(0, cz - rz)), int(min(depth, cz + rz + 1))
-        y0, y1 = int(max(0, cy - ry)), int(min(height, cy + ry + 1))
-        x0, x1 = int(max(0, cx - rx)), int(min(width, cx + rx + 1))
-        if z0 >= z1 or y0 >= y1 or x0 >= x1:
-            continue
-        z, y, x = np.ogrid[z0:z1, y0:y1, x0:x1]
-        inside = ((z - cz) / rz) ** 2 + ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
-        region = volume[z0:z1, y0:y1, x0:x1]
-        region[inside & (region == 0)] = label
+        _draw_ellipsoid(volume, label, (cz, cy, cx), (rz, ry, rx))
     foreground = volume > 0
     # erase pixels where two cells touch, as the paper's weighted loss teaches the net to
     touching = np.zeros_like(foreground)
@@ -124,15 +116,7 @@ def nuclei_labels(
     for label, (cz, cy, cx) in enumerate(centres, start=1):
         ry, rx = rng.uniform(0.7, 1.3, size=2) * radius
         rz = max(1.0, rng.uniform(0.5, 1.5) * radius / 4)
-        z0, z1 = int(max(0, cz - rz)), int(min(depth, cz + rz + 1))
-        y0, y1 = int(max(0, cy - ry)), int(min(height, cy + ry + 1))
-        x0, x1 = int(max(0, cx - rx)), int(min(width, cx + rx + 1))
-        if z0 >= z1 or y0 >= y1 or x0 >= x1:
-            continue
-        z, y, x = np.ogrid[z0:z1, y0:y1, x0:x1]
-        inside = ((z - cz) / rz) ** 2 + ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
-        region = volume[z0:z1, y0:y1, x0:x1]
-        region[inside & (region == 0)] = label
+        _draw_ellipsoid(volume, label, (cz, cy, cx), (rz, ry, rx))
     border = np.zeros(volume.shape, dtype=bool)
     for axis in (0, 1, 2):  # a background line (or plane) between touching nuclei
         a = np.swapaxes(volume, 0, axis)
@@ -142,6 +126,23 @@ def nuclei_labels(
     volume[border] = 0
     relabelled = _consecutive(volume)  # the image is drawn from these: the gaps are visible
     return relabelled[0] if len(shape) == 2 else relabelled
+
+
+def _draw_ellipsoid(
+    volume: npt.NDArray[Any], label: int, centre: tuple[float, float, float], radii: tuple[float, float, float]
+) -> None:
+    """Fill the ellipsoid's free voxels (still 0) of a ZYX ``volume`` with ``label``; earlier ones keep theirs."""
+    (cz, cy, cx), (rz, ry, rx) = centre, radii
+    depth, height, width = volume.shape
+    z0, z1 = int(max(0, cz - rz)), int(min(depth, cz + rz + 1))
+    y0, y1 = int(max(0, cy - ry)), int(min(height, cy + ry + 1))
+    x0, x1 = int(max(0, cx - rx)), int(min(width, cx + rx + 1))
+    if z0 >= z1 or y0 >= y1 or x0 >= x1:
+        return
+    z, y, x = np.ogrid[z0:z1, y0:y1, x0:x1]
+    inside = ((z - cz) / rz) ** 2 + ((y - cy) / ry) ** 2 + ((x - cx) / rx) ** 2 <= 1.0
+    region = volume[z0:z1, y0:y1, x0:x1]
+    region[inside & (region == 0)] = label
 
 
 def _stacks_on_others(
