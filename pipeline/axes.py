@@ -11,6 +11,7 @@ copied.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +94,10 @@ class VolumeArray:
 class Selection:
     spatial: str  # "yx" or "zyx": the axes a run sees (every timepoint kept: "zyx" of T * Z planes)
     fixed: tuple[tuple[int, int], ...]
-    chosen: dict[str, int] = field(default_factory=dict)  # e.g. {"t": 0, "c": 1}: the input's other axes
+    chosen: dict[str, Any] = field(default_factory=dict)  # e.g. {"t": 0, "c": 1}, or {"c": [2, 0]}
+    channels: tuple[
+        int, ...
+    ] = ()  # several channels for a many-channel model: C's position, then the indices
     timepoints: int = 1  # > 1: every timepoint kept, one after the other along the plane axis
     merge_time: bool = False  # T and Z seen as one plane axis (see VolumeArray)
 
@@ -106,12 +110,20 @@ class Selection:
 
 
 def select_volume(
-    url: str, axes: str, shape: tuple[int, ...], *, channel: int | None = None, timepoint: int | None = None
+    url: str,
+    axes: str,
+    shape: tuple[int, ...],
+    *,
+    channel: int | Sequence[int] | None = None,
+    timepoint: int | None = None,
+    channels: int = 1,
 ) -> Selection:
     """The YX / ZYX volume of an input with ``axes`` (lower-case letters, e.g. "tczyx").
 
-    InputError names the input, lists its axes with their sizes, and says
-    which flag picks the missing index.
+    ``channels``: how many the model takes; more than one are read side by
+    side from the C axis (``channel`` lists them, default all of them when
+    the axis has exactly that many). InputError names the input, lists its
+    axes with their sizes, and says which flag picks what is missing.
     """
     listed = f"axes {axes.upper()} ({', '.join(f'{a.upper()}={n}' for a, n in zip(axes, shape))})"
     spatial = "".join(a for a in axes if a in "zyx")
@@ -120,6 +132,8 @@ def select_volume(
         raise InputError(
             f"{url}: {listed}; a run needs Y and X, optionally Z, and at most one T and one C axis besides"
         )
+    if channels > 1 or not isinstance(channel, int | None):
+        return _several_channels(url, axes, shape, listed, channel, timepoint, channels)
     wanted = {"c": channel, "t": timepoint}
     for letter, value in wanted.items():
         if value is not None and letter not in axes and value != 0:
@@ -149,4 +163,48 @@ def select_volume(
         chosen[letter] = index
     if timepoints == 1:
         return Selection(spatial, tuple(fixed), chosen)
-    return Selection("zyx", tuple(fixed), chosen, timepoints, merge_time=spatial == "zyx")
+    return Selection("zyx", tuple(fixed), chosen, timepoints=timepoints, merge_time=spatial == "zyx")
+
+
+def _several_channels(
+    url: str,
+    axes: str,
+    shape: tuple[int, ...],
+    listed: str,
+    channel: int | Sequence[int] | None,
+    timepoint: int | None,
+    channels: int,
+) -> Selection:
+    """C kept for a model of ``channels`` input channels: the listed ones, in that order."""
+    wanted = [channel] if isinstance(channel, int) else list(channel) if channel is not None else None
+    if "c" not in axes:
+        raise InputError(
+            f"{url}: the model takes {channels} channels but the input has no channel axis ({listed})"
+        )
+    size = shape[axes.index("c")]
+    if wanted is None:
+        if size != channels:
+            raise InputError(
+                f"{url}: {listed}: the model takes {channels} channels; choose them with "
+                f"--channel {','.join(str(i) for i in range(channels))} (any of 0..{size - 1}, in the model's order)"
+            )
+        wanted = list(range(size))
+    if len(wanted) != channels:
+        raise InputError(f"{url}: --channel lists {len(wanted)} channels; the model takes {channels}")
+    if any(not 0 <= index < size for index in wanted):
+        raise InputError(f"{url}: --channel {','.join(map(str, wanted))} is out of range: {listed}")
+    single = select_volume(url, axes, shape, channel=wanted[0], timepoint=timepoint)
+    position = axes.index("c")
+    held = tuple((axis, index) for axis, index in single.fixed if axis != position)
+    chosen = {**single.chosen, "c": wanted}
+    return Selection(single.spatial, held, chosen, (position, *wanted), single.timepoints, single.merge_time)
+
+
+def channel_views(
+    source: Any, fixed: tuple[tuple[int, int], ...], channels: tuple[int, ...], merge_time: bool
+) -> list[VolumeArray]:
+    """One view per selected channel (``channels``: C's position, then the indices); one view without."""
+    if not channels:
+        return [VolumeArray(source, fixed, merge_time)]
+    position, *indices = channels
+    return [VolumeArray(source, tuple(sorted((*fixed, (position, index)))), merge_time) for index in indices]

@@ -56,7 +56,7 @@ class PredictTask:
     input: InputRef
     output_url: str
     checkpoint: CheckpointRef
-    stats: NormalizationStats
+    stats: tuple[NormalizationStats, ...]  # one per channel the model reads
     profile: ProfileConfig
     tile: int
     output_dtype: str
@@ -109,10 +109,12 @@ def predict_block(task: PredictTask) -> BlockReport:
     model = worker_model(task.checkpoint, task.profile)
     block, tile = task.block, task.tile
     read = block.read_roi(tile, model.geometry.halo)
-    raw = read_mirrored(
-        reopen_input(task.input), block.planes, (read.start[1], read.stop[1]), (read.start[2], read.stop[2])
-    )
-    normalised = task.stats.apply(raw)[:, np.newaxis]  # (P, 1, H + 2h, W + 2h)
+    rows, cols = (read.start[1], read.stop[1]), (read.start[2], read.stop[2])
+    channels = [
+        stats.apply(read_mirrored(array, block.planes, rows, cols))
+        for stats, array in zip(task.stats, reopen_input(task.input), strict=True)
+    ]
+    normalised = np.stack(channels, axis=1)  # (P, C, H + 2h, W + 2h)
     loaded = time.perf_counter()
     probabilities = predict_padded(
         model, normalised, tile, batch_size=task.profile.batch_size, channels_last=task.profile.channels_last

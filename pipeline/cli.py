@@ -171,8 +171,12 @@ def model_convert(source: Path, target: Path, normalization: str, pixel_size: fl
 @click.option(
     "--config", "config_file", type=click.Path(path_type=Path), help="YAML config (default: built-in)."
 )
-@click.option("--channel", type=int, help="Index on the input's channel axis (C, or RGB samples).")
-@click.option("--timepoint", type=int, help="Index on the input's time axis (T).")
+@click.option(
+    "--channel",
+    callback=lambda _context, _param, value: _channels(value),
+    help="Index on the input's channel axis (C, or RGB samples); a list (2,0) for a many-channel model.",
+)
+@click.option("--timepoint", type=int, help="Index on the input's time axis (T); default: every timepoint.")
 @click.option(
     "--rescale", is_flag=True, default=None, help="Resample the input to the model's pixel size (Y, X)."
 )
@@ -198,7 +202,7 @@ def segment(
     output_url: str,
     checkpoint: Path,
     config_file: Path | None,
-    channel: int | None,
+    channel: int | list[int] | None,
     timepoint: int | None,
     rescale: bool | None,
     cluster: str | None,
@@ -332,6 +336,19 @@ def status(output_root: Path, input_root: Path | None, as_json: bool) -> None:
 
 def _without_report(summary: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if summary is None else {key: value for key, value in summary.items() if key != "report"}
+
+
+def _channels(text: str | None) -> int | list[int] | None:
+    """--channel: one index, or a comma list for a model of several input channels."""
+    if text is None:
+        return None
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a channel index or a list like 2,0") from None
+    if min(values) < 0:
+        raise click.BadParameter(f"{text!r}: channel indices start at 0")
+    return values[0] if len(values) == 1 and "," not in text else values
 
 
 def _shape(text: str) -> tuple[int, ...]:

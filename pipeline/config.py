@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -96,8 +96,8 @@ class LabelsConfig(_Strict):
 
 
 class InputConfig(_Strict):
-    channel: int | None = Field(
-        None, ge=0, description="index on the input's channel axis (C, or RGB samples)"
+    channel: int | list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="index on the channel axis (C, or RGB samples); a list for a many-channel model"
     )
     timepoint: int | None = Field(None, ge=0, description="index on its time axis (T); None: every one")
     pixel_size_tolerance: float = Field(

@@ -59,13 +59,13 @@ def plan_run(request: SegmentRequest) -> RunPlan:
     config = request.config
     if request.resume and request.overwrite:
         raise InputError("--resume continues an output and --overwrite replaces it: pass one of them")
-    volume = open_input(request.input_url, channel=config.input.channel, timepoint=config.input.timepoint)
     checkpoint = load_checkpoint(request.checkpoint_path)
-    if checkpoint.config.in_channels != 1:
-        raise InputError(
-            f"checkpoint {request.checkpoint_path} expects {checkpoint.config.in_channels} input channels; "
-            f"the input {request.input_url} has axes '{volume.ref.axes}' (one channel)"
-        )
+    volume = open_input(
+        request.input_url,
+        channel=config.input.channel,
+        timepoint=config.input.timepoint,
+        channels=checkpoint.config.in_channels,
+    )
     scale = check_scale(
         request.input_url,
         volume.pixel_sizes,

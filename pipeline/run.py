@@ -76,12 +76,12 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
     if request.resume:
         stats, previous_id = _resumable(plan, input_fingerprint)
     else:
-        stats = plan.checkpoint.normalization.statistics(
-            normalization_sample(
-                plan.volume,
-                request.config.normalization_sample.regions,
-                request.config.normalization_sample.max_values,
+        sample = request.config.normalization_sample
+        stats = tuple(
+            plan.checkpoint.normalization.statistics(
+                normalization_sample(channel, sample.regions, sample.max_values)
             )
+            for channel in plan.volume.channels
         )
         previous_id = None
         _replace_previous(plan)
@@ -103,7 +103,7 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
             },
             config=request.config.resolved(),
             output_config_hash=request.config.output_hash(),
-            normalization=stats.to_dict(),
+            normalization=stats_record(stats),
             blocks=len(plan.blocks),
         )
         record["resumed_from"] = previous_id
@@ -178,7 +178,23 @@ def _warn_on_read_amplification(plan: RunPlan) -> float:
     return ratio
 
 
-def _resumable(plan: RunPlan, input_fingerprint: dict[str, Any]) -> tuple[NormalizationStats, str]:
+def stats_record(stats: tuple[NormalizationStats, ...]) -> dict[str, Any]:
+    """The record's normalisation: the map of the one channel, or ``{"channels": [...]}`` for several."""
+    if len(stats) == 1:
+        return stats[0].to_dict()
+    return {"channels": [channel.to_dict() for channel in stats]}
+
+
+def recorded_stats(record: dict[str, Any]) -> tuple[NormalizationStats, ...]:
+    normalization = record["normalization"]
+    if "channels" in normalization:
+        return tuple(NormalizationStats.from_dict(channel) for channel in normalization["channels"])
+    return (NormalizationStats.from_dict(normalization),)
+
+
+def _resumable(
+    plan: RunPlan, input_fingerprint: dict[str, Any]
+) -> tuple[tuple[NormalizationStats, ...], str]:
     """The recorded normalisation of the run to continue; InputError if anything changed."""
     state = read_state(open_output(plan.output_url))
     if state["complete"]:
@@ -191,7 +207,7 @@ def _resumable(plan: RunPlan, input_fingerprint: dict[str, Any]) -> tuple[Normal
             + "; ".join(changes)
             + ". Resume with the original model, config and input, or start over with --overwrite"
         )
-    return NormalizationStats.from_dict(first["normalization"]), str(state["runs"][-1]["run_id"])
+    return recorded_stats(first), str(state["runs"][-1]["run_id"])
 
 
 def _replace_previous(plan: RunPlan) -> None:
@@ -211,7 +227,7 @@ def _replace_previous(plan: RunPlan) -> None:
 def _run_stages(
     client: Client,
     plan: RunPlan,
-    stats: NormalizationStats,
+    stats: tuple[NormalizationStats, ...],
     run_id: str,
     record: dict[str, Any],
     save: Callable[[], None],

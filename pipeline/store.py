@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 
-from pipeline.axes import VolumeArray, select_volume
+from pipeline.axes import Selection, VolumeArray, channel_views, select_volume
 from pipeline.errors import InputError
 from pipeline.geometry import reflect_indices, spread_indices
 from pipeline.resample import ResampledArray, SpatialArray
@@ -44,6 +45,7 @@ class InputRef:
     fixed: tuple[tuple[int, int], ...] = ()  # the stored array's other axes, held at these (position, index)
     resample: tuple[float, float] | None = None  # seen resampled in Y, X by these factors (--rescale)
     merge_time: bool = False  # every timepoint kept: T and Z seen as one plane axis
+    channels: tuple[int, ...] = ()  # a many-channel model's channels: C's position, then the indices
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,12 @@ class InputVolume:
     selection: dict[str, int] = field(default_factory=dict)  # the index held on each of its other axes
     timepoints: int = 1  # > 1: every timepoint kept, each a run of planes along the plane axis
     output_axes: str = ""  # the output's axes ("tzyx" when timepoints are kept); default: ref.axes
+    channel_arrays: tuple[SpatialArray, ...] = ()  # every channel a model of several reads; () for one
+
+    @property
+    def channels(self) -> list[InputVolume]:
+        """The volume of each channel the model reads (this one, for a one-channel model)."""
+        return [replace(self, array=array, channel_arrays=()) for array in self.channel_arrays] or [self]
 
     @property
     def planes_per_timepoint(self) -> int:
@@ -107,15 +115,17 @@ def open_input(
     url: str,
     dtypes: tuple[str, ...] = SUPPORTED_DTYPES,
     *,
-    channel: int | None = None,
+    channel: int | Sequence[int] | None = None,
     timepoint: int | None = None,
+    channels: int = 1,
 ) -> InputVolume:
     """Open an input volume read-only; InputError names the path and the problem.
 
     ``dtypes``: the accepted data types (label maps for training pass integer ones).
     ``channel``, ``timepoint``: the index on those axes, where the input has them.
+    ``channels``: how many channels the model reads (``channel`` then lists them).
     """
-    choice = {"channel": channel, "timepoint": timepoint}
+    choice: dict[str, Any] = {"channel": channel, "timepoint": timepoint, "channels": channels}
     if "://" not in url:
         if not Path(url).exists():
             raise InputError(f"no input at {url}: the path does not exist")
@@ -128,23 +138,45 @@ def open_input(
     return volume
 
 
-def _open_tiff(url: str, **choice: int | None) -> InputVolume:
+def _open_tiff(url: str, **choice: Any) -> InputVolume:
     image = open_tiff(url)
     selection = select_volume(url, image.axes, tuple(int(n) for n in image.array.shape), **choice)
     sizes = {name: PixelSize(value, unit) for name, (value, unit) in image.pixel_sizes.items()}
+    return _selected(url, "", image.array, image.description, sizes, image.axes, selection)
+
+
+def _selected(
+    url: str,
+    path: str,
+    source: zarr.Array[Any],
+    description: str,
+    sizes: dict[str, PixelSize],
+    axes: str,
+    selection: Selection,
+) -> InputVolume:
+    """The volume ``selection`` takes out of ``source``, an array with ``axes``."""
+    views = channel_views(source, selection.fixed, selection.channels, selection.merge_time)
     return InputVolume(
-        InputRef(url, "", selection.spatial, selection.fixed, merge_time=selection.merge_time),
-        VolumeArray(image.array, selection.fixed, selection.merge_time),
-        image.description,
+        InputRef(
+            url,
+            path,
+            selection.spatial,
+            selection.fixed,
+            merge_time=selection.merge_time,
+            channels=selection.channels,
+        ),
+        views[0],
+        description,
         sizes,
-        image.axes,
+        axes,
         selection.chosen,
         selection.timepoints,
         selection.output_axes,
+        tuple(views) if selection.channels else (),
     )
 
 
-def _open_zarr(url: str, **choice: int | None) -> InputVolume:
+def _open_zarr(url: str, **choice: Any) -> InputVolume:
     try:
         node = zarr.open(store=url, mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:
@@ -164,7 +196,7 @@ def _open_zarr(url: str, **choice: int | None) -> InputVolume:
     return _open_group(url, node, **choice)
 
 
-def _open_group(url: str, group: zarr.Group, **choice: int | None) -> InputVolume:
+def _open_group(url: str, group: zarr.Group, **choice: Any) -> InputVolume:
     attrs: dict[str, Any] = dict(group.attrs)
     ome: Any = attrs.get("ome", attrs)
     multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
@@ -200,15 +232,8 @@ def _open_group(url: str, group: zarr.Group, **choice: int | None) -> InputVolum
         name: PixelSize(s * o, unit) for name, s, o, unit in zip(axes, scale, outer, units) if name in "zyx"
     }
     selection = select_volume(url, axes, tuple(int(n) for n in array.shape), **choice)
-    return InputVolume(
-        InputRef(url, level["path"], selection.spatial, selection.fixed, merge_time=selection.merge_time),
-        VolumeArray(array, selection.fixed, selection.merge_time),
-        f"OME-Zarr {version} image, level {level['path']}",
-        sizes,
-        axes,
-        selection.chosen,
-        selection.timepoints,
-        selection.output_axes,
+    return _selected(
+        url, level["path"], array, f"OME-Zarr {version} image, level {level['path']}", sizes, axes, selection
     )
 
 
@@ -226,8 +251,11 @@ def _scale(transforms: list[dict[str, Any]], ndim: int) -> list[float]:
     return [1.0] * ndim
 
 
-def reopen_input(ref: InputRef) -> SpatialArray:
-    """The input volume, reopened read-only in a worker (not cached: see ``omezarr.output_array``)."""
+def reopen_input(ref: InputRef) -> list[SpatialArray]:
+    """The input, reopened read-only in a worker: one array per channel the model reads.
+
+    Not cached: see ``omezarr.output_array``.
+    """
     source: Any
     if is_tiff(ref.url):
         source = reopen_tiff(ref.url)
@@ -235,8 +263,8 @@ def reopen_input(ref: InputRef) -> SpatialArray:
         node = zarr.open(store=ref.url, mode="r")
         source = node[ref.path] if isinstance(node, zarr.Group) else node
     assert isinstance(source, zarr.Array)
-    volume = VolumeArray(source, ref.fixed, ref.merge_time)
-    return volume if ref.resample is None else ResampledArray(volume, ref.resample)
+    views: list[SpatialArray] = list(channel_views(source, ref.fixed, ref.channels, ref.merge_time))
+    return views if ref.resample is None else [ResampledArray(view, ref.resample) for view in views]
 
 
 def resampled_input(
@@ -247,6 +275,7 @@ def resampled_input(
         volume,
         ref=replace(volume.ref, resample=factors),
         array=ResampledArray(volume.array, factors),
+        channel_arrays=tuple(ResampledArray(array, factors) for array in volume.channel_arrays),
         description=f"{volume.description}, resampled x{factors[0]:.4g} (y) x{factors[1]:.4g} (x)",
         pixel_sizes={**volume.pixel_sizes, **sizes},
     )

@@ -129,7 +129,10 @@ def nuclei_labels(
 
 
 def _draw_ellipsoid(
-    volume: npt.NDArray[Any], label: int, centre: tuple[float, float, float], radii: tuple[float, float, float]
+    volume: npt.NDArray[Any],
+    label: int,
+    centre: tuple[float, float, float],
+    radii: tuple[float, float, float],
 ) -> None:
     """Fill the ellipsoid's free voxels (still 0) of a ZYX ``volume`` with ``label``; earlier ones keep theirs."""
     (cz, cy, cx), (rz, ry, rx) = centre, radii

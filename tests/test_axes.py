@@ -15,10 +15,11 @@ from click.testing import CliRunner
 from scipy import ndimage
 
 from pipeline.axes import VolumeArray, select_volume
-from pipeline.checkpoint import load_checkpoint
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.cli import cli
 from pipeline.errors import InputError
-from pipeline.normalization import NormalizationStats
+from pipeline.model import UNet
+from pipeline.normalization import Normalization, NormalizationStats
 from pipeline.preview import render_preview
 from pipeline.store import PixelSize, open_input
 from pipeline.synthetic import cell_image
@@ -244,3 +245,55 @@ def test_a_time_series_of_planes_is_labelled_plane_by_plane(tmp_path: Path, dask
         offset += count
     axes = dict(zarr.open_group(str(output), mode="r").attrs)["ome"]["multiscales"][0]["axes"]
     assert [axis["name"] for axis in axes] == ["t", "y", "x"]
+
+
+@pytest.fixture
+def two_channel_model(tmp_path: Path) -> Path:
+    torch.manual_seed(8)
+    path = tmp_path / "two-channel.safetensors"
+    save_checkpoint(path, UNet(in_channels=2, base_channels=2, depth=3), normalization=Normalization())
+    return path
+
+
+def test_a_two_channel_model_reads_the_listed_channels_each_normalised_alone(
+    tmp_path: Path, two_channel_model: Path, dask_address: str
+) -> None:
+    data = tczyx()[0]  # CZYX, two channels
+    data = np.concatenate([data, (data[:1] // 3).astype(data.dtype)])  # a third, dimmer channel
+    group = zarr.open_group(str(tmp_path / "czyx.ome.zarr"), mode="w", zarr_format=3)
+    group.create_array("0", data=data, chunks=(1, 1, 64, 64))
+    kinds = {"c": "channel"}
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "axes": [{"name": a, "type": kinds.get(a, "space")} for a in "czyx"],
+                "datasets": [
+                    {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * 4}]}
+                ],
+            }
+        ],
+    }
+    source = str(tmp_path / "czyx.ome.zarr")
+    settings = {**SETTINGS, "profile": {"batch_size": 1}, "cluster": {"address": dask_address}}
+    _, config = write_small_setup(tmp_path, settings, seed=4)
+    runner = CliRunner()
+    common = ["--model", str(two_channel_model), "--config", str(config), "--no-progress"]
+    refused = runner.invoke(cli, ["segment", source, str(tmp_path / "no.ome.zarr"), *common])
+    assert refused.exit_code == 2
+    assert (
+        "axes CZYX (C=3, Z=3, Y=120, X=140): the model takes 2 channels; choose them with --channel 0,1"
+        in (refused.output)
+    )
+    output = tmp_path / "two.ome.zarr"
+    result = runner.invoke(cli, ["segment", source, str(output), *common, "--channel", "2,0"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(runner.invoke(cli, ["inspect", str(output), "--json"]).output)["runs"][-1]
+    assert record["input"]["selection"] == {"c": [2, 0]}
+    stats = [NormalizationStats.from_dict(channel) for channel in record["normalization"]["channels"]]
+    assert stats[0] != stats[1]  # the dim channel has its own map
+    stacked = np.stack([stats[0].apply(data[2]), stats[1].apply(data[0])], axis=1)  # (Z, C, Y, X)
+    model = load_checkpoint(two_channel_model).model
+    torch.set_num_threads(1)
+    expected = np.stack([canonical_prediction(model, plane, tile=36)[1] for plane in stacked])
+    assert np.array_equal(zarr.open_array(str(output / "s0"), mode="r")[...], expected)
