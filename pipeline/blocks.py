@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from pipeline.axes import VolumeArray
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ProfileConfig
 from pipeline.errors import PipelineError
@@ -30,8 +31,15 @@ from pipeline.labels import Connectivity, downsample_nearest, face_slab, label_b
 from pipeline.markers import write_marker
 from pipeline.model import UNet
 from pipeline.normalization import NormalizationStats
-from pipeline.omezarr import SCRATCH_LABELS, downsample_mean, encode_probability, output_array
+from pipeline.omezarr import (
+    SCRATCH_LABELS,
+    SCRATCH_PROBABILITY,
+    downsample_mean,
+    encode_probability,
+    output_array,
+)
 from pipeline.predict import predict_padded, prepare_model
+from pipeline.resample import ResampledArray
 from pipeline.store import InputRef, read_mirrored, reopen_input
 
 
@@ -58,6 +66,20 @@ class PredictTask:
     checkpoint: CheckpointRef
     stats: tuple[NormalizationStats, ...]  # one per channel the model reads
     profile: ProfileConfig
+    tile: int
+    output_dtype: str
+    labels: LabelRule | None
+    target: str = "s0"  # SCRATCH_PROBABILITY (float32, no labels) when the output is resampled after
+
+
+@dataclass(frozen=True, slots=True)
+class ResampleTask:
+    """--rescale: a block of the output's grid, bilinear from the model-grid foreground, then labelled."""
+
+    block: Block
+    volume_shape: tuple[int, int, int]  # ZYX of the output's grid (planes as the run sees them)
+    factors: tuple[float, float]  # model-grid pixels per output pixel, Y and X
+    output_url: str
     tile: int
     output_dtype: str
     labels: LabelRule | None
@@ -123,22 +145,52 @@ def predict_block(task: PredictTask) -> BlockReport:
     height, width = write.shape[1:]
     foreground = probabilities[:, 1:].sum(axis=1)[:, :height, :width]  # p(not background)
     predicted = time.perf_counter()
-    write_region(task.output_url, "s0", write, encode_probability(foreground, task.output_dtype))
+    write_region(task.output_url, task.target, write, encode_probability(foreground, task.output_dtype))
     seconds = {"read": loaded - started, "predict": predicted - loaded}
-    payload: dict[str, npt.NDArray[Any]] = {}
-    if task.labels is not None:
-        written = time.perf_counter()
-        local, summary = label_block(
-            foreground >= task.labels.threshold, write.start, task.volume_shape, task.labels.connectivity
-        )
-        write_region(task.output_url, SCRATCH_LABELS, write, local)
-        payload = summary.to_arrays()
-        seconds["label"] = time.perf_counter() - written
-        seconds["write"] = written - predicted
-    else:
-        seconds["write"] = time.perf_counter() - predicted
+    payload = _label(task.output_url, task.labels, foreground, write, task.volume_shape, seconds, predicted)
     write_marker(task.output_url, "predict", block.block_id, payload)
     return BlockReport("predict", block.block_id, write.size, seconds, worker_name(), payload)
+
+
+def resample_block(task: ResampleTask) -> BlockReport:
+    """Write one block of the output's grid from the model-grid foreground (bilinear), label it, mark it."""
+    started = time.perf_counter()
+    write = task.block.write_roi(task.volume_shape, task.tile)
+    scratch = output_array(task.output_url, SCRATCH_PROBABILITY)
+    model_grid = VolumeArray(scratch, merge_time=scratch.ndim == 4)
+    height, width = task.volume_shape[1:]
+    seen = ResampledArray(model_grid, (1 / task.factors[0], 1 / task.factors[1]), (height, width))
+    index = (slice(write.start[1], write.stop[1]), slice(write.start[2], write.stop[2]))
+    foreground = (
+        seen[(slice(write.start[0], write.stop[0]), *index)] if seen.ndim == 3 else seen[index][np.newaxis]
+    )
+    resampled = time.perf_counter()
+    write_region(task.output_url, "s0", write, encode_probability(foreground, task.output_dtype))
+    seconds = {"resample": resampled - started}
+    payload = _label(task.output_url, task.labels, foreground, write, task.volume_shape, seconds, resampled)
+    write_marker(task.output_url, "resample", task.block.block_id, payload)
+    return BlockReport("resample", task.block.block_id, write.size, seconds, worker_name(), payload)
+
+
+def _label(
+    output_url: str,
+    rule: LabelRule | None,
+    foreground: npt.NDArray[np.float32],
+    write: Roi,
+    volume_shape: tuple[int, int, int],
+    seconds: dict[str, float],
+    since: float,
+) -> dict[str, npt.NDArray[Any]]:
+    """Local labels of a block's foreground into the scratch array; their summary for the merge."""
+    if rule is None:
+        seconds["write"] = time.perf_counter() - since
+        return {}
+    written = time.perf_counter()
+    local, summary = label_block(foreground >= rule.threshold, write.start, volume_shape, rule.connectivity)
+    write_region(output_url, SCRATCH_LABELS, write, local)
+    seconds["label"] = time.perf_counter() - written
+    seconds["write"] = written - since
+    return summary.to_arrays()
 
 
 def contact_block(task: ContactTask) -> BlockReport:

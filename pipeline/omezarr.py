@@ -115,6 +115,7 @@ def multiscales(layout: OutputLayout, name: str, method: str = "mean") -> dict[s
 
 
 SCRATCH_LABELS = "_scratch/local_labels"  # per-block labels before the global merge; removed at the end
+SCRATCH_PROBABILITY = "_scratch/model_grid_probability"  # --rescale: foreground on the model's grid
 
 
 def _create_pyramid(group: zarr.Group, prefix: str, layout: OutputLayout, dtype: str) -> None:
@@ -151,9 +152,18 @@ def _create_array(
 
 
 def create_output(
-    url: str, layout: OutputLayout, *, name: str = "foreground probability", scratch_labels: bool = False
+    url: str,
+    layout: OutputLayout,
+    *,
+    name: str = "foreground probability",
+    scratch_labels: bool = False,
+    model_grid: tuple[int, int] | None = None,
 ) -> zarr.Group:
-    """Create the store with empty arrays and OME metadata; refuses an existing one."""
+    """Create the store with empty arrays and OME metadata; refuses an existing one.
+
+    ``model_grid``: (height, width) of the model's grid (--rescale): a float32 scratch array of that
+    plane size holds the foreground there until it is resampled to the output's grid.
+    """
     try:
         group = zarr.open_group(store=url, mode="w-", zarr_format=layout.zarr_format)  # type: ignore[arg-type]
     except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
@@ -161,6 +171,8 @@ def create_output(
     _create_pyramid(group, "", layout, layout.dtype)
     if scratch_labels:
         _create_array(group, SCRATCH_LABELS, layout, layout.shape, "uint32")
+    if model_grid is not None:
+        _create_array(group, SCRATCH_PROBABILITY, layout, (*layout.shape[:-2], *model_grid), "float32")
     window_end = 255 if layout.dtype == "uint8" else 1.0
     omero = {
         "channels": [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ class RunPlan:
     label_rule: LabelRule | None
     min_size_voxels: int
     scale: ScaleCheck
+    model_grid: BlockGrid | None = None  # --rescale: predict runs on the model's grid, blocks of its own
+    model_blocks: list[Block] = field(default_factory=list)
 
     @property
     def output_url(self) -> str:
@@ -73,6 +75,7 @@ def plan_run(request: SegmentRequest) -> RunPlan:
         tolerance=config.input.pixel_size_tolerance,
         rescale=config.input.rescale,
     )
+    source = volume  # the output keeps the input's grid
     if scale.verdict == "rescaled" and scale.model_um is not None:
         model_sizes = {axis: PixelSize(scale.model_um[axis], "micrometer") for axis in PLANE_AXES}
         volume = resampled_input(volume, (scale.factors["y"], scale.factors["x"]), model_sizes)
@@ -83,9 +86,9 @@ def plan_run(request: SegmentRequest) -> RunPlan:
             f"tiling.tile {config.tiling.tile} does not fit checkpoint {request.checkpoint_path}: {error}"
         ) from None
     _check_output_path(request)
-    _, height, width = volume.shape_zyx
+    _, height, width = source.shape_zyx
     levels = config.output.pyramid_levels
-    shape = tuple(int(n) for n in volume.array.shape)
+    shape = tuple(int(n) for n in source.array.shape)
     if volume.timepoints > 1:  # the run's T * Z planes are stored as T x Z
         per_timepoint = (volume.planes_per_timepoint,) if volume.output_axes == "tzyx" else ()
         shape = (volume.timepoints, *per_timepoint, height, width)
@@ -97,15 +100,18 @@ def plan_run(request: SegmentRequest) -> RunPlan:
         dtype=config.output.dtype,
         zstd_level=config.output.zstd_level,
         levels=auto_levels(height, width, config.tiling.tile) if levels == "auto" else levels,
-        pixel_sizes=volume.pixel_sizes,
+        pixel_sizes=source.pixel_sizes,
         ngff=config.output.ngff,
     )
-    grid = BlockGrid(
-        volume.shape_zyx,
-        config.tiling.tile,
-        config.tiling.block_tiles,
-        block_planes(config.tiling.block_planes, volume),
-        volume.planes_per_timepoint if volume.timepoints > 1 else 0,
+    grid, model_grid = (
+        BlockGrid(
+            seen.shape_zyx,
+            config.tiling.tile,
+            config.tiling.block_tiles,
+            block_planes(config.tiling.block_planes, volume),
+            volume.planes_per_timepoint if volume.timepoints > 1 else 0,
+        )
+        for seen in (source, volume)
     )
     labels = config.labels
     rule = None
@@ -120,8 +126,10 @@ def plan_run(request: SegmentRequest) -> RunPlan:
         grid=grid,
         blocks=grid.blocks(),
         label_rule=rule,
-        min_size_voxels=min_size_voxels(labels, volume.pixel_sizes, volume.ref.axes, request.input_url),
+        min_size_voxels=min_size_voxels(labels, source.pixel_sizes, volume.ref.axes, request.input_url),
         scale=scale,
+        model_grid=model_grid if volume is not source else None,
+        model_blocks=model_grid.blocks() if volume is not source else [],
     )
 
 

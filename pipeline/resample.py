@@ -54,10 +54,15 @@ class ResampledArray:
 
     source: SpatialArray
     factors: tuple[float, float]
+    plane_shape: tuple[int, int] | None = (
+        None  # (height, width) seen; default: the source's times the factors
+    )
 
     @property
     def shape(self) -> tuple[int, ...]:
         *planes, height, width = self.source.shape
+        if self.plane_shape is not None:
+            return (*planes, *self.plane_shape)
         return (*planes, resampled_length(height, self.factors[0]), resampled_length(width, self.factors[1]))
 
     @property

@@ -27,10 +27,12 @@ from pipeline.blocks import (
     PredictTask,
     PyramidTask,
     RelabelTask,
+    ResampleTask,
     contact_block,
     predict_block,
     pyramid_block,
     relabel_block,
+    resample_block,
 )
 from pipeline.cluster import cluster_shape, open_client, run_bounded, worker_peak_rss
 from pipeline.errors import InputError
@@ -40,6 +42,7 @@ from pipeline.lock import hold_lock, read_lock
 from pipeline.markers import done_blocks, read_marker
 from pipeline.normalization import NormalizationStats
 from pipeline.omezarr import (
+    SCRATCH_PROBABILITY,
     create_labels,
     create_output,
     ensure_scratch_labels,
@@ -85,7 +88,10 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
         )
         previous_id = None
         _replace_previous(plan)
-        create_output(plan.output_url, plan.layout, scratch_labels=plan.label_rule is not None)
+        model_grid = plan.model_grid.volume_shape[1:] if plan.model_grid else None
+        create_output(
+            plan.output_url, plan.layout, scratch_labels=plan.label_rule is not None, model_grid=model_grid
+        )
     with hold_lock(plan.output_url, run_id, take_over_stale=request.resume):
         if request.resume and plan.label_rule is not None:
             ensure_scratch_labels(plan.output_url, plan.layout)  # gone if a run died while finishing
@@ -234,27 +240,57 @@ def _run_stages(
 ) -> None:
     config = plan.request.config
     checkpoint = CheckpointRef(str(plan.checkpoint.path.resolve()), plan.checkpoint.sha256)
+    resampled = plan.model_grid is not None
+    predict_grid = plan.model_grid or plan.grid
     predict_tasks = [
         PredictTask(
             block=block,
-            volume_shape=plan.volume.shape_zyx,
+            volume_shape=predict_grid.volume_shape,
             input=plan.volume.ref,
             output_url=plan.output_url,
             checkpoint=checkpoint,
             stats=stats,
             profile=config.profile,
             tile=config.tiling.tile,
-            output_dtype=config.output.dtype,
-            labels=plan.label_rule,
+            output_dtype="float32" if resampled else config.output.dtype,
+            labels=None if resampled else plan.label_rule,
+            target=SCRATCH_PROBABILITY if resampled else "s0",
         )
-        for block in plan.blocks
+        for block in (plan.model_blocks if resampled else plan.blocks)
     ]
     reports = _run_stage(
         client, plan, "predict", predict_block, predict_tasks, lambda t: t.block.block_id, run_id, record
     )
     save()
+    labelled = "predict"
+    if resampled:
+        factors = (plan.scale.factors["y"], plan.scale.factors["x"])
+        resample_tasks = [
+            ResampleTask(
+                block,
+                plan.grid.volume_shape,
+                factors,
+                plan.output_url,
+                config.tiling.tile,
+                config.output.dtype,
+                plan.label_rule,
+            )
+            for block in plan.blocks
+        ]
+        labelled = "resample"
+        reports = _run_stage(
+            client,
+            plan,
+            "resample",
+            resample_block,
+            resample_tasks,
+            lambda t: t.block.block_id,
+            run_id,
+            record,
+        )
+        save()
     if plan.label_rule is not None:
-        summaries = _payloads(plan, "predict", reports)
+        summaries = _payloads(plan, labelled, reports)
         contact_tasks = [
             ContactTask(block, plan.grid, plan.output_url, plan.label_rule.connectivity)
             for block in plan.blocks
@@ -402,7 +438,12 @@ def _run_stage(
 def _describe(plan: RunPlan, stage: str, block_id: int) -> str:
     if stage.startswith("pyramid"):
         return f"{stage} shard block {block_id}"
-    roi = plan.blocks[block_id].write_roi(plan.volume.shape_zyx, plan.grid.tile)
+    grid, blocks = (
+        (plan.model_grid, plan.model_blocks)
+        if stage == "predict" and plan.model_grid
+        else (plan.grid, plan.blocks)
+    )
+    roi = blocks[block_id].write_roi(grid.volume_shape, grid.tile)
     return f"{stage} of block {block_id} (z, y, x from {roi.start} to {roi.stop})"
 
 

@@ -13,6 +13,7 @@ import zarr
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.cli import cli
@@ -113,7 +114,7 @@ def test_a_pixel_size_mismatch_is_refused_and_nothing_is_written(
     assert not (tmp_path / "out.ome.zarr").exists()
 
 
-def test_rescale_segments_in_the_models_grid_exactly_and_records_it(
+def test_rescale_predicts_on_the_models_grid_and_writes_the_inputs_grid(
     fine_input: str, coarse_model: Path, tmp_path: Path, dask_address: str
 ) -> None:
     config = tmp_path / "run.yaml"
@@ -123,20 +124,26 @@ def test_rescale_segments_in_the_models_grid_exactly_and_records_it(
     result = CliRunner().invoke(cli, [*args, "--rescale", "--no-progress"])
     assert result.exit_code == 0, result.output
     stored = zarr.open_array(str(output / "s0"), mode="r")[...]
-    assert stored.shape == (2, 100, 90)
+    labels = zarr.open_array(str(output / "labels/cells/s0"), mode="r")[...]
+    assert stored.shape == labels.shape == (2, 200, 180)  # the input's grid
     record = json.loads(CliRunner().invoke(cli, ["inspect", str(output), "--json"]).output)["runs"][-1]
     assert record["pixel_size"]["verdict"] == "rescaled"
     assert record["pixel_size"]["factors"] == {"y": 0.5, "x": 0.5}
     assert record["config"]["input"]["rescale"] is True
+    assert set(record["stages"]) >= {"predict", "resample", "contacts", "relabel"}
     attrs = dict(zarr.open_group(str(output), mode="r").attrs)
-    assert attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] == [
-        1.0,
-        0.5,
-        0.5,
-    ]
+    scale = attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale == [1.0, 0.25, 0.25]  # the input's pixel size
+    assert not (output / "_scratch").exists()
+    # exact: the canonical tiling of the whole input resampled to 0.5 um, resampled back, bit for bit
     model = load_checkpoint(coarse_model).model
     stats = NormalizationStats.from_dict(record["normalization"])
-    resampled = ResampledArray(open_input(fine_input).array, (0.5, 0.5))[...]
+    on_model_grid = ResampledArray(open_input(fine_input).array, (0.5, 0.5))[...]
+    assert on_model_grid.shape == (2, 100, 90)
     torch.set_num_threads(1)
-    expected = np.stack([canonical_prediction(model, stats.apply(plane), tile=36)[1] for plane in resampled])
+    predicted = np.stack(
+        [canonical_prediction(model, stats.apply(plane), tile=36)[1] for plane in on_model_grid]
+    )
+    expected = ResampledArray(predicted, (1 / 0.5, 1 / 0.5), (200, 180))[...]
     assert np.array_equal(stored, expected)
+    assert np.array_equal(labels, ndimage.label(expected >= 0.5)[0])  # whole-volume components, input grid
