@@ -25,7 +25,7 @@ import torch
 from pipeline.axes import VolumeArray
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ProfileConfig
-from pipeline.errors import PipelineError
+from pipeline.errors import InputDataError, PipelineError
 from pipeline.geometry import Block, BlockGrid, Roi
 from pipeline.labels import Connectivity, downsample_nearest, face_slab, label_block, relabel, slab_contacts
 from pipeline.markers import write_marker
@@ -39,8 +39,8 @@ from pipeline.omezarr import (
     output_array,
 )
 from pipeline.predict import predict_padded, prepare_model
-from pipeline.resample import ResampledArray
-from pipeline.store import InputRef, read_mirrored, reopen_input
+from pipeline.resample import ResampledArray, SpatialArray
+from pipeline.store import InputRef, describe_chunks, naming_damage, read_mirrored, reopen_input
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,7 @@ def predict_block(task: PredictTask) -> BlockReport:
     read = block.read_roi(tile, model.geometry.halo)
     rows, cols = (read.start[1], read.stop[1]), (read.start[2], read.stop[2])
     channels = [
-        stats.apply(read_mirrored(array, block.planes, rows, cols))
+        stats.apply(read_input(task.input, array, block.planes, rows, cols))
         for stats, array in zip(task.stats, reopen_input(task.input), strict=True)
     ]
     normalised = np.stack(channels, axis=1)  # (P, C, H + 2h, W + 2h)
@@ -150,6 +150,20 @@ def predict_block(task: PredictTask) -> BlockReport:
     payload = _label(task.output_url, task.labels, foreground, write, task.volume_shape, seconds, predicted)
     write_marker(task.output_url, "predict", block.block_id, payload)
     return BlockReport("predict", block.block_id, write.size, seconds, worker_name(), payload)
+
+
+def read_input(
+    ref: InputRef, array: SpatialArray, planes: range, rows: tuple[int, int], cols: tuple[int, int]
+) -> npt.NDArray[Any]:
+    """A block's input window; InputDataError names the input and its chunks when they cannot be used."""
+    with naming_damage(ref, array, planes, rows, cols):
+        values = read_mirrored(array, planes, rows, cols)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise InputDataError(
+            f"{ref.url}: NaN or Inf values in {describe_chunks(array, planes, rows, cols)}; replace them "
+            "(e.g. with 0) before segmenting"
+        )
+    return values
 
 
 def resample_block(task: ResampleTask) -> BlockReport:

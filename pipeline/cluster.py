@@ -21,7 +21,7 @@ import dask
 from distributed import Client, Future, LocalCluster, as_completed
 
 from pipeline.config import ClusterConfig
-from pipeline.errors import InputError, PipelineError
+from pipeline.errors import InputDataError, InputError, PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,10 @@ WORKER_MALLOC_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRI
 
 class BlockFailedError(PipelineError):
     """A block failed on every attempt; the run stops and says which one."""
+
+
+class BadInputBlockError(BlockFailedError, InputError):
+    """A block failed on every attempt because of the input's data (exit 2, like any bad input)."""
 
 
 @contextmanager
@@ -77,7 +81,9 @@ def open_client(config: ClusterConfig, *, forward_logs: bool = True) -> Iterator
             client = stack.enter_context(Client(cluster))
         else:
             try:
-                client = stack.enter_context(Client(config.address, timeout="20s"))
+                client = stack.enter_context(
+                    Client(config.address, timeout=f"{config.connect_timeout_seconds}s")
+                )
             except OSError as error:
                 raise InputError(f"cannot reach the Dask scheduler at {config.address}: {error}") from None
         if forward_logs:
@@ -118,7 +124,8 @@ def run_bounded(
             try:
                 result = future.result()
             except Exception as error:
-                raise BlockFailedError(
+                kind = BadInputBlockError if isinstance(error, InputDataError) else BlockFailedError
+                raise kind(
                     f"{describe(task)} failed after {retries + 1} attempt(s): {type(error).__name__}: {error}"
                 ) from error
             future.release()

@@ -20,3 +20,7 @@ class InputError(PipelineError):
 
 class CheckpointError(InputError):
     """A model checkpoint is missing, unsafe, corrupt or of another architecture."""
+
+
+class InputDataError(InputError):
+    """The input's data cannot be used: an unreadable chunk, NaN or Inf values (found by a block)."""

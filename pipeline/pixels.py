@@ -97,7 +97,7 @@ def check_scale(
     if not rescale:
         raise InputError(
             f"{url}: pixel size {_text(found)} differs from the model's training pixel size {_text(model)} "
-            f"by more than {tolerance:.0%} (cells would look {factors['x']:.2g}x their trained size); pass "
+            f"by more than {tolerance:.0%} (cells would span {1 / factors['x']:.2g}x the pixels they did in training); pass "
             "--rescale to resample the input to the model's pixel size, or use a model trained at this one"
         )
     return ScaleCheck(found, model, factors, "rescaled")

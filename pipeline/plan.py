@@ -8,6 +8,7 @@ written, so a refused request leaves no trace.
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,8 @@ def _check_output_path(request: SegmentRequest) -> None:
             f"output {request.output_url} overlaps input {request.input_url}: write the output elsewhere "
             "(inputs are never modified)"
         )
+    if "://" not in target:
+        _check_writable(Path(target))
     exists = output_exists(request.output_url)
     if request.resume:
         if not exists or not is_pipeline_output(request.output_url):
@@ -204,6 +207,22 @@ def _check_output_path(request: SegmentRequest) -> None:
             f"output {request.output_url} exists and is not a unet-pipeline output; --overwrite replaces "
             "only outputs of this pipeline: move it away or choose another output path"
         )
+
+
+def _check_writable(output: Path) -> None:
+    """The output's nearest existing folder must be a folder this process can write in (a probe file)."""
+    folder = output.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write output {output}: {folder} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InputError(
+            f"cannot write output {output}: {folder} is not writable ({error.strerror})"
+        ) from None
 
 
 def comparable(url: str) -> str:

@@ -23,7 +23,12 @@ def render_preview(output_url: str, max_pixels: int) -> npt.NDArray[np.uint8]:
     group = open_output(output_url)
     last_run = read_state(group)["runs"][-1]
     selection = last_run["input"].get("selection", {})
-    volume = open_input(last_run["input"]["url"], channel=selection.get("c"), timepoint=selection.get("t"))
+    channel = selection.get("c")  # a list for a many-channel model: the first is shown
+    volume = open_input(
+        last_run["input"]["url"],
+        channel=channel[0] if isinstance(channel, list) else channel,
+        timepoint=selection.get("t"),
+    )
     _, height, width = volume.shape_zyx
     plane = volume.planes_per_timepoint // 2  # of the first timepoint, where there are several
     labels_config = last_run["config"]["labels"]

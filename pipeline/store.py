@@ -8,8 +8,10 @@ edge) is read with one read of its bounding box, then mirrored in memory.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,8 @@ import numpy as np
 import numpy.typing as npt
 import zarr
 
-from pipeline.axes import Selection, VolumeArray, channel_views, select_volume
-from pipeline.errors import InputError
+from pipeline.axes import Selection, channel_views, select_volume
+from pipeline.errors import InputDataError, InputError
 from pipeline.geometry import reflect_indices, spread_indices
 from pipeline.resample import ResampledArray, SpatialArray
 from pipeline.tiff import is_tiff, open_tiff, reopen_tiff
@@ -179,8 +181,10 @@ def _selected(
 def _open_zarr(url: str, **choice: Any) -> InputVolume:
     try:
         node = zarr.open(store=url, mode="r")
-    except (FileNotFoundError, zarr.errors.NodeNotFoundError) as error:
-        raise InputError(f"{url} is not a Zarr array or group ({error})") from None
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+        raise InputError(
+            f"{url} is not a Zarr array or group: no zarr.json, .zarray or .zgroup there"
+        ) from None
     except Exception as error:  # zarr and fsspec raise many kinds for unreadable stores
         raise InputError(f"cannot open {url} as Zarr: {type(error).__name__}: {error}") from error
     if isinstance(node, zarr.Array):
@@ -190,9 +194,8 @@ def _open_zarr(url: str, **choice: Any) -> InputVolume:
                 f"{url}: a {node.ndim}-d array (shape {node.shape}); plain arrays must be YX or ZYX, "
                 "or carry OME-Zarr axes metadata"
             )
-        return InputVolume(
-            InputRef(url, "", axes), VolumeArray(node), f"Zarr v{node.metadata.zarr_format} array"
-        )
+        selection = select_volume(url, axes, tuple(int(n) for n in node.shape), **choice)
+        return _selected(url, "", node, f"Zarr v{node.metadata.zarr_format} array", {}, axes, selection)
     return _open_group(url, node, **choice)
 
 
@@ -207,9 +210,8 @@ def _open_group(url: str, group: zarr.Group, **choice: Any) -> InputVolume:
             assert isinstance(array, zarr.Array)
             axes = {2: "yx", 3: "zyx"}.get(array.ndim)
             if axes is not None:
-                return InputVolume(
-                    InputRef(url, arrays[0], axes), VolumeArray(array), f"Zarr group, array {arrays[0]}"
-                )
+                selection = select_volume(url, axes, tuple(int(n) for n in array.shape), **choice)
+                return _selected(url, arrays[0], array, f"Zarr group, array {arrays[0]}", {}, axes, selection)
         raise InputError(
             f"{url} is a Zarr group without OME-Zarr multiscales metadata and holding arrays {arrays}; "
             "point at one array (e.g. PATH/NAME) instead"
@@ -290,8 +292,62 @@ def sample_chunks(volume: InputVolume, count: int) -> list[npt.NDArray[Any]]:
     for flat in spread_indices(math.prod(grid), count):
         index = np.unravel_index(flat, grid)
         region = tuple(slice(int(i) * c, min((int(i) + 1) * c, n)) for i, c, n in zip(index, chunks, shape))
-        samples.append(np.asarray(volume.array[region]))
+        planes = range(region[0].start, region[0].stop) if len(region) == 3 else range(1)
+        with naming_damage(
+            volume.ref,
+            volume.array,
+            planes,
+            (region[-2].start, region[-2].stop),
+            (region[-1].start, region[-1].stop),
+        ):
+            samples.append(np.asarray(volume.array[region]))
     return samples
+
+
+@contextmanager
+def naming_damage(
+    ref: InputRef, array: SpatialArray, planes: range, rows: tuple[int, int], cols: tuple[int, int]
+) -> Iterator[None]:
+    """A failed read of this window becomes an InputDataError naming the input and its damaged chunks."""
+    try:
+        yield
+    except Exception as error:  # codecs and stores raise many kinds for damaged data
+        where = describe_chunks(array, planes, rows, cols, damaged_only=True)
+        raise InputDataError(f"{ref.url}: cannot read {where}: {type(error).__name__}: {error}") from error
+
+
+def describe_chunks(
+    array: SpatialArray,
+    planes: range,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+    *,
+    damaged_only: bool = False,
+) -> str:
+    """The input chunks under a window (in the run's Z, Y, X), or only those that fail to read."""
+    height, width = (int(n) for n in array.shape[-2:])
+    rows, cols = (max(0, rows[0]), min(height, rows[1])), (max(0, cols[0]), min(width, cols[1]))
+    sizes = tuple(int(n) for n in array.chunks)
+    spans = [range(rows[0] // sizes[-2], (rows[1] - 1) // sizes[-2] + 1)]
+    spans.append(range(cols[0] // sizes[-1], (cols[1] - 1) // sizes[-1] + 1))
+    if array.ndim == 3:
+        spans.insert(0, range(planes.start // sizes[0], (planes.stop - 1) // sizes[0] + 1))
+    found = list(itertools.product(*spans))
+    if damaged_only:
+        found = [index for index in found if not _readable(array, index, sizes)] or found
+    names = "zyx"[-len(spans) :]
+    listed = "; ".join(", ".join(f"{name} {i}" for name, i in zip(names, index)) for index in found[:8])
+    more = f" and {len(found) - 8} more" if len(found) > 8 else ""
+    return f"input chunk(s) {listed}{more} (chunks of {' x '.join(map(str, sizes))})"
+
+
+def _readable(array: SpatialArray, index: tuple[int, ...], sizes: tuple[int, ...]) -> bool:
+    region = tuple(slice(i * size, min((i + 1) * size, n)) for i, size, n in zip(index, sizes, array.shape))
+    try:
+        np.asarray(array[region])
+    except Exception:  # noqa: BLE001  # a damaged chunk, whatever the codec says
+        return False
+    return True
 
 
 def normalization_sample(volume: InputVolume, regions: int, max_values: int) -> npt.NDArray[Any]:
@@ -308,8 +364,14 @@ def normalization_sample(volume: InputVolume, regions: int, max_values: int) -> 
         plane, row, col = (int(i) for i in np.unravel_index(flat, grid))
         rows = (row * SAMPLE_EDGE, min(height, (row + 1) * SAMPLE_EDGE))
         cols = (col * SAMPLE_EDGE, min(width, (col + 1) * SAMPLE_EDGE))
-        samples.append(volume.read_window(range(plane, plane + 1), rows, cols).ravel())
+        with naming_damage(volume.ref, volume.array, range(plane, plane + 1), rows, cols):
+            samples.append(volume.read_window(range(plane, plane + 1), rows, cols).ravel())
     values = np.concatenate(samples)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        raise InputError(
+            f"{volume.ref.url}: NaN or Inf values in the input (seen in the normalisation sample); "
+            "replace them (e.g. with 0) before segmenting"
+        )
     stride = max(1, math.ceil(values.size / max_values))
     return values[::stride]
 

@@ -297,3 +297,4 @@ def test_a_two_channel_model_reads_the_listed_channels_each_normalised_alone(
     torch.set_num_threads(1)
     expected = np.stack([canonical_prediction(model, plane, tile=36)[1] for plane in stacked])
     assert np.array_equal(zarr.open_array(str(output / "s0"), mode="r")[...], expected)
+    assert render_preview(str(output), max_pixels=200).shape == (120, 140, 3)

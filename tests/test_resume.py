@@ -200,7 +200,8 @@ def test_block_that_always_fails(setup: dict[str, Path], dask_address: str, tmp_
             "--no-progress",
         ],
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # the input's data is at fault, as with any bad input
+    assert f"{volume}: cannot read input chunk(s) z 0, y 0, x 0 (chunks of 1 x 64 x 64)" in result.output
     assert re.search(r"predict of block \d+ \(z, y, x from \(0, \d+, \d+\)", result.output), (
         result.output
     )  # halos share it
