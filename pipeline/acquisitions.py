@@ -15,6 +15,7 @@ Output names mirror the input tree: ``day1/embryo.zarr`` ->
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Literal
 
 from pipeline.errors import InputError
+
+log = logging.getLogger(__name__)
 
 ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray", ".zattrs", ".zmetadata")
 ZARR_SUFFIXES = (".ome.zarr", ".zarr")
@@ -74,6 +77,11 @@ def _walk(
         if entry.name.startswith(".") or entry.name.endswith(ready_marker):
             continue
         path = Path(entry.path)
+        if entry.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+            log.warning(
+                "%s links to %s, outside the input root %s: not segmented", path, path.resolve(), root
+            )
+            continue
         lower = entry.name.lower()
         if entry.is_dir(follow_symlinks=True):
             if _is_zarr(path) or lower.endswith(ZARR_SUFFIXES):

@@ -124,3 +124,23 @@ def test_missing_input_root_and_overlapping_roots(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="overlap"):
         check_roots(tmp_path / "in", tmp_path / "in")
     check_roots(tmp_path / "in", tmp_path / "out")
+
+
+def test_links_that_leave_the_input_root_are_not_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    make_zarr(elsewhere / "secret.zarr")
+    make_zarr(root / "own.zarr")
+    (root / "shared").mkdir()
+    make_zarr(root / "shared" / "inner.zarr")
+    (root / "escape.zarr").symlink_to(elsewhere / "secret.zarr")
+    (root / "escape-folder").symlink_to(elsewhere)
+    (root / "alias.zarr").symlink_to(root / "shared" / "inner.zarr")  # a link that stays inside is fine
+    age(tmp_path, 2 * QUIET)
+    with caplog.at_level("WARNING", logger="pipeline.acquisitions"):
+        names = sorted(by_name(root))
+    assert names == ["alias", "own", "shared/inner"]
+    assert sum("outside the input root" in record.getMessage() for record in caplog.records) == 2
