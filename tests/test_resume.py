@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import pytest
 import torch
 import zarr
 from click.testing import CliRunner
+from distributed import Client, LocalCluster
 
 from pipeline.checkpoint import save_checkpoint
 from pipeline.cli import cli
@@ -116,7 +119,9 @@ def reference(setup: dict[str, Path], dask_address: str) -> dict[str, np.ndarray
     return arrays(output)
 
 
-@pytest.mark.parametrize(("stage", "count"), [("predict", 40), ("relabel", 30)])
+@pytest.mark.parametrize(
+    ("stage", "count"), [("predict", 40), ("contacts", 60), ("relabel", 30), ("pyramid s1", 20)]
+)
 def test_killed_run_resumes_to_identical_output(
     setup: dict[str, Path],
     reference: dict[str, np.ndarray],
@@ -126,11 +131,10 @@ def test_killed_run_resumes_to_identical_output(
     count: int,
 ) -> None:
     output = tmp_path / "out.ome.zarr"
-    done_at_kill = kill_when(start_driver(setup, output), output, stage, count)
+    done_at_kill = kill_when(start_driver(setup, output), output, stage.replace(" ", "-"), count)
     killed = state(output)
     assert killed["complete"] is False
     assert killed["runs"][0]["status"] == "running"  # it never got to say otherwise
-    assert done_at_kill < 360, "the kill came after the stage had finished"
 
     code, text = cli_segment(setup, output, "--resume", "--cluster", dask_address)
     assert code == 0, text
@@ -140,10 +144,44 @@ def test_killed_run_resumes_to_identical_output(
     assert second["resumed_from"] == first["run_id"]
     assert second["normalization"] == first["normalization"]
     figures = second["stages"][stage]
+    assert done_at_kill < figures["blocks"], "the kill came after the stage had finished"
     assert figures["skipped_done"] >= done_at_kill
-    assert figures["computed"] == 360 - figures["skipped_done"] < 360
-    if stage == "relabel":
+    assert figures["computed"] == figures["blocks"] - figures["skipped_done"] < figures["blocks"]
+    if stage != "predict":
         assert second["stages"]["predict"]["computed"] == 0
+    got = arrays(output)
+    for path, expected in reference.items():
+        assert np.array_equal(got[path], expected), path
+
+
+def test_a_killed_worker_is_replaced_and_the_output_is_identical(
+    setup: dict[str, Path], reference: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    output = tmp_path / "out.ome.zarr"
+    options = {"host": "127.0.0.1", "dashboard_address": None, "silence_logs": logging.CRITICAL}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, **options) as cluster:
+        with Client(cluster) as client:
+            victim = next(iter(client.run(os.getpid).values()))
+
+        killed_at: list[int] = []
+
+        def kill_one_worker() -> None:
+            deadline = time.monotonic() + 240
+            while markers(output, "predict") < 40 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.kill(victim, signal.SIGKILL)
+            killed_at.append(markers(output, "predict"))
+
+        killer = threading.Thread(target=kill_one_worker)
+        killer.start()
+        code, text = cli_segment(setup, output, "--cluster", cluster.scheduler_address)
+        killer.join()
+    assert code == 0, text
+    assert killed_at and 40 <= killed_at[0] < 360, killed_at  # mid-predict
+    record = state(output)
+    assert record["complete"] is True and markers(output, "predict") == 0  # markers go with the finished run
+    predict = record["runs"][0]["stages"]["predict"]
+    assert predict["computed"] == predict["blocks"] == 360
     got = arrays(output)
     for path, expected in reference.items():
         assert np.array_equal(got[path], expected), path
