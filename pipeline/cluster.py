@@ -11,6 +11,7 @@ of thousands of blocks never floods the scheduler.
 from __future__ import annotations
 
 import logging
+import os
 import resource
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -137,6 +138,18 @@ def run_bounded(
         leftover = list(window.futures)
         if leftover:
             client.cancel(leftover)
+
+
+def check_workers_see(client: Client, paths: list[str]) -> None:
+    """InputError naming the workers (and hosts) that cannot see these local paths (the input, the output)."""
+    for path in paths:
+        seen = client.run(os.path.exists, path)
+        blind = sorted(address for address, exists in seen.items() if not exists)
+        if blind:
+            raise InputError(
+                f"{path} is not visible to {len(blind)} of {len(seen)} Dask workers ({', '.join(blind[:4])}): "
+                "mount it at the same path on every node"
+            )
 
 
 def cluster_shape(client: Client) -> dict[str, Any]:

@@ -7,7 +7,9 @@ written, so a refused request leaves no trace.
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,6 +25,8 @@ from pipeline.labels import Connectivity
 from pipeline.omezarr import OutputLayout, auto_levels, is_pipeline_output, output_exists
 from pipeline.pixels import PLANE_AXES, ScaleCheck, check_scale
 from pipeline.store import InputVolume, PixelSize, open_input, resampled_input
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,10 @@ def plan_run(request: SegmentRequest) -> RunPlan:
         pixel_sizes=source.pixel_sizes,
         ngff=config.output.ngff,
     )
+    if "://" not in request.output_url and not request.resume:
+        _check_free_space(
+            Path(comparable(request.output_url)), estimated_bytes(layout, config.labels.enabled)
+        )
     grid, model_grid = (
         BlockGrid(
             seen.shape_zyx,
@@ -206,6 +214,37 @@ def _check_output_path(request: SegmentRequest) -> None:
         raise InputError(
             f"output {request.output_url} exists and is not a unet-pipeline output; --overwrite replaces "
             "only outputs of this pipeline: move it away or choose another output path"
+        )
+
+
+ASSUMED_COMPRESSION = 4  # zstd on probabilities and labels of cells: 5-20x measured; refuse below 1/4 of raw
+
+
+def estimated_bytes(layout: OutputLayout, labels: bool) -> int:
+    """Uncompressed size of the output: every level of the probability and, with labels, uint32 labels."""
+    voxels = sum(math.prod(layout.level_shape(level)) for level in range(layout.levels + 1))
+    probability = 1 if layout.dtype == "uint8" else 4
+    return voxels * (probability + (4 if labels else 0))
+
+
+def _check_free_space(output: Path, raw: int) -> None:
+    """Refuse when the output's disk has less free space than the output compressed at least 4x."""
+    folder = output.parent
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < raw / ASSUMED_COMPRESSION:
+        raise InputError(
+            f"not enough space for output {output}: {free / 1e9:.2f} GB free on {folder}, the output needs "
+            f"about {raw / ASSUMED_COMPRESSION / 1e9:.2f} GB ({raw / 1e9:.2f} GB before compression); free some "
+            "space or write elsewhere"
+        )
+    if free < raw:
+        log.warning(
+            "output %s: %.2f GB free, %.2f GB before compression: it should fit",
+            output,
+            free / 1e9,
+            raw / 1e9,
         )
 
 

@@ -34,7 +34,7 @@ from pipeline.blocks import (
     relabel_block,
     resample_block,
 )
-from pipeline.cluster import cluster_shape, open_client, run_bounded, worker_peak_rss
+from pipeline.cluster import check_workers_see, cluster_shape, open_client, run_bounded, worker_peak_rss
 from pipeline.errors import InputError
 from pipeline.geometry import BlockGrid
 from pipeline.labels import BlockLabels, merge_labels
@@ -140,6 +140,9 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
                 with _client(request, client) as active:
                     record["cluster"] = cluster_shape(active)
                     save()
+                    check_workers_see(
+                        active, [p for p in (plan.volume.ref.url, plan.output_url) if "://" not in p]
+                    )
                     _run_stages(active, plan, stats, run_id, record, save)
                     record["worker_peak_rss_bytes"] = worker_peak_rss(active)
                 remove_scratch(plan.output_url)

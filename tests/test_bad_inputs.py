@@ -15,9 +15,12 @@ import torch
 import yaml
 import zarr
 from click.testing import CliRunner
+from distributed import Client
 
 from pipeline.checkpoint import save_checkpoint
 from pipeline.cli import cli
+from pipeline.cluster import check_workers_see
+from pipeline.errors import InputError
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
 from pipeline.synthetic import cell_image, write_synthetic_acquisition
@@ -257,3 +260,24 @@ def test_the_catalogue_lists_every_case(tmp_path: Path) -> None:
         folder = tmp_path / make.__name__
         folder.mkdir()
         assert make(folder).says in catalogue, make.__name__
+
+
+def test_too_little_free_space_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    usage = type("Usage", (), {"total": 10**12, "used": 10**12 - 1000, "free": 1000})
+    monkeypatch.setattr("pipeline.plan.shutil.disk_usage", lambda _folder: usage)
+    case = Case(
+        run_args(tmp_path, volume(tmp_path)), tmp_path / "out.ome.zarr", "not enough space for output"
+    )
+    result = CliRunner().invoke(cli, ["segment", *case.args, "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert f"error: not enough space for output {case.named}: 0.00 GB free on {tmp_path}" in result.output
+    assert not case.named.exists()
+
+
+def test_paths_the_workers_cannot_see_are_named(tmp_path: Path, dask_address: str) -> None:
+    with Client(dask_address) as client:
+        check_workers_see(client, [str(tmp_path)])
+        with pytest.raises(InputError, match=r"/nowhere/in\.zarr is not visible to 2 of 2 Dask workers"):
+            check_workers_see(client, ["/nowhere/in.zarr"])
