@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 import yaml
 import zarr
@@ -78,3 +79,15 @@ def write_small_setup(
     config = folder / "small.yaml"
     config.write_text(yaml.safe_dump(settings))
     return model, config
+
+
+def write_ome_tiff(
+    path: Path, data: np.ndarray, axes: str, sizes: tuple[float, float, float], **options: Any
+) -> str:
+    """A tiled (64 x 64) OME-TIFF with ``axes`` and pixel sizes (z, y, x) in um."""
+    z, y, x = sizes
+    metadata = {"axes": axes, "PhysicalSizeX": x, "PhysicalSizeY": y, "PhysicalSizeZ": z}
+    tifffile.imwrite(
+        path, data, ome=True, tile=(64, 64), photometric="minisblack", metadata=metadata, **options
+    )
+    return str(path)

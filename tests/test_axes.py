@@ -24,7 +24,7 @@ from pipeline.preview import render_preview
 from pipeline.store import PixelSize, open_input
 from pipeline.synthetic import cell_image
 from tests.canonical import canonical_prediction
-from tests.conftest import write_small_setup, write_volume
+from tests.conftest import write_ome_tiff, write_small_setup, write_volume
 
 SPATIAL = (3, 120, 140)
 SETTINGS = {
@@ -64,18 +64,6 @@ def write_ome_zarr(path: Path, data: np.ndarray) -> str:
             }
         ],
     }
-    return str(path)
-
-
-def write_ome_tiff(path: Path, data: np.ndarray) -> str:
-    tifffile.imwrite(
-        path,
-        data,
-        ome=True,
-        tile=(64, 64),
-        photometric="minisblack",
-        metadata={"axes": "TCZYX", "PhysicalSizeX": 0.3, "PhysicalSizeY": 0.3, "PhysicalSizeZ": 2.0},
-    )
     return str(path)
 
 
@@ -119,7 +107,7 @@ def test_one_channel_of_one_timepoint_segments_like_that_volume_alone(
     if form == "ome-zarr":
         source = write_ome_zarr(tmp_path / "in.ome.zarr", data)
     else:
-        source = write_ome_tiff(tmp_path / "in.ome.tif", data)
+        source = write_ome_tiff(tmp_path / "in.ome.tif", data, "TCZYX", (2.0, 0.3, 0.3))
     volume = open_input(source, channel=1, timepoint=1)
     assert volume.ref.axes == "zyx" and volume.selection == {"t": 1, "c": 1}
     assert volume.pixel_sizes["z"] == PixelSize(2.0, "micrometer")

@@ -20,7 +20,7 @@ from pipeline.geometry import read_amplification
 from pipeline.run import SegmentRequest, segment
 from pipeline.store import PixelSize, open_input, read_mirrored
 from pipeline.synthetic import cell_image, write_synthetic_acquisition
-from tests.conftest import write_small_setup, write_volume
+from tests.conftest import write_ome_tiff, write_small_setup, write_volume
 
 SHAPE = (3, 150, 170)
 SETTINGS = {
@@ -37,16 +37,7 @@ def data() -> np.ndarray:
 
 def write_inputs(folder: Path, data: np.ndarray) -> dict[str, str]:
     """The same volume in every form a facility might hand us."""
-    ome_tiff = folder / "tiled.ome.tif"
-    tifffile.imwrite(
-        ome_tiff,
-        data,
-        ome=True,
-        tile=(64, 64),
-        compression="zlib",
-        photometric="minisblack",
-        metadata={"axes": "ZYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25, "PhysicalSizeZ": 1.5},
-    )
+    ome_tiff = write_ome_tiff(folder / "tiled.ome.tif", data, "ZYX", (1.5, 0.25, 0.25), compression="zlib")
     striped = folder / "striped.tif"
     tifffile.imwrite(striped, data, rowsperstrip=7, compression="lzw", photometric="minisblack")
     imagej = folder / "imagej.tif"
@@ -65,7 +56,7 @@ def write_inputs(folder: Path, data: np.ndarray) -> dict[str, str]:
         "zarr-v2": write_volume(folder / "v2.zarr", data, (1, 50, 50), zarr_format=2),
         "zarr-v3": write_volume(folder / "v3.zarr", data, (1, 64, 64)),
         "ome-zarr": str(ome_zarr),
-        "ome-tiff-tiled": str(ome_tiff),
+        "ome-tiff-tiled": ome_tiff,
         "tiff-striped-lzw": str(striped),
         "imagej-tiff-zstd": str(imagej),
     }
