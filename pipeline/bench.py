@@ -161,12 +161,11 @@ def precision_agreement(settings: BenchSettings) -> dict[str, Any]:
     plane = np.asarray(write_plane(settings), dtype=np.float32)
     stats = Normalization("percentile", 1.0, 99.8).statistics(plane.ravel())
     normalised = stats.apply(plane)
-    use_demo = DEMO_MODEL.exists() and load_checkpoint(DEMO_MODEL).model.geometry.is_valid_input(
-        settings.tile + 2 * load_checkpoint(DEMO_MODEL).model.geometry.halo
-    )
+    demo = load_checkpoint(DEMO_MODEL).model if DEMO_MODEL.exists() else None
+    use_demo = demo is not None and demo.geometry.is_valid_input(settings.tile + 2 * demo.geometry.halo)
+    model = demo if demo is not None and use_demo else bench_model(settings)
     results = {}
-    for dtype in ("float32", "bfloat16"):
-        model = load_checkpoint(DEMO_MODEL).model if use_demo else bench_model(settings)
+    for dtype in ("float32", "bfloat16"):  # fp32 first: predict_plane casts the model in place
         results[dtype] = predict_plane(
             model, normalised, tile=settings.tile, batch_size=4, device=settings.device, dtype=dtype
         )[1]
