@@ -22,6 +22,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import InputError
 from pipeline.normalization import Normalization, NormalizationStats
 from pipeline.store import LABEL_DTYPES, InputVolume, normalization_sample, open_input, read_mirrored
+from pipeline.tiff import is_tiff
 from pipeline.weights import weight_map
 
 
@@ -39,11 +40,13 @@ def find_pairs(images: str, labels: str | None) -> list[tuple[str, str, str]]:
     source = Path(images)
     if not source.exists():
         raise InputError(f"no training images at {images}")
-    if _is_zarr(source):
+    if _is_zarr(source) or source.is_file():
         return [(source.name, str(source), labels or _embedded_labels(source))]
-    found = sorted(child for child in source.iterdir() if child.is_dir() and _is_zarr(child))
+    found = sorted(
+        child for child in source.iterdir() if (child.is_dir() and _is_zarr(child)) or is_tiff(child.name)
+    )
     if not found:
-        raise InputError(f"{images} holds no Zarr / OME-Zarr volumes to train on")
+        raise InputError(f"{images} holds no Zarr / OME-Zarr volumes or TIFF files to train on")
     pairs = []
     for child in found:
         if labels is None:
@@ -61,6 +64,8 @@ def _is_zarr(path: Path) -> bool:
 
 
 def _embedded_labels(image: Path) -> str:
+    if image.is_file():
+        raise InputError(f"{image} is a file and carries no labels: pass them with --labels")
     names: list[str] = []
     try:
         attrs: dict[str, Any] = dict(zarr.open_group(str(image / "labels"), mode="r").attrs)

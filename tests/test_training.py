@@ -7,11 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from scipy import ndimage
 
 from pipeline.augment import deform, elastic_field, flip_rotate
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import TrainConfig
+from pipeline.errors import InputError
 from pipeline.metrics import foreground_iou, match_instances, touching_pairs
 from pipeline.synthetic import fluorescence_image, nuclei_labels, write_synthetic_acquisition
 from pipeline.train import train
@@ -121,3 +123,34 @@ def test_a_short_training_run_learns_and_is_reproducible(tmp_path: Path) -> None
     checkpoint = load_checkpoint(tmp_path / "a.safetensors")
     assert checkpoint.training["status"] == "trained" and checkpoint.training["best"]["step"] in (12, 24)
     assert checkpoint.training["pixel_size_um"] == {"y": 0.5, "x": 0.5}
+
+
+def test_tiff_pairs_train_from_files_and_folders(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for seed in (1, 2):
+        labels = nuclei_labels((2, 120, 120), seed=seed)
+        tifffile.imwrite(tmp_path / "images" / f"n{seed}.tif", fluorescence_image(labels, seed=seed))
+        tifffile.imwrite(tmp_path / "labels" / f"n{seed}.tif", labels.astype(np.uint16))
+    config = TrainConfig(base_channels=2, depth=3, tile=36, steps=2, validate_every=2, threads=1)
+    folder = train(
+        str(tmp_path / "images"),
+        str(tmp_path / "labels"),
+        tmp_path / "a.safetensors",
+        config,
+        show_progress=False,
+    )
+    assert [pair["name"] for pair in folder["data"]] == ["n1.tif", "n2.tif"]
+    single = tmp_path / "images" / "n1.tif"
+    one = train(
+        str(single),
+        str(tmp_path / "labels" / "n1.tif"),
+        tmp_path / "b.safetensors",
+        config,
+        show_progress=False,
+    )
+    assert one["data"] == [
+        {"name": "n1.tif", "image": str(single), "labels": str(tmp_path / "labels" / "n1.tif")}
+    ]
+    with pytest.raises(InputError, match="is a file and carries no labels: pass them with --labels"):
+        train(str(single), None, tmp_path / "c.safetensors", config, show_progress=False)
