@@ -24,3 +24,7 @@ class CheckpointError(InputError):
 
 class InputDataError(InputError):
     """The input's data cannot be used: an unreadable chunk, NaN or Inf values (found by a block)."""
+
+
+class OutputWriteError(PipelineError):
+    """Writing the output failed (disk full, file too large, a store error); it stays incomplete."""

@@ -35,7 +35,7 @@ from pipeline.blocks import (
     resample_block,
 )
 from pipeline.cluster import check_workers_see, cluster_shape, open_client, run_bounded, worker_peak_rss
-from pipeline.errors import InputError
+from pipeline.errors import InputError, OutputWriteError
 from pipeline.geometry import BlockGrid
 from pipeline.labels import BlockLabels, merge_labels
 from pipeline.lock import hold_lock, read_lock
@@ -69,8 +69,20 @@ T = TypeVar("T")
 def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, Any]:
     """Segment one volume (or continue an interrupted run); return the run record.
 
-    ``client``: reuse a running Dask cluster instead of opening one.
+    ``client``: reuse a running Dask cluster instead of opening one. A failed write of the output
+    (disk full, file too large, a store error) becomes an OutputWriteError naming the output; what
+    was written stays, marked incomplete, for ``--resume``.
     """
+    try:
+        return _segment(request, client)
+    except OSError as error:
+        raise OutputWriteError(
+            f"writing {request.output_url} failed: {error}; the output is left incomplete: free space "
+            "(or mend the store) and run again with --resume"
+        ) from error
+
+
+def _segment(request: SegmentRequest, client: Client | None) -> dict[str, Any]:
     started = time.perf_counter()
     plan = plan_run(request)
     run_id = request.run_id or str(uuid.uuid4())
@@ -156,7 +168,10 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
                     wall_seconds=round(time.perf_counter() - started, 3),
                     error=f"{type(error).__name__}: {error}" if str(error) else type(error).__name__,
                 )
-                save()
+                try:
+                    save()
+                except OSError as unsaved:  # the disk that failed the run may refuse its record too
+                    log.error("run %s: its record could not be saved: %s", run_id, unsaved)
                 log.error("run %s %s: %s", run_id, record["status"], str(error) or type(error).__name__)
                 raise
             record.update(
@@ -208,6 +223,11 @@ def _resumable(
     state = read_state(open_output(plan.output_url))
     if state["complete"]:
         raise InputError(f"--resume: {plan.request.output_url} is already complete; nothing to resume")
+    if not state["runs"]:
+        raise InputError(
+            f"--resume: {plan.request.output_url} holds no run record to continue (its run failed before "
+            "writing one): start over with --overwrite"
+        )
     first = state["runs"][0]
     changes = resume_differences(plan, first, input_fingerprint)
     if changes:

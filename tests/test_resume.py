@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -182,6 +183,36 @@ def test_a_killed_worker_is_replaced_and_the_output_is_identical(
     assert record["complete"] is True and markers(output, "predict") == 0  # markers go with the finished run
     predict = record["runs"][0]["stages"]["predict"]
     assert predict["computed"] == predict["blocks"] == 360
+    got = arrays(output)
+    for path, expected in reference.items():
+        assert np.array_equal(got[path], expected), path
+
+
+def test_a_full_disk_fails_cleanly_and_resume_completes_after(
+    setup: dict[str, Path], reference: dict[str, np.ndarray], tmp_path: Path
+) -> None:
+    """Files may not grow past a little under the finished record (RLIMIT_FSIZE): a save mid-run fails."""
+    limit = (setup["root"] / "reference.ome.zarr" / "zarr.json").stat().st_size - 800
+    output = tmp_path / "out.ome.zarr"
+    script = Path(sys.executable).with_name("unet-pipeline")
+    failed = subprocess.run(
+        [str(script), "--quiet", *segment_args(setup, output, "--cluster", "local", "--workers", "2")],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert (
+        f"error: writing {output} failed: [Errno 27] File too large; the output is left incomplete"
+        in failed.stderr
+    )
+    assert "Traceback" not in failed.stderr
+    assert state(output)["complete"] is False
+    code, text = cli_segment(setup, output, "--resume", "--cluster", "local", "--workers", "2")
+    assert code == 0, text
+    assert state(output)["complete"] is True
     got = arrays(output)
     for path, expected in reference.items():
         assert np.array_equal(got[path], expected), path
