@@ -84,3 +84,16 @@ class NormalizationStats:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NormalizationStats:
         return cls(offset=float(data["offset"]), scale=float(data["scale"]))
+
+
+def stats_to_record(stats: tuple[NormalizationStats, ...]) -> dict[str, Any]:
+    """A run record's normalisation: the one channel's map, or ``{"channels": [...]}`` for several."""
+    if len(stats) == 1:
+        return stats[0].to_dict()
+    return {"channels": [channel.to_dict() for channel in stats]}
+
+
+def stats_from_record(normalization: dict[str, Any]) -> tuple[NormalizationStats, ...]:
+    if "channels" in normalization:
+        return tuple(NormalizationStats.from_dict(channel) for channel in normalization["channels"])
+    return (NormalizationStats.from_dict(normalization),)

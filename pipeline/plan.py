@@ -60,6 +60,15 @@ class RunPlan:
     def output_url(self) -> str:
         return comparable(self.request.output_url)
 
+    @property
+    def predict_grid(self) -> BlockGrid:
+        """The grid the network runs on: the model's grid under --rescale, else the output's."""
+        return self.model_grid or self.grid
+
+    @property
+    def predict_blocks(self) -> list[Block]:
+        return self.model_blocks if self.model_grid else self.blocks
+
 
 def plan_run(request: SegmentRequest) -> RunPlan:
     """Validate the request (raises InputError); writes nothing."""
@@ -229,9 +238,7 @@ def estimated_bytes(layout: OutputLayout, labels: bool) -> int:
 
 def _check_free_space(output: Path, raw: int) -> None:
     """Refuse when the output's disk has less free space than the output compressed at least 4x."""
-    folder = output.parent
-    while not folder.exists():
-        folder = folder.parent
+    folder = _nearest_existing(output.parent)
     free = shutil.disk_usage(folder).free
     if free < raw / ASSUMED_COMPRESSION:
         raise InputError(
@@ -248,11 +255,16 @@ def _check_free_space(output: Path, raw: int) -> None:
         )
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path``, or the closest of its parents that exists (where the output's folders will be made)."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def _check_writable(output: Path) -> None:
     """The output's nearest existing folder must be a folder this process can write in (a probe file)."""
-    folder = output.parent
-    while not folder.exists():
-        folder = folder.parent
+    folder = _nearest_existing(output.parent)
     if not folder.is_dir():
         raise InputError(f"cannot write output {output}: {folder} is not a folder")
     try:

@@ -40,7 +40,7 @@ from pipeline.geometry import BlockGrid
 from pipeline.labels import BlockLabels, merge_labels
 from pipeline.lock import hold_lock, read_lock
 from pipeline.markers import done_blocks, read_marker
-from pipeline.normalization import NormalizationStats
+from pipeline.normalization import NormalizationStats, stats_from_record, stats_to_record
 from pipeline.omezarr import (
     SCRATCH_PROBABILITY,
     create_labels,
@@ -121,7 +121,7 @@ def _segment(request: SegmentRequest, client: Client | None) -> dict[str, Any]:
             },
             config=request.config.resolved(),
             output_config_hash=request.config.output_hash(),
-            normalization=stats_record(stats),
+            normalization=stats_to_record(stats),
             blocks=len(plan.blocks),
         )
         record["resumed_from"] = previous_id
@@ -202,20 +202,6 @@ def _warn_on_read_amplification(plan: RunPlan) -> float:
     return ratio
 
 
-def stats_record(stats: tuple[NormalizationStats, ...]) -> dict[str, Any]:
-    """The record's normalisation: the map of the one channel, or ``{"channels": [...]}`` for several."""
-    if len(stats) == 1:
-        return stats[0].to_dict()
-    return {"channels": [channel.to_dict() for channel in stats]}
-
-
-def recorded_stats(record: dict[str, Any]) -> tuple[NormalizationStats, ...]:
-    normalization = record["normalization"]
-    if "channels" in normalization:
-        return tuple(NormalizationStats.from_dict(channel) for channel in normalization["channels"])
-    return (NormalizationStats.from_dict(normalization),)
-
-
 def _resumable(
     plan: RunPlan, input_fingerprint: dict[str, Any]
 ) -> tuple[tuple[NormalizationStats, ...], str]:
@@ -236,7 +222,7 @@ def _resumable(
             + "; ".join(changes)
             + ". Resume with the original model, config and input, or start over with --overwrite"
         )
-    return recorded_stats(first), str(state["runs"][-1]["run_id"])
+    return stats_from_record(first["normalization"]), str(state["runs"][-1]["run_id"])
 
 
 def _replace_previous(plan: RunPlan) -> None:
@@ -264,11 +250,10 @@ def _run_stages(
     config = plan.request.config
     checkpoint = CheckpointRef(str(plan.checkpoint.path.resolve()), plan.checkpoint.sha256)
     resampled = plan.model_grid is not None
-    predict_grid = plan.model_grid or plan.grid
     predict_tasks = [
         PredictTask(
             block=block,
-            volume_shape=predict_grid.volume_shape,
+            volume_shape=plan.predict_grid.volume_shape,
             input=plan.volume.ref,
             output_url=plan.output_url,
             checkpoint=checkpoint,
@@ -279,7 +264,7 @@ def _run_stages(
             labels=None if resampled else plan.label_rule,
             target=SCRATCH_PROBABILITY if resampled else "s0",
         )
-        for block in (plan.model_blocks if resampled else plan.blocks)
+        for block in plan.predict_blocks
     ]
     reports = _run_stage(
         client, plan, "predict", predict_block, predict_tasks, lambda t: t.block.block_id, run_id, record
@@ -462,9 +447,7 @@ def _describe(plan: RunPlan, stage: str, block_id: int) -> str:
     if stage.startswith("pyramid"):
         return f"{stage} shard block {block_id}"
     grid, blocks = (
-        (plan.model_grid, plan.model_blocks)
-        if stage == "predict" and plan.model_grid
-        else (plan.grid, plan.blocks)
+        (plan.predict_grid, plan.predict_blocks) if stage == "predict" else (plan.grid, plan.blocks)
     )
     roi = blocks[block_id].write_roi(grid.volume_shape, grid.tile)
     return f"{stage} of block {block_id} (z, y, x from {roi.start} to {roi.stop})"
