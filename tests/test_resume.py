@@ -108,6 +108,12 @@ def arrays(output: Path) -> dict[str, np.ndarray]:
     return {path: zarr.open_array(str(output / path), mode="r")[...] for path in paths}
 
 
+def assert_same_arrays(output: Path, reference: dict[str, np.ndarray]) -> None:
+    got = arrays(output)
+    for path, expected in reference.items():
+        assert np.array_equal(got[path], expected), path
+
+
 def state(output: Path) -> dict[str, Any]:
     return dict(zarr.open_group(str(output), mode="r").attrs["unet_pipeline"])
 
@@ -150,9 +156,7 @@ def test_killed_run_resumes_to_identical_output(
     assert figures["computed"] == figures["blocks"] - figures["skipped_done"] < figures["blocks"]
     if stage != "predict":
         assert second["stages"]["predict"]["computed"] == 0
-    got = arrays(output)
-    for path, expected in reference.items():
-        assert np.array_equal(got[path], expected), path
+    assert_same_arrays(output, reference)
 
 
 def test_a_killed_worker_is_replaced_and_the_output_is_identical(
@@ -183,9 +187,7 @@ def test_a_killed_worker_is_replaced_and_the_output_is_identical(
     assert record["complete"] is True and markers(output, "predict") == 0  # markers go with the finished run
     predict = record["runs"][0]["stages"]["predict"]
     assert predict["computed"] == predict["blocks"] == 360
-    got = arrays(output)
-    for path, expected in reference.items():
-        assert np.array_equal(got[path], expected), path
+    assert_same_arrays(output, reference)
 
 
 def test_a_full_disk_fails_cleanly_and_resume_completes_after(
@@ -213,9 +215,7 @@ def test_a_full_disk_fails_cleanly_and_resume_completes_after(
     code, text = cli_segment(setup, output, "--resume", "--cluster", "local", "--workers", "2")
     assert code == 0, text
     assert state(output)["complete"] is True
-    got = arrays(output)
-    for path, expected in reference.items():
-        assert np.array_equal(got[path], expected), path
+    assert_same_arrays(output, reference)
 
 
 def test_resume_refused_after_model_or_config_change(
