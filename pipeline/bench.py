@@ -32,7 +32,7 @@ from pipeline.model import UNet
 from pipeline.normalization import Normalization
 from pipeline.predict import predict_plane, prepare_model
 from pipeline.run import SegmentRequest, segment
-from pipeline.synthetic import write_synthetic_acquisition
+from pipeline.synthetic import fluorescence_image, nuclei_labels, write_synthetic_acquisition
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,27 @@ class BenchProfile:
     channels_last: bool
     compiled: bool
     batch_size: int
+    deterministic: bool = True  # False: cuDNN benchmark mode (fastest kernels, not bitwise repeatable)
 
     @property
     def name(self) -> str:
         layout = "channels_last" if self.channels_last else "NCHW"
-        return f"{self.dtype} {layout} {'compiled' if self.compiled else 'eager'} b{self.batch_size}"
+        mode = "" if self.deterministic else " benchmark-mode"
+        return f"{self.dtype} {layout} {'compiled' if self.compiled else 'eager'} b{self.batch_size}{mode}"
+
+    @classmethod
+    def parse(cls, text: str) -> BenchProfile:
+        """``dtype:layout:mode:batch[:benchmark]``, e.g. ``bf16:cl:compiled:32`` (layout cl or nchw)."""
+        parts = text.strip().split(":")
+        if len(parts) not in (4, 5) or parts[0] not in DTYPE_NAMES or parts[1] not in ("cl", "nchw"):
+            raise ValueError(f"profile {text!r} is not dtype:layout:mode:batch, e.g. bf16:cl:compiled:32")
+        if (
+            parts[2] not in ("eager", "compiled")
+            or not parts[3].isdigit()
+            or parts[4:] not in ([], ["benchmark"])
+        ):
+            raise ValueError(f"profile {text!r} is not dtype:layout:mode:batch, e.g. bf16:cl:compiled:32")
+        return cls(parts[0], parts[1] == "cl", parts[2] == "compiled", int(parts[3]), not parts[4:])
 
 
 NAIVE = BenchProfile("fp32", False, False, 1)
@@ -69,11 +85,16 @@ class BenchSettings:
     min_seconds: float = 2.0  # per profile, after warm-up
     e2e_shape: tuple[int, int, int] | None = (4, 3104, 3104)
     e2e_workers: int = 1
+    e2e_tasks_per_worker: int = 2  # blocks a worker runs at once (Dask threads)
+    e2e_block_tiles: int = 4
+    profiles: tuple[BenchProfile, ...] = ()  # explicit list instead of the matrix (the naive one is added)
 
 
 def profiles(settings: BenchSettings) -> list[BenchProfile]:
     """The naive profile first, then every dtype x layout x batch size (x compiled), no repeats."""
     found = [NAIVE]
+    if settings.profiles:
+        return found + [profile for profile in settings.profiles if profile != NAIVE]
     for dtype in settings.dtypes:
         for channels_last in settings.layouts:
             for batch in settings.batch_sizes:
@@ -125,8 +146,12 @@ def measure_model(settings: BenchSettings, profile: BenchProfile) -> dict[str, A
     batch = torch.randn(profile.batch_size, 1, window, window).to(
         device=device, dtype=next(model.parameters()).dtype, memory_format=memory_format
     )
-    forward: Any = torch.compile(model) if profile.compiled else model
-    with tf32(profile.dtype == "tf32" and device.type == "cuda"), torch.inference_mode():
+    forward: Any = torch.compile(model, dynamic=False) if profile.compiled else model
+    with (
+        tf32(profile.dtype == "tf32" and device.type == "cuda"),
+        cudnn_mode(profile.deterministic),
+        torch.inference_mode(),
+    ):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         compile_started = time.perf_counter()
@@ -193,8 +218,8 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
     assert settings.e2e_shape is not None
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        source = f"{root}/input.ome.zarr"
-        write_synthetic_acquisition(source, settings.e2e_shape, (1, 512, 512), seed=11)
+        source = f"{root}/input.zarr"
+        write_bench_volume(source, settings.e2e_shape)
         checkpoint = root / "bench.safetensors"
         save_checkpoint(
             checkpoint, bench_model(settings), normalization=Normalization("percentile", 1.0, 99.8)
@@ -203,12 +228,17 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         config = load_config(
             overrides={
                 "cluster.workers": settings.e2e_workers,
+                "cluster.threads_per_worker": settings.e2e_tasks_per_worker,
+                "cluster.in_flight_per_worker": settings.e2e_tasks_per_worker + 1,
                 "profile.device": settings.device,
                 "profile.dtype": DTYPE_NAMES[best["dtype"]],
                 "profile.channels_last": best["channels_last"],
                 "profile.batch_size": best["batch_size"],
+                "profile.deterministic": best["deterministic"],
                 "profile.threads": threads,
                 "tiling.tile": settings.tile,
+                "tiling.block_tiles": [settings.e2e_block_tiles] * 2,
+                "tiling.shard_tiles": min(4, settings.e2e_block_tiles),
             }
         )
         with gpu_utilisation(settings.device) as samples:
@@ -222,7 +252,9 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         "shape": list(shape),
         "profile": best["profile"],
         "workers": settings.e2e_workers,
-        "threads_per_worker": threads,
+        "tasks_per_worker": settings.e2e_tasks_per_worker,
+        "torch_threads_per_worker": threads,
+        "block_tiles": settings.e2e_block_tiles,
         "wall_seconds": record["wall_seconds"],
         "mpix_per_second": round(end_to_end, 3),
         "predict_stage_mpix_per_second": predict["mpix_per_second"],
@@ -234,8 +266,22 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         "stage_wall_seconds": {stage: values["wall_seconds"] for stage, values in record["stages"].items()},
         "predict_worker_seconds": predict["worker_seconds"],
         "peak_worker_rss_bytes": record.get("worker_peak_rss_bytes"),
-        "gpu_utilisation_percent": round(float(np.mean(samples)), 1) if samples else None,
+        "gpu_utilisation_percent": round(float(np.mean([u for u, _ in samples])), 1) if samples else None,
+        "gpu_memory_used_peak_mib": max(m for _, m in samples) if samples else None,
     }
+
+
+def write_bench_volume(url: str, shape: tuple[int, int, int]) -> None:
+    """A uint16 Zarr array of synthetic nuclei in 512 x 512 chunks: two distinct planes, repeated in z.
+
+    Drawing nuclei costs far more than segmenting them; the repeat keeps a
+    large benchmark volume cheap to make without changing what a block reads.
+    """
+    distinct = min(shape[0], 2)
+    image = fluorescence_image(nuclei_labels((distinct, *shape[1:]), seed=11), seed=11)
+    array = zarr.open_array(url, mode="w", shape=shape, chunks=(1, 512, 512), dtype="uint16", zarr_format=3)
+    for plane in range(shape[0]):
+        array[plane] = image[plane % distinct]
 
 
 @contextlib.contextmanager
@@ -249,9 +295,20 @@ def tf32(enabled: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def gpu_utilisation(device: str) -> Iterator[list[float]]:
-    """Samples of the GPU's utilisation (nvidia-smi, 5 per second) while the block runs; none on CPU."""
-    samples: list[float] = []
+def cudnn_mode(deterministic: bool) -> Iterator[None]:
+    """cuDNN as the execution profile sets it (pipeline.blocks.configure_torch)."""
+    before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = not deterministic, deterministic
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before
+
+
+@contextlib.contextmanager
+def gpu_utilisation(device: str) -> Iterator[list[tuple[float, float]]]:
+    """(utilisation %, memory used MiB) of the GPU (nvidia-smi, 5 per second) while the block runs."""
+    samples: list[tuple[float, float]] = []
     if device != "cuda":
         yield samples
         return
@@ -261,13 +318,18 @@ def gpu_utilisation(device: str) -> Iterator[list[float]]:
         while not stop.wait(0.2):
             with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
                 out = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                    [
+                        "nvidia-smi",
+                        "--query-gpu=utilization.gpu,memory.used",
+                        "--format=csv,noheader,nounits",
+                    ],
                     capture_output=True,
                     text=True,
                     timeout=5,
                     check=True,
                 ).stdout
-                samples.append(float(out.split()[0]))
+                utilisation, memory = out.splitlines()[0].split(",")
+                samples.append((float(utilisation), float(memory)))
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()

@@ -11,9 +11,9 @@ functions: the Dask wiring lives in the run.
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +23,8 @@ import numpy.typing as npt
 import torch
 
 from pipeline.axes import VolumeArray
+from pipeline.batch_size import fitting_batch_size
+from pipeline.batcher import DeviceBatcher
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputDataError, PipelineError
@@ -128,7 +130,8 @@ class BlockReport:
 def predict_block(task: PredictTask) -> BlockReport:
     """Predict one block, write its probability shards and local labels, mark it done."""
     started = time.perf_counter()
-    model = worker_model(task.checkpoint, task.profile)
+    batcher = worker_batcher(task.checkpoint, task.profile)
+    model = batcher.model
     block, tile = task.block, task.tile
     read = block.read_roi(tile, model.geometry.halo)
     rows, cols = (read.start[1], read.stop[1]), (read.start[2], read.stop[2])
@@ -138,12 +141,10 @@ def predict_block(task: PredictTask) -> BlockReport:
     ]
     normalised = np.stack(channels, axis=1)  # (P, C, H + 2h, W + 2h)
     loaded = time.perf_counter()
-    probabilities = predict_padded(
-        model, normalised, tile, batch_size=task.profile.batch_size, channels_last=task.profile.channels_last
-    )
+    probabilities = predict_padded(batcher, normalised, tile)  # every class but background
     write = block.write_roi(task.volume_shape, tile)
     height, width = write.shape[1:]
-    foreground = probabilities[:, 1:].sum(axis=1)[:, :height, :width]  # p(not background)
+    foreground = probabilities.sum(axis=1)[:, :height, :width]  # p(not background)
     predicted = time.perf_counter()
     write_region(task.output_url, task.target, write, encode_probability(foreground, task.output_dtype))
     seconds = {"read": loaded - started, "predict": predicted - loaded}
@@ -304,22 +305,58 @@ def configure_torch(profile: ProfileConfig) -> None:
         torch.backends.cudnn.allow_tf32 = False
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_model(path: str, sha256: str, device: str, dtype: str, channels_last: bool) -> UNet:
-    checkpoint = load_checkpoint(path)
-    if checkpoint.sha256 != sha256:
+def _load_model(checkpoint: CheckpointRef, profile: ProfileConfig) -> UNet:
+    loaded = load_checkpoint(checkpoint.path)
+    if loaded.sha256 != checkpoint.sha256:
         raise PipelineError(
-            f"checkpoint {path} changed during the run: sha256 {checkpoint.sha256}, the run started with {sha256}"
+            f"checkpoint {checkpoint.path} changed during the run: sha256 {loaded.sha256}, the run started "
+            f"with {checkpoint.sha256}"
         )
-    return prepare_model(checkpoint.model, device=device, dtype=dtype, channels_last=channels_last)
-
-
-def worker_model(checkpoint: CheckpointRef, profile: ProfileConfig) -> UNet:
-    """This process's copy of the model, loaded once per checkpoint sha256 and profile."""
-    configure_torch(profile)
-    return _cached_model(
-        checkpoint.path, checkpoint.sha256, profile.device, profile.dtype, profile.channels_last
+    return prepare_model(
+        loaded.model, device=profile.device, dtype=profile.dtype, channels_last=profile.channels_last
     )
+
+
+_BATCHERS: dict[tuple[CheckpointRef, ProfileConfig], DeviceBatcher] = {}
+_BATCHERS_LOCK = threading.Lock()
+
+
+def worker_batcher(checkpoint: CheckpointRef, profile: ProfileConfig) -> DeviceBatcher:
+    """This process's device batcher for a checkpoint and profile, made once and shared by its tasks.
+
+    A worker keeps the two most recent (a nightly run moves from one model to
+    another); older ones are closed and their models freed.
+    """
+    configure_torch(profile)
+    key = (checkpoint, profile)
+    with _BATCHERS_LOCK:
+        batcher = _BATCHERS.get(key)
+        if batcher is None:
+            if not isinstance(profile.batch_size, int):
+                raise PipelineError("internal: batch_size auto reached a worker unresolved")
+            while len(_BATCHERS) >= 2:
+                _BATCHERS.pop(next(iter(_BATCHERS))).close()
+            batcher = DeviceBatcher(
+                _load_model(checkpoint, profile),
+                batch_size=profile.batch_size,
+                channels_last=profile.channels_last,
+                compiled=profile.compile,
+                classes=slice(1, None),
+            )
+            _BATCHERS[key] = batcher
+    return batcher
+
+
+def probe_batch_size(checkpoint: CheckpointRef, profile: ProfileConfig, tile: int) -> int:
+    """batch_size auto, run on a worker: the largest batch its device fits (see :mod:`pipeline.batch_size`)."""
+    configure_torch(profile)
+    model = _load_model(checkpoint, profile)
+    try:
+        return fitting_batch_size(model, model.geometry.input_size(tile), channels_last=profile.channels_last)
+    finally:
+        del model
+        if profile.device == "cuda":
+            torch.cuda.empty_cache()
 
 
 def worker_name() -> str:

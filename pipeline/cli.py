@@ -17,7 +17,7 @@ import click
 import torch
 
 from pipeline import __version__
-from pipeline.bench import DTYPE_NAMES, BenchSettings, run_bench
+from pipeline.bench import DTYPE_NAMES, BenchProfile, BenchSettings, run_bench
 from pipeline.bench import table as bench_table
 from pipeline.checkpoint import convert_state_dict, load_checkpoint, save_checkpoint
 from pipeline.cli_train import train_command
@@ -184,8 +184,20 @@ def model_convert(source: Path, target: Path, normalization: str, pixel_size: fl
 @click.option("--workers", type=int, help="Worker processes of a local cluster.")
 @click.option("--block-tiles", type=int, help="Block edge in tiles (a multiple of the shard edge).")
 @click.option("--threads", type=int, help="Intra-op threads per worker (execution profile).")
-@click.option("--batch-size", type=int, help="Windows per forward pass (execution profile).")
+@click.option(
+    "--batch-size",
+    callback=lambda _context, _param, value: _batch_size(value),
+    help="Windows per forward pass, or auto: the largest that fits the GPU (execution profile).",
+)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device (execution profile).")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    help="Network precision (execution profile; default bfloat16 on cuda, float32 on cpu).",
+)
+@click.option(
+    "--compile", "compiled", is_flag=True, default=None, help="torch.compile the model (execution profile)."
+)
 @click.option("--output-dtype", type=click.Choice(["uint8", "float32"]), help="Stored probability type.")
 @click.option(
     "--ngff",
@@ -209,8 +221,10 @@ def segment(
     workers: int | None,
     block_tiles: int | None,
     threads: int | None,
-    batch_size: int | None,
+    batch_size: int | str | None,
     device: str | None,
+    dtype: str | None,
+    compiled: bool | None,
     output_dtype: str | None,
     ngff: str | None,
     overwrite: bool,
@@ -228,6 +242,8 @@ def segment(
         "profile.threads": threads,
         "profile.batch_size": batch_size,
         "profile.device": device,
+        "profile.dtype": dtype,
+        "profile.compile": compiled,
         "output.dtype": output_dtype,
         "output.ngff": ngff,
     }
@@ -351,6 +367,16 @@ def _channels(text: str | None) -> int | list[int] | None:
     return values[0] if len(values) == 1 and "," not in text else values
 
 
+def _batch_size(text: str | None) -> int | str | None:
+    """--batch-size: a count, or auto."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a number of windows or auto") from None
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.lower().split("x"))
@@ -457,9 +483,18 @@ def demo(out_dir: Path, model: Path | None) -> None:
 @click.option(
     "--seconds", default=2.0, show_default=True, help="Timed forward passes per profile, after warm-up."
 )
+@click.option(
+    "--profiles",
+    "profile_list",
+    help="Comma list of dtype:layout:mode:batch[:benchmark] (e.g. bf16:cl:compiled:32) instead of the matrix.",
+)
 @click.option("--e2e-shape", default="4x3104x3104", show_default=True, help="ZYX of the end-to-end volume.")
 @click.option("--no-e2e", is_flag=True, help="Model-only figures and agreement only.")
 @click.option("--workers", default=1, show_default=True, help="Dask workers of the end-to-end run.")
+@click.option(
+    "--tasks-per-worker", default=2, show_default=True, help="Blocks each worker runs at once (end to end)."
+)
+@click.option("--block-tiles", default=4, show_default=True, help="Block edge in tiles (end to end).")
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
 )
@@ -473,9 +508,12 @@ def bench(
     compiled: bool,
     threads: int | None,
     seconds: float,
+    profile_list: str | None,
     e2e_shape: str,
     no_e2e: bool,
     workers: int,
+    tasks_per_worker: int,
+    block_tiles: int,
     json_path: Path | None,
 ) -> None:
     """Throughput of the model over execution profiles (the naive one included) and of segment end to end."""
@@ -483,6 +521,10 @@ def bench(
     shape = _shape(e2e_shape)
     if len(shape) != 3:
         raise InputError(f"--e2e-shape {e2e_shape} must be ZYX, e.g. 4x3104x3104")
+    try:
+        chosen = tuple(BenchProfile.parse(text) for text in profile_list.split(",")) if profile_list else ()
+    except ValueError as error:
+        raise InputError(f"--profiles: {error}") from None
     settings = BenchSettings(
         device=device,
         base_channels=base_channels or (64 if gpu else 16),
@@ -499,6 +541,9 @@ def bench(
         min_seconds=seconds,
         e2e_shape=None if no_e2e else (shape[0], shape[1], shape[2]),
         e2e_workers=workers,
+        e2e_tasks_per_worker=tasks_per_worker,
+        e2e_block_tiles=block_tiles,
+        profiles=chosen,
     )
     unknown = set(settings.dtypes) - set(DTYPE_NAMES)
     if unknown:

@@ -2,8 +2,10 @@
 
 ``local``: a LocalCluster of worker processes on 127.0.0.1; ``cuda``: a
 dask-cuda LocalCUDACluster, one worker pinned per GPU; ``tcp://HOST:PORT``:
-an existing scheduler. Every worker runs one block at a time (one Dask
-thread); torch's intra-op threads come from the execution profile. The
+an existing scheduler. A worker runs ``threads_per_worker`` blocks at once:
+their forward passes share the process's one device batcher, the others
+read, write and label meanwhile; torch's intra-op threads come from the
+execution profile. The
 driver keeps a bounded window of blocks in flight, so a volume of hundreds
 of thousands of blocks never floods the scheduler.
 """
@@ -55,7 +57,7 @@ def open_client(config: ClusterConfig, *, forward_logs: bool = True) -> Iterator
     """
     # the scheduler's HTTP server (metrics, and the dashboard when asked) stays on a free local port
     local_options: dict[str, Any] = {
-        "threads_per_worker": 1,
+        "threads_per_worker": config.threads_per_worker,
         "host": "127.0.0.1",
         "dashboard_address": "127.0.0.1:0",
         "scheduler_kwargs": {"dashboard": config.dashboard},

@@ -27,11 +27,29 @@ class ProfileConfig(_Strict):
     """The execution profile: everything that can change the bits of the output."""
 
     device: Literal["cpu", "cuda"] = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="default: bfloat16 on cuda, float32 on cpu"
+    )
     channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the model in each worker (warm-up: one batch)")
     threads: int = Field(1, ge=1, description="intra-op threads per worker, set explicitly, never inherited")
-    batch_size: int = Field(8, ge=1, description="windows per forward pass; the last batch is padded")
+    batch_size: int | Literal["auto"] = Field(
+        8, description="windows per forward pass (the last batch is padded); auto: the largest that fits"
+    )
     deterministic: bool = Field(True, description="deterministic kernels on GPU (bitwise repeatable)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precision_follows_device(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("dtype") is None:
+            return {**values, "dtype": "bfloat16" if values.get("device") == "cuda" else "float32"}
+        return values
+
+    @model_validator(mode="after")
+    def _positive_batch(self) -> ProfileConfig:
+        if self.batch_size != "auto" and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or auto, got {self.batch_size}")
+        return self
 
 
 class TilingConfig(_Strict):
@@ -68,7 +86,10 @@ class OutputConfig(_Strict):
 class ClusterConfig(_Strict):
     address: str = Field("local", description="local | cuda | tcp://HOST:PORT of a running scheduler")
     workers: int = Field(2, ge=1, description="worker processes for local; ignored by cuda (one per GPU)")
-    in_flight_per_worker: int = Field(2, ge=1, description="bounded window of submitted blocks")
+    threads_per_worker: int = Field(
+        2, ge=1, description="blocks a worker runs at once: one on the device, the others reading and writing"
+    )
+    in_flight_per_worker: int = Field(3, ge=1, description="bounded window of submitted blocks")
     dashboard: bool = Field(False, description="serve the Dask dashboard on 127.0.0.1")
     memory_limit: str = Field("auto", description="per worker, as Dask understands it")
     connect_timeout_seconds: float = Field(20.0, gt=0, description="wait this long for a scheduler address")

@@ -10,6 +10,7 @@ on how tiles were grouped.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from itertools import islice
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from pipeline.batcher import DeviceBatcher, Pending
 from pipeline.geometry import TileGrid
 from pipeline.model import UNet
 
@@ -54,7 +56,7 @@ def prepare_model(
 
 def predict_windows(
     model: UNet,
-    windows: npt.NDArray[np.float32],
+    windows: npt.NDArray[Any],
     *,
     batch_size: int = 8,
     channels_last: bool = False,
@@ -66,28 +68,8 @@ def predict_windows(
     batches of exactly ``batch_size`` windows (zero-filled at the end) on
     the model's device and in its dtype.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if windows.ndim != 4 or windows.shape[1] != model.config.in_channels:
-        raise ValueError(f"windows must be (N, {model.config.in_channels}, S, S), got shape {windows.shape}")
-    size = windows.shape[-1]
-    out_size = model.geometry.output_size(size)
-    parameter = next(model.parameters())
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    result = np.empty((len(windows), model.config.n_classes, out_size, out_size), np.float32)
-    batch = torch.zeros((batch_size, *windows.shape[1:]), dtype=torch.float32)
-    with torch.inference_mode():
-        for start in range(0, len(windows), batch_size):
-            stop = min(start + batch_size, len(windows))
-            batch.zero_()
-            batch[: stop - start] = torch.from_numpy(np.ascontiguousarray(windows[start:stop]))
-            inputs = batch.to(device=parameter.device, dtype=parameter.dtype, memory_format=memory_format)
-            logits = model(inputs).float()
-            for k in range(stop - start):
-                # one window at a time: softmax kernels split work by tensor size, and a
-                # different split can change the last bit
-                result[start + k] = torch.softmax(logits[k : k + 1], dim=1)[0].cpu().numpy()
-    return result
+    with DeviceBatcher(model, batch_size=batch_size, channels_last=channels_last) as batcher:
+        return batcher.predict(windows)
 
 
 def iter_tile_windows(
@@ -105,21 +87,18 @@ def iter_tile_windows(
 
 
 def predict_padded(
-    model: UNet,
-    padded: npt.NDArray[Any],
-    tile: int,
-    *,
-    batch_size: int = 8,
-    channels_last: bool = False,
+    batcher: DeviceBatcher, padded: npt.NDArray[Any], tile: int, *, windows_per_request: int | None = None
 ) -> npt.NDArray[np.float32]:
     """Predict every tile of a stack of mirror-padded planes of whole tiles.
 
-    ``padded`` is (P, C, rows*t + 2h, cols*t + 2h); returns (P, n_classes,
-    rows*t, cols*t), tile (i, j) of plane p at ``[p, :, i*t:(i+1)*t,
-    j*t:(j+1)*t]``. Batches run across planes, so a block of few tiles and
-    many planes still fills them. Windows are gathered one batch at a time:
-    memory stays at one batch of windows plus the output.
+    ``padded`` is (P, C, rows*t + 2h, cols*t + 2h); returns (P, k, rows*t,
+    cols*t) for the batcher's k classes, tile (i, j) of plane p at ``[p, :,
+    i*t:(i+1)*t, j*t:(j+1)*t]``. Windows go to the batcher in groups of
+    ``windows_per_request`` (default: two batches), the next group queued
+    while the previous one computes: memory stays at a few batches of
+    windows plus the output.
     """
+    model = batcher.model
     halo = model.geometry.halo
     if padded.ndim != 4:
         raise ValueError(f"padded input must be (P, C, H, W), got shape {padded.shape}")
@@ -130,13 +109,23 @@ def predict_padded(
             f"plus a {halo}-pixel halo on each side"
         )
     grid = TileGrid((rows * tile, cols * tile), tile, halo)
-    out = np.empty((padded.shape[0], model.config.n_classes, rows * tile, cols * tile), np.float32)
+    classes = len(range(model.config.n_classes)[batcher.classes])
+    out = np.empty((padded.shape[0], classes, rows * tile, cols * tile), np.float32)
+    group = windows_per_request or 2 * batcher.batch_size
     tiles = iter_tile_windows(np.asarray(padded, dtype=np.float32), grid)
-    while batch := list(islice(tiles, batch_size)):
-        windows = np.stack([window for _, window in batch])
-        probabilities = predict_windows(model, windows, batch_size=batch_size, channels_last=channels_last)
-        for ((plane, i, j), _), probability in zip(batch, probabilities):
+    queued: deque[tuple[list[tuple[int, int, int]], Pending]] = deque()
+
+    def place_oldest() -> None:
+        places, pending = queued.popleft()
+        for (plane, i, j), probability in zip(places, pending.result(), strict=True):
             out[plane, :, i * tile : (i + 1) * tile, j * tile : (j + 1) * tile] = probability
+
+    while chunk := list(islice(tiles, group)):
+        queued.append(([place for place, _ in chunk], batcher.submit(np.stack([w for _, w in chunk]))))
+        if len(queued) > 1:
+            place_oldest()
+    while queued:
+        place_oldest()
     return out
 
 
@@ -181,5 +170,6 @@ def predict_plane(
     height, width = channels.shape[1:]
     grid = TileGrid((height, width), tile, model.geometry.halo)
     padded = np.pad(channels.astype(np.float32, copy=False), ((0, 0), *grid.pad_widths), mode="reflect")
-    out = predict_padded(model, padded[np.newaxis], tile, batch_size=batch_size, channels_last=channels_last)
+    with DeviceBatcher(model, batch_size=batch_size, channels_last=channels_last) as batcher:
+        out = predict_padded(batcher, padded[np.newaxis], tile)
     return out[0, :, :height, :width]

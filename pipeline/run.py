@@ -30,11 +30,13 @@ from pipeline.blocks import (
     ResampleTask,
     contact_block,
     predict_block,
+    probe_batch_size,
     pyramid_block,
     relabel_block,
     resample_block,
 )
 from pipeline.cluster import check_workers_see, cluster_shape, open_client, run_bounded, worker_peak_rss
+from pipeline.config import ProfileConfig
 from pipeline.errors import InputError, OutputWriteError
 from pipeline.geometry import BlockGrid
 from pipeline.labels import BlockLabels, merge_labels
@@ -155,7 +157,10 @@ def _segment(request: SegmentRequest, client: Client | None) -> dict[str, Any]:
                     check_workers_see(
                         active, [p for p in (plan.volume.ref.url, plan.output_url) if "://" not in p]
                     )
-                    _run_stages(active, plan, stats, run_id, record, save)
+                    profile = _fixed_profile(active, plan, state["runs"][0] if request.resume else None)
+                    record["execution_profile"] = profile.model_dump()
+                    save()
+                    _run_stages(active, plan, profile, stats, run_id, record, save)
                     record["worker_peak_rss_bytes"] = worker_peak_rss(active)
                 remove_scratch(plan.output_url)
             except BaseException as error:
@@ -239,9 +244,28 @@ def _replace_previous(plan: RunPlan) -> None:
     log.info("removed the previous output %s (--overwrite)", plan.request.output_url)
 
 
+def _fixed_profile(client: Client, plan: RunPlan, first_run: dict[str, Any] | None) -> ProfileConfig:
+    """The run's execution profile with ``batch_size: auto`` settled: as recorded by the run a resumption
+    continues, else probed on a worker's device. Every block of the run then uses that size."""
+    profile = plan.request.config.profile
+    if profile.batch_size != "auto":
+        return profile
+    recorded = (first_run or {}).get("execution_profile", {}).get("batch_size")
+    if isinstance(recorded, int):
+        size = recorded
+    else:
+        checkpoint = CheckpointRef(str(plan.checkpoint.path.resolve()), plan.checkpoint.sha256)
+        size = client.submit(
+            probe_batch_size, checkpoint, profile, plan.request.config.tiling.tile, pure=False
+        ).result()
+        log.info("batch_size auto: %d windows per forward pass on %s", size, profile.device)
+    return profile.model_copy(update={"batch_size": size})
+
+
 def _run_stages(
     client: Client,
     plan: RunPlan,
+    profile: ProfileConfig,
     stats: tuple[NormalizationStats, ...],
     run_id: str,
     record: dict[str, Any],
@@ -258,7 +282,7 @@ def _run_stages(
             output_url=plan.output_url,
             checkpoint=checkpoint,
             stats=stats,
-            profile=config.profile,
+            profile=profile,
             tile=config.tiling.tile,
             output_dtype="float32" if resampled else config.output.dtype,
             labels=None if resampled else plan.label_rule,

@@ -43,7 +43,7 @@ def dask_address() -> Iterator[str]:
     """A real LocalCluster (2 worker processes, 127.0.0.1) shared by the run tests."""
     with LocalCluster(
         n_workers=2,
-        threads_per_worker=1,
+        threads_per_worker=2,
         processes=True,
         host="127.0.0.1",
         dashboard_address="127.0.0.1:0",

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.batcher import DeviceBatcher
 from pipeline.model import UNet
 from pipeline.predict import predict_padded, predict_plane, predict_windows
 from tests.canonical import canonical_prediction
@@ -56,8 +57,11 @@ def test_tile_must_be_producible(narrow_model: UNet) -> None:
 
 
 def test_padded_input_must_be_whole_tiles(narrow_model: UNet) -> None:
-    with pytest.raises(ValueError, match="not a whole number of 388-pixel tiles"):
-        predict_padded(narrow_model, np.zeros((1, 1, 600, 572), np.float32), 388)
+    with (
+        pytest.raises(ValueError, match="not a whole number of 388-pixel tiles"),
+        DeviceBatcher(narrow_model, batch_size=2) as batcher,
+    ):
+        predict_padded(batcher, np.zeros((1, 1, 600, 572), np.float32), 388)
 
 
 def test_windows_are_independent_of_their_batch(narrow_model: UNet, rng: np.random.Generator) -> None:

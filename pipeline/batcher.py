@@ -1,0 +1,283 @@
+"""One device's forward passes, fed by every task of a process.
+
+Dask runs several block tasks in a worker at once. Each hands its windows to
+the process's :class:`DeviceBatcher` and waits; the batcher's one thread fills
+batches of exactly ``batch_size`` windows from whatever is queued (windows of
+several blocks share a batch, a short batch is zero-padded) and runs them. A
+window's probabilities do not depend on its batch mates (tested), so the
+grouping, which depends on timing, never changes a bit of the output.
+
+On CUDA the batches go through pinned host buffers with non-blocking copies,
+two batches in flight: while the device computes one, the thread fills the
+next, and the tasks read, normalise, write and label their blocks beside it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from pipeline.model import UNet
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def forward_probabilities(
+    forward: Forward, inputs: torch.Tensor, classes: slice, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Softmax probabilities (float32, on the inputs' device) of the ``classes`` channels of one batch."""
+    logits = forward(inputs).float()
+    if out is None:
+        n_classes = len(range(logits.shape[1])[classes])
+        out = torch.empty((logits.shape[0], n_classes, *logits.shape[2:]), device=logits.device)
+    for k in range(logits.shape[0]):
+        # one window at a time: softmax kernels split work by tensor size, and a
+        # different split can change the last bit
+        out[k] = torch.softmax(logits[k : k + 1], dim=1)[0, classes]
+    return out
+
+
+class Pending:
+    """Windows handed to a batcher; :meth:`result` waits for their probabilities."""
+
+    def __init__(self, windows: npt.NDArray[np.float32], result: npt.NDArray[np.float32]) -> None:
+        self.windows = windows
+        self.taken = 0  # windows put into batches so far
+        self.left = len(windows)  # windows whose probabilities are not back yet
+        self._result = result
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        if not self.left:
+            self._done.set()
+
+    def result(self) -> npt.NDArray[np.float32]:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def deliver(self, start: int, values: npt.NDArray[np.float32]) -> None:
+        self._result[start : start + len(values)] = values
+        self.left -= len(values)
+        if self.left == 0:
+            self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        self._done.set()
+
+    @property
+    def failed(self) -> bool:
+        return self._error is not None
+
+
+@dataclass
+class _Slot:
+    """Host buffers of one batch in flight, and which windows it holds."""
+
+    inputs: torch.Tensor  # (B, C, S, S) float32, pinned on CUDA
+    outputs: torch.Tensor  # (B, k, s, s) float32, pinned on CUDA
+    event: torch.cuda.Event | None
+    pieces: list[tuple[Pending, int, int]] = field(default_factory=list)  # (request, start, stop)
+
+
+class DeviceBatcher:
+    """Runs every forward pass of one process on the model's device, in batches of ``batch_size``.
+
+    ``classes``: which softmax channels come back (``slice(1, None)``: all but
+    background, for the foreground probability). ``compiled``: run
+    ``torch.compile(model)`` (compiled by the first batch; every batch has
+    the same shape, so once). ``batches_in_flight``: host buffer pairs
+    (default 2 on CUDA, where launches return before the device is done;
+    1 on CPU). Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        model: UNet,
+        *,
+        batch_size: int,
+        channels_last: bool = False,
+        compiled: bool = False,
+        classes: slice = slice(None),
+        linger_seconds: float = 0.002,
+        batches_in_flight: int | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        parameter = next(model.parameters())
+        self.model = model
+        self.batch_size = batch_size
+        self.channels = model.config.in_channels
+        self.classes = classes
+        self.device = parameter.device
+        self._dtype = parameter.dtype
+        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self._forward: Forward = torch.compile(model, dynamic=False) if compiled else model
+        self._n_classes = len(range(model.config.n_classes)[classes])
+        self._linger = linger_seconds
+        self._in_flight = batches_in_flight or (2 if self.device.type == "cuda" else 1)
+        self._queue: deque[Pending] = deque()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._slots: list[_Slot] = []
+        self._thread = threading.Thread(target=self._serve, name="unet-device-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, windows: npt.NDArray[Any]) -> Pending:
+        """Queue (N, C, S, S) windows; the result is (N, k, S - 2*halo, S - 2*halo) float32."""
+        if windows.ndim != 4 or windows.shape[1] != self.channels:
+            raise ValueError(f"windows must be (N, {self.channels}, S, S), got shape {windows.shape}")
+        out_size = self.model.geometry.output_size(windows.shape[-1])
+        result = np.empty((len(windows), self._n_classes, out_size, out_size), np.float32)
+        pending = Pending(np.asarray(windows, dtype=np.float32), result)
+        if not len(windows):
+            return pending
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the device batcher is closed")
+            self._queue.append(pending)
+            self._ready.notify()
+        return pending
+
+    def predict(self, windows: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        return self.submit(windows).result()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _serve(self) -> None:
+        try:
+            while (pieces := self._next_batch()) is not None:
+                slot = self._free_slot(pieces[0][0].windows.shape[-1])
+                try:
+                    self._launch(slot, pieces)
+                    if self._in_flight == 1:
+                        self._finish(slot)
+                except BaseException as error:  # noqa: BLE001 - handed to the waiting tasks
+                    for pending, _, _ in pieces:
+                        pending.fail(error)
+                    slot.pieces = []
+        finally:
+            self._finish_all()
+            with self._ready:
+                self._closed = True
+                for pending in self._queue:
+                    pending.fail(RuntimeError("the device batcher stopped"))
+                self._queue.clear()
+
+    def _next_batch(self) -> list[tuple[Pending, int, int]] | None:
+        """Up to ``batch_size`` windows from the queue (None once closed and drained).
+
+        Waits for work, first handing back what is in flight; lingers briefly
+        for more windows while a batch is short.
+        """
+        pieces: list[tuple[Pending, int, int]] = []
+        count = 0
+        with self._ready:
+            while count < self.batch_size:
+                while self._queue and self._queue[0].failed:
+                    self._queue.popleft()
+                if not self._queue:
+                    if self._closed:
+                        break
+                    if not pieces and any(slot.pieces for slot in self._slots):
+                        self._ready.release()  # nothing new: hand back what is in flight
+                        try:
+                            self._finish_all()
+                        finally:
+                            self._ready.acquire()
+                    elif not pieces:
+                        self._ready.wait()
+                    elif not self._ready.wait(self._linger):
+                        break
+                    continue
+                pending = self._queue[0]
+                if pieces and pending.windows.shape[-1] != pieces[0][0].windows.shape[-1]:
+                    break  # windows of another size wait for a batch of their own
+                take = min(self.batch_size - count, len(pending.windows) - pending.taken)
+                pieces.append((pending, pending.taken, pending.taken + take))
+                pending.taken += take
+                count += take
+                if pending.taken == len(pending.windows):
+                    self._queue.popleft()
+        return pieces or None
+
+    def _free_slot(self, window: int) -> _Slot:
+        """Host buffers not in use: a new pair while fewer than ``batches_in_flight`` exist, else the oldest."""
+        if len(self._slots) < self._in_flight:
+            self._slots.append(self._new_slot(window))
+        slot = self._slots.pop(0)
+        self._finish(slot)
+        if slot.inputs.shape[-1] != window:
+            slot = self._new_slot(window)
+        self._slots.append(slot)
+        return slot
+
+    def _new_slot(self, window: int) -> _Slot:
+        cuda = self.device.type == "cuda"
+        out_size = self.model.geometry.output_size(window)
+        inputs = torch.zeros((self.batch_size, self.channels, window, window), pin_memory=cuda)
+        outputs = torch.zeros((self.batch_size, self._n_classes, out_size, out_size), pin_memory=cuda)
+        return _Slot(inputs, outputs, torch.cuda.Event() if cuda else None)  # type: ignore[no-untyped-call]
+
+    def _launch(self, slot: _Slot, pieces: list[tuple[Pending, int, int]]) -> None:
+        host = slot.inputs.numpy()
+        row = 0
+        for pending, start, stop in pieces:
+            host[row : row + stop - start] = pending.windows[start:stop]
+            row += stop - start
+        host[row:] = 0
+        slot.pieces = pieces
+        non_blocking = self.device.type == "cuda"
+        with torch.inference_mode():
+            inputs = slot.inputs.to(self.device, non_blocking=non_blocking).to(
+                dtype=self._dtype, memory_format=self._memory_format
+            )
+            probabilities = forward_probabilities(self._forward, inputs, self.classes)
+            slot.outputs.copy_(probabilities, non_blocking=non_blocking)
+        if slot.event is not None:
+            slot.event.record()
+
+    def _finish(self, slot: _Slot) -> None:
+        """Wait for the slot's batch and hand each task its windows' probabilities."""
+        if not slot.pieces:
+            return
+        pieces, slot.pieces = slot.pieces, []
+        try:
+            if slot.event is not None:
+                slot.event.synchronize()
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting tasks
+            for pending, _, _ in pieces:
+                pending.fail(error)
+            return
+        host = slot.outputs.numpy()
+        row = 0
+        for pending, start, stop in pieces:
+            pending.deliver(start, host[row : row + stop - start])
+            row += stop - start
+
+    def _finish_all(self) -> None:
+        for slot in self._slots:
+            self._finish(slot)

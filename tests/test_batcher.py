@@ -1,0 +1,105 @@
+"""The device batcher: windows of concurrent tasks share batches without changing a bit."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.batch_size import fitting_batch_size
+from pipeline.batcher import DeviceBatcher
+from pipeline.model import UNet
+
+
+def windows(rng: np.random.Generator, count: int, size: int = 572) -> np.ndarray:
+    return rng.normal(size=(count, 1, size, size)).astype(np.float32)
+
+
+@pytest.mark.parametrize("in_flight", [1, 2])
+def test_concurrent_tasks_get_the_bits_of_windows_run_alone(
+    narrow_model: UNet, rng: np.random.Generator, in_flight: int
+) -> None:
+    requests = [windows(rng, count) for count in (3, 1, 5, 2)]
+    with DeviceBatcher(narrow_model, batch_size=4) as alone:
+        expected = [np.concatenate([alone.predict(w[None]) for w in request]) for request in requests]
+    results: dict[int, np.ndarray] = {}
+    start = threading.Barrier(len(requests))
+    with DeviceBatcher(
+        narrow_model, batch_size=4, linger_seconds=0.05, batches_in_flight=in_flight
+    ) as shared:
+
+        def task(index: int) -> None:
+            start.wait()
+            results[index] = shared.predict(requests[index])
+
+        threads = [threading.Thread(target=task, args=(index,)) for index in range(len(requests))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for index, values in enumerate(expected):
+        assert np.array_equal(results[index], values)
+
+
+def test_classes_selects_the_softmax_channels(narrow_model: UNet, rng: np.random.Generator) -> None:
+    batch = windows(rng, 2)
+    with (
+        DeviceBatcher(narrow_model, batch_size=2) as every,
+        DeviceBatcher(narrow_model, batch_size=2, classes=slice(1, None)) as foreground,
+    ):
+        both, one = every.predict(batch), foreground.predict(batch)
+    assert both.shape[1] == 2 and one.shape[1] == 1
+    assert np.array_equal(both[:, 1:], one)
+
+
+class FailsFirstForward(UNet):
+    """A U-Net whose first forward pass fails, as an out-of-memory error would."""
+
+    failed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.failed:
+            self.failed = True
+            raise torch.OutOfMemoryError("injected: out of memory")
+        return super().forward(x)
+
+
+def test_a_failed_batch_fails_its_tasks_and_the_batcher_goes_on(rng: np.random.Generator) -> None:
+    torch.manual_seed(3)
+    model = FailsFirstForward(base_channels=4).eval()
+    with DeviceBatcher(model, batch_size=2) as batcher:
+        with pytest.raises(torch.OutOfMemoryError, match="injected"):
+            batcher.predict(windows(rng, 3))
+        again = windows(rng, 3)
+        assert np.array_equal(batcher.predict(again), DeviceBatcher(model, batch_size=2).predict(again))
+
+
+def test_wrong_channel_count_is_refused(narrow_model: UNet, rng: np.random.Generator) -> None:
+    with (
+        DeviceBatcher(narrow_model, batch_size=2) as batcher,
+        pytest.raises(ValueError, match=r"\(N, 1, S, S\)"),
+    ):
+        batcher.submit(np.zeros((1, 3, 572, 572), np.float32))
+
+
+def test_closed_batcher_refuses_work(narrow_model: UNet, rng: np.random.Generator) -> None:
+    batcher = DeviceBatcher(narrow_model, batch_size=2)
+    batcher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(windows(rng, 1))
+
+
+def test_auto_batch_size_on_cpu_is_one(narrow_model: UNet) -> None:
+    assert fitting_batch_size(narrow_model, 572, channels_last=False) == 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_batch_size_fits_the_gpu() -> None:
+    model = UNet(base_channels=64).cuda().to(torch.bfloat16).eval()
+    size = fitting_batch_size(model, 572, channels_last=True)
+    assert size >= 1
+    with torch.inference_mode():
+        model(torch.zeros((size, 1, 572, 572), device="cuda", dtype=torch.bfloat16))
