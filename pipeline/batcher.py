@@ -1,11 +1,13 @@
 """One device's forward passes, fed by every task of a process.
 
-Dask runs several block tasks in a worker at once. Each hands its windows to
-the process's :class:`DeviceBatcher` and waits; the batcher's one thread fills
-batches of exactly ``batch_size`` windows from whatever is queued (windows of
-several blocks share a batch, a short batch is zero-padded) and runs them. A
-window's probabilities do not depend on its batch mates (tested), so the
-grouping, which depends on timing, never changes a bit of the output.
+Dask runs several block tasks in a worker at once. Each hands groups of
+windows to the process's :class:`DeviceBatcher` and waits; the batcher's one
+thread cuts each group into batches of exactly ``batch_size`` windows (the
+last zero-padded) and runs them in arrival order. A batch never holds windows
+of two groups: on a GPU, cuDNN's bf16 and fp16 convolutions give a window
+different bits at another position in its batch or beside other windows
+(measured on an H100, docs/benchmarks.md), so which windows share a batch,
+and where, must follow from the tiling alone, never from timing.
 
 On CUDA the batches go through pinned host buffers with non-blocking copies,
 two batches in flight: while the device computes one, the thread fills the
@@ -109,7 +111,6 @@ class DeviceBatcher:
         channels_last: bool = False,
         compiled: bool = False,
         classes: slice = slice(None),
-        linger_seconds: float = 0.002,
         batches_in_flight: int | None = None,
     ) -> None:
         if batch_size < 1:
@@ -124,7 +125,6 @@ class DeviceBatcher:
         self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._forward: Forward = torch.compile(model, dynamic=False) if compiled else model
         self._n_classes = len(range(model.config.n_classes)[classes])
-        self._linger = linger_seconds
         self._in_flight = batches_in_flight or (2 if self.device.type == "cuda" else 1)
         self._queue: deque[Pending] = deque()
         self._ready = threading.Condition()
@@ -134,7 +134,10 @@ class DeviceBatcher:
         self._thread.start()
 
     def submit(self, windows: npt.NDArray[Any]) -> Pending:
-        """Queue (N, C, S, S) windows; the result is (N, k, S - 2*halo, S - 2*halo) float32."""
+        """Queue a group of (N, C, S, S) windows; the result is (N, k, S - 2*halo, S - 2*halo) float32.
+
+        The group runs as ceil(N / batch_size) batches of its own windows, in order.
+        """
         if windows.ndim != 4 or windows.shape[1] != self.channels:
             raise ValueError(f"windows must be (N, {self.channels}, S, S), got shape {windows.shape}")
         out_size = self.model.geometry.output_size(windows.shape[-1])
@@ -188,41 +191,31 @@ class DeviceBatcher:
                 self._queue.clear()
 
     def _next_batch(self) -> list[tuple[Pending, int, int]] | None:
-        """Up to ``batch_size`` windows from the queue (None once closed and drained).
+        """The next ``batch_size`` windows of the oldest group (None once closed and drained).
 
-        Waits for work, first handing back what is in flight; lingers briefly
-        for more windows while a batch is short.
+        While nothing is queued, what is in flight is handed back first.
         """
-        pieces: list[tuple[Pending, int, int]] = []
-        count = 0
         with self._ready:
-            while count < self.batch_size:
+            while True:
                 while self._queue and self._queue[0].failed:
                     self._queue.popleft()
-                if not self._queue:
-                    if self._closed:
-                        break
-                    if not pieces and any(slot.pieces for slot in self._slots):
-                        self._ready.release()  # nothing new: hand back what is in flight
-                        try:
-                            self._finish_all()
-                        finally:
-                            self._ready.acquire()
-                    elif not pieces:
-                        self._ready.wait()
-                    elif not self._ready.wait(self._linger):
-                        break
-                    continue
-                pending = self._queue[0]
-                if pieces and pending.windows.shape[-1] != pieces[0][0].windows.shape[-1]:
-                    break  # windows of another size wait for a batch of their own
-                take = min(self.batch_size - count, len(pending.windows) - pending.taken)
-                pieces.append((pending, pending.taken, pending.taken + take))
-                pending.taken += take
-                count += take
-                if pending.taken == len(pending.windows):
-                    self._queue.popleft()
-        return pieces or None
+                if self._queue:
+                    pending = self._queue[0]
+                    take = min(self.batch_size, len(pending.windows) - pending.taken)
+                    pending.taken += take
+                    if pending.taken == len(pending.windows):
+                        self._queue.popleft()
+                    return [(pending, pending.taken - take, pending.taken)]
+                if self._closed:
+                    return None
+                if any(slot.pieces for slot in self._slots):
+                    self._ready.release()
+                    try:
+                        self._finish_all()
+                    finally:
+                        self._ready.acquire()
+                else:
+                    self._ready.wait()
 
     def _free_slot(self, window: int) -> _Slot:
         """Host buffers not in use: a new pair while fewer than ``batches_in_flight`` exist, else the oldest."""

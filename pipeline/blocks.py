@@ -69,6 +69,7 @@ class PredictTask:
     stats: tuple[NormalizationStats, ...]  # one per channel the model reads
     profile: ProfileConfig
     tile: int
+    shard_tiles: int  # a batch holds windows of one output shard
     output_dtype: str
     labels: LabelRule | None
     target: str = "s0"  # SCRATCH_PROBABILITY (float32, no labels) when the output is resampled after
@@ -141,7 +142,9 @@ def predict_block(task: PredictTask) -> BlockReport:
     ]
     normalised = np.stack(channels, axis=1)  # (P, C, H + 2h, W + 2h)
     loaded = time.perf_counter()
-    probabilities = predict_padded(batcher, normalised, tile)  # every class but background
+    probabilities = predict_padded(
+        batcher, normalised, tile, shard_tiles=task.shard_tiles
+    )  # all but background
     write = block.write_roi(task.volume_shape, tile)
     height, width = write.shape[1:]
     foreground = probabilities.sum(axis=1)[:, :height, :width]  # p(not background)
@@ -347,12 +350,14 @@ def worker_batcher(checkpoint: CheckpointRef, profile: ProfileConfig) -> DeviceB
     return batcher
 
 
-def probe_batch_size(checkpoint: CheckpointRef, profile: ProfileConfig, tile: int) -> int:
-    """batch_size auto, run on a worker: the largest batch its device fits (see :mod:`pipeline.batch_size`)."""
+def probe_batch_size(checkpoint: CheckpointRef, profile: ProfileConfig, tile: int, shard_tiles: int) -> int:
+    """batch_size auto, run on a worker: the largest batch its device fits, at most one shard of windows
+    (a batch never holds two shards' windows: see :mod:`pipeline.batcher`)."""
     configure_torch(profile)
     model = _load_model(checkpoint, profile)
     try:
-        return fitting_batch_size(model, model.geometry.input_size(tile), channels_last=profile.channels_last)
+        window = model.geometry.input_size(tile)
+        return fitting_batch_size(model, window, channels_last=profile.channels_last, ceiling=shard_tiles**2)
     finally:
         del model
         if profile.device == "cuda":

@@ -3,16 +3,17 @@
 ``predict_plane`` is the canonical definition (DESIGN.md) made fast: pad the
 plane with numpy "reflect", cut the global tile grid into windows, run them
 through the network in fixed-size batches, stitch, crop. Every window is the
-same array the canonical loop would feed the network alone, and every batch
-has the same size (the last one is padded), so the result does not depend
-on how tiles were grouped.
+same array the canonical loop would feed the network alone. Batches are cut
+from the windows of one output shard at a time (raster order, the last batch
+zero-padded), so a window's batch mates and position follow from the global
+tiling: whatever the blocks, a window meets the same batch. On CPU a window's
+result does not depend on its batch at all (tested); on a GPU in bf16 or fp16
+it does (measured), which this grouping makes harmless.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,8 @@ from pipeline.geometry import TileGrid
 from pipeline.model import UNet
 
 PAPER_TILE = 388  # output tile edge of the paper (572 -> 388)
+SHARD_TILES = 4  # output shard edge in tiles, as the run's default tiling
+GROUPS_AHEAD = 2  # shards of windows a task queues beyond the one it waits for
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -72,31 +75,31 @@ def predict_windows(
         return batcher.predict(windows)
 
 
-def iter_tile_windows(
-    padded: npt.NDArray[np.float32], grid: TileGrid
-) -> Iterator[tuple[tuple[int, int, int], npt.NDArray[np.float32]]]:
-    """Yield ``((plane, i, j), window)`` for every tile of every plane, raster order.
+def shard_tiles_order(rows: int, cols: int, shard: int) -> list[list[tuple[int, int]]]:
+    """The tiles (i, j) of a rows x cols grid, one list per shard of ``shard`` x ``shard`` tiles.
 
-    ``padded`` is (P, C, rows*t + 2h, cols*t + 2h): planes (or blocks) already
-    mirror-padded, each with its origin at grid coordinate ``(-h, -h)``.
+    Shards in raster order, tiles in raster order within each; shards at the
+    grid's far edges hold fewer tiles.
     """
-    t, s = grid.tile, grid.window_size
-    for plane in range(padded.shape[0]):
-        for i, j in grid.tiles():
-            yield (plane, i, j), padded[plane, :, i * t : i * t + s, j * t : j * t + s]
+    return [
+        [(i, j) for i in range(top, min(top + shard, rows)) for j in range(left, min(left + shard, cols))]
+        for top in range(0, rows, shard)
+        for left in range(0, cols, shard)
+    ]
 
 
 def predict_padded(
-    batcher: DeviceBatcher, padded: npt.NDArray[Any], tile: int, *, windows_per_request: int | None = None
+    batcher: DeviceBatcher, padded: npt.NDArray[Any], tile: int, *, shard_tiles: int = SHARD_TILES
 ) -> npt.NDArray[np.float32]:
     """Predict every tile of a stack of mirror-padded planes of whole tiles.
 
-    ``padded`` is (P, C, rows*t + 2h, cols*t + 2h); returns (P, k, rows*t,
-    cols*t) for the batcher's k classes, tile (i, j) of plane p at ``[p, :,
-    i*t:(i+1)*t, j*t:(j+1)*t]``. Windows go to the batcher in groups of
-    ``windows_per_request`` (default: two batches), the next group queued
-    while the previous one computes: memory stays at a few batches of
-    windows plus the output.
+    ``padded`` is (P, C, rows*t + 2h, cols*t + 2h) with its first tile on a
+    shard corner of the global grid (blocks are whole shards); returns (P, k,
+    rows*t, cols*t) for the batcher's k classes, tile (i, j) of plane p at
+    ``[p, :, i*t:(i+1)*t, j*t:(j+1)*t]``. Each shard's windows go to the
+    batcher as one group, so a window's batch and its place in it follow from
+    the global tiling alone. A few groups are queued ahead while earlier ones
+    compute: memory stays at a few shards of windows plus the output.
     """
     model = batcher.model
     halo = model.geometry.halo
@@ -108,22 +111,25 @@ def predict_padded(
             f"padded input of shape {padded.shape} is not a whole number of {tile}-pixel tiles "
             f"plus a {halo}-pixel halo on each side"
         )
-    grid = TileGrid((rows * tile, cols * tile), tile, halo)
+    size = tile + 2 * halo
+    values = np.asarray(padded, dtype=np.float32)
     classes = len(range(model.config.n_classes)[batcher.classes])
     out = np.empty((padded.shape[0], classes, rows * tile, cols * tile), np.float32)
-    group = windows_per_request or 2 * batcher.batch_size
-    tiles = iter_tile_windows(np.asarray(padded, dtype=np.float32), grid)
-    queued: deque[tuple[list[tuple[int, int, int]], Pending]] = deque()
+    queued: deque[tuple[int, list[tuple[int, int]], Pending]] = deque()
 
     def place_oldest() -> None:
-        places, pending = queued.popleft()
-        for (plane, i, j), probability in zip(places, pending.result(), strict=True):
+        plane, tiles, pending = queued.popleft()
+        for (i, j), probability in zip(tiles, pending.result(), strict=True):
             out[plane, :, i * tile : (i + 1) * tile, j * tile : (j + 1) * tile] = probability
 
-    while chunk := list(islice(tiles, group)):
-        queued.append(([place for place, _ in chunk], batcher.submit(np.stack([w for _, w in chunk]))))
-        if len(queued) > 1:
-            place_oldest()
+    for plane in range(values.shape[0]):
+        for tiles in shard_tiles_order(rows, cols, shard_tiles):
+            windows = np.stack(
+                [values[plane, :, i * tile : i * tile + size, j * tile : j * tile + size] for i, j in tiles]
+            )
+            queued.append((plane, tiles, batcher.submit(windows)))
+            if len(queued) > GROUPS_AHEAD:
+                place_oldest()
     while queued:
         place_oldest()
     return out
@@ -138,6 +144,7 @@ def predict_plane(
     dtype: str | torch.dtype | None = None,
     tile: int = PAPER_TILE,
     channels_last: bool = False,
+    shard_tiles: int = SHARD_TILES,
 ) -> npt.NDArray[np.float32]:
     """Softmax probabilities (n_classes, H, W) of one plane, by the canonical tiling.
 
@@ -149,7 +156,10 @@ def predict_plane(
         (H, W) for a one-channel model, or (C, H, W); any size >= 1 x 1.
         Values are used as they are: normalise before calling.
     batch_size
-        Windows per forward pass; the output does not depend on it.
+        Windows per forward pass. On CPU the output does not depend on it;
+        on a GPU in bf16 / fp16 it does, with the shard grouping.
+    shard_tiles
+        The output shard edge in tiles: a batch holds windows of one shard.
     tile
         Output tile edge; ``tile + 2*halo`` must be a valid input size.
 
@@ -171,5 +181,5 @@ def predict_plane(
     grid = TileGrid((height, width), tile, model.geometry.halo)
     padded = np.pad(channels.astype(np.float32, copy=False), ((0, 0), *grid.pad_widths), mode="reflect")
     with DeviceBatcher(model, batch_size=batch_size, channels_last=channels_last) as batcher:
-        out = predict_padded(batcher, padded[np.newaxis], tile)
+        out = predict_padded(batcher, padded[np.newaxis], tile, shard_tiles=shard_tiles)
     return out[0, :, :height, :width]

@@ -255,8 +255,9 @@ def _fixed_profile(client: Client, plan: RunPlan, first_run: dict[str, Any] | No
         size = recorded
     else:
         checkpoint = CheckpointRef(str(plan.checkpoint.path.resolve()), plan.checkpoint.sha256)
+        tiling = plan.request.config.tiling
         size = client.submit(
-            probe_batch_size, checkpoint, profile, plan.request.config.tiling.tile, pure=False
+            probe_batch_size, checkpoint, profile, tiling.tile, tiling.shard_tiles, pure=False
         ).result()
         log.info("batch_size auto: %d windows per forward pass on %s", size, profile.device)
     return profile.model_copy(update={"batch_size": size})
@@ -284,6 +285,7 @@ def _run_stages(
             stats=stats,
             profile=profile,
             tile=config.tiling.tile,
+            shard_tiles=config.tiling.shard_tiles,
             output_dtype="float32" if resampled else config.output.dtype,
             labels=None if resampled else plan.label_rule,
             target=SCRATCH_PROBABILITY if resampled else "s0",

@@ -1,4 +1,4 @@
-"""The device batcher: windows of concurrent tasks share batches without changing a bit."""
+"""The device batcher: groups of windows from concurrent tasks, each cut into its own batches."""
 
 from __future__ import annotations
 
@@ -18,17 +18,15 @@ def windows(rng: np.random.Generator, count: int, size: int = 572) -> np.ndarray
 
 
 @pytest.mark.parametrize("in_flight", [1, 2])
-def test_concurrent_tasks_get_the_bits_of_windows_run_alone(
+def test_concurrent_tasks_get_the_bits_of_their_groups_run_alone(
     narrow_model: UNet, rng: np.random.Generator, in_flight: int
 ) -> None:
     requests = [windows(rng, count) for count in (3, 1, 5, 2)]
     with DeviceBatcher(narrow_model, batch_size=4) as alone:
-        expected = [np.concatenate([alone.predict(w[None]) for w in request]) for request in requests]
+        expected = [alone.predict(request) for request in requests]
     results: dict[int, np.ndarray] = {}
     start = threading.Barrier(len(requests))
-    with DeviceBatcher(
-        narrow_model, batch_size=4, linger_seconds=0.05, batches_in_flight=in_flight
-    ) as shared:
+    with DeviceBatcher(narrow_model, batch_size=4, batches_in_flight=in_flight) as shared:
 
         def task(index: int) -> None:
             start.wait()

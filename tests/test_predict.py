@@ -6,7 +6,7 @@ import torch
 
 from pipeline.batcher import DeviceBatcher
 from pipeline.model import UNet
-from pipeline.predict import predict_padded, predict_plane, predict_windows
+from pipeline.predict import predict_padded, predict_plane, predict_windows, shard_tiles_order
 from tests.canonical import canonical_prediction
 
 
@@ -80,3 +80,31 @@ def test_channels_last_agrees_within_tolerance(rng: np.random.Generator) -> None
     predict_plane(model, plane, channels_last=False)  # back to the default layout
     # measured: max 1.4e-5 apart on a 2-core x86 CPU (untrained weights, large logits)
     np.testing.assert_allclose(other, reference, atol=1e-4)
+
+
+class PositionSensitive(UNet):
+    """A U-Net whose output depends on a window's place in its batch, as cuDNN's bf16 kernels do on a GPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        place = torch.arange(x.shape[0], dtype=x.dtype).reshape(-1, 1, 1, 1)
+        return super().forward(x + 1e-3 * place)
+
+
+def test_a_block_meets_the_batches_of_the_whole_plane(rng: np.random.Generator) -> None:
+    torch.manual_seed(4)
+    model = PositionSensitive(base_channels=4).eval()
+    tile, halo = 36, model.geometry.halo
+    plane = rng.normal(size=(1, 4 * tile + 2 * halo, 4 * tile + 2 * halo)).astype(np.float32)
+    lower_half = plane[np.newaxis, :, 2 * tile :, :]  # tile rows 2-3: one row of 2 x 2-tile shards
+    with DeviceBatcher(model, batch_size=3) as batcher:
+        whole = predict_padded(batcher, plane[np.newaxis], tile, shard_tiles=2)
+        block = predict_padded(batcher, lower_half, tile, shard_tiles=2)
+        regrouped = predict_padded(batcher, lower_half, tile, shard_tiles=4)
+    assert np.array_equal(block[0], whole[0, :, 2 * tile :, :])
+    assert not np.array_equal(regrouped[0], whole[0, :, 2 * tile :, :])  # other batches, other bits
+
+
+def test_shards_cover_every_tile_once() -> None:
+    order = shard_tiles_order(5, 7, 4)
+    assert [len(shard) for shard in order] == [16, 12, 4, 3]
+    assert sorted(tile for shard in order for tile in shard) == [(i, j) for i in range(5) for j in range(7)]
