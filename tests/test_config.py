@@ -58,3 +58,20 @@ def test_output_hash_ignores_how_work_is_split() -> None:
     split = load_config(overrides={"tiling.block_tiles": [8, 8], "cluster.workers": 7, "retries": 0})
     assert base.output_hash() == split.output_hash()
     assert base.output_hash() != load_config(overrides={"profile.batch_size": 4}).output_hash()
+
+
+def test_precision_follows_the_device_unless_given() -> None:
+    assert load_config().profile.dtype == "float32"
+    assert load_config(overrides={"profile.device": "cuda"}).profile.dtype == "bfloat16"
+    assert (
+        load_config(overrides={"profile.device": "cuda", "profile.dtype": "float32"}).profile.dtype
+        == "float32"
+    )
+
+
+def test_batch_size_is_a_positive_count_or_auto() -> None:
+    assert load_config(overrides={"profile.batch_size": "auto"}).profile.batch_size == "auto"
+    with pytest.raises(InputError, match="batch_size"):
+        load_config(overrides={"profile.batch_size": 0})
+    with pytest.raises(InputError, match="batch_size"):
+        load_config(overrides={"profile.batch_size": "many"})

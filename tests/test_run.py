@@ -149,7 +149,12 @@ def uint8_run(
         output,
         narrow_checkpoint,
         dask_address,
-        **{"tiling.shard_tiles": 2, "tiling.block_tiles": [2, 2], "output.pyramid_levels": 2},
+        **{
+            "tiling.shard_tiles": 2,
+            "tiling.block_tiles": [2, 2],
+            "output.pyramid_levels": 2,
+            "profile.batch_size": "auto",
+        },
     )
     return output, record
 
@@ -199,6 +204,8 @@ def test_run_record(
     assert stored["stages"]["predict"]["computed"] == 12
     assert stored["labels"]["objects"] > 0
     assert stored["execution_profile"]["threads"] == 1
+    assert stored["config"]["profile"]["batch_size"] == "auto"
+    assert stored["execution_profile"]["batch_size"] == 1  # auto on CPU, settled before any block ran
     assert stored["cluster"]["workers"] == 2
     assert stored["environment"]["packages"]["torch"] == importlib.metadata.version("torch")
     assert len(stored["worker_peak_rss_bytes"]) == 2
