@@ -87,6 +87,7 @@ class BenchSettings:
     e2e_workers: int = 1
     e2e_tasks_per_worker: int = 2  # blocks a worker runs at once (Dask threads)
     e2e_block_tiles: int = 4
+    e2e_block_planes: int = 1
     profiles: tuple[BenchProfile, ...] = ()  # explicit list instead of the matrix (the naive one is added)
 
 
@@ -241,6 +242,7 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
                 "tiling.tile": settings.tile,
                 "tiling.block_tiles": [settings.e2e_block_tiles] * 2,
                 "tiling.shard_tiles": min(4, settings.e2e_block_tiles),
+                "tiling.block_planes": settings.e2e_block_planes,
             }
         )
         with gpu_utilisation(settings.device) as samples:
@@ -257,6 +259,7 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         "tasks_per_worker": settings.e2e_tasks_per_worker,
         "torch_threads_per_worker": threads,
         "block_tiles": settings.e2e_block_tiles,
+        "block_planes": settings.e2e_block_planes,
         "wall_seconds": record["wall_seconds"],
         "mpix_per_second": round(end_to_end, 3),
         "predict_stage_mpix_per_second": predict["mpix_per_second"],

@@ -130,8 +130,9 @@ class BlockReport:
 
 def predict_block(task: PredictTask) -> BlockReport:
     """Predict one block, write its probability shards and local labels, mark it done."""
+    waited = time.perf_counter()
+    batcher = worker_batcher(task.checkpoint, task.profile)  # the first block of a worker loads the model
     started = time.perf_counter()
-    batcher = worker_batcher(task.checkpoint, task.profile)
     model = batcher.model
     block, tile = task.block, task.tile
     read = block.read_roi(tile, model.geometry.halo)
@@ -150,7 +151,7 @@ def predict_block(task: PredictTask) -> BlockReport:
     foreground = probabilities.sum(axis=1)[:, :height, :width]  # p(not background)
     predicted = time.perf_counter()
     write_region(task.output_url, task.target, write, encode_probability(foreground, task.output_dtype))
-    seconds = {"read": loaded - started, "predict": predicted - loaded}
+    seconds = {"model": started - waited, "read": loaded - started, "predict": predicted - loaded}
     payload = _label(task.output_url, task.labels, foreground, write, task.volume_shape, seconds, predicted)
     write_marker(task.output_url, "predict", block.block_id, payload)
     return BlockReport("predict", block.block_id, write.size, seconds, worker_name(), payload)

@@ -495,6 +495,7 @@ def demo(out_dir: Path, model: Path | None) -> None:
     "--tasks-per-worker", default=2, show_default=True, help="Blocks each worker runs at once (end to end)."
 )
 @click.option("--block-tiles", default=4, show_default=True, help="Block edge in tiles (end to end).")
+@click.option("--block-planes", default=1, show_default=True, help="Planes per block (end to end).")
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
 )
@@ -514,6 +515,7 @@ def bench(
     workers: int,
     tasks_per_worker: int,
     block_tiles: int,
+    block_planes: int,
     json_path: Path | None,
 ) -> None:
     """Throughput of the model over execution profiles (the naive one included) and of segment end to end."""
@@ -543,6 +545,7 @@ def bench(
         e2e_workers=workers,
         e2e_tasks_per_worker=tasks_per_worker,
         e2e_block_tiles=block_tiles,
+        e2e_block_planes=block_planes,
         profiles=chosen,
     )
     unknown = set(settings.dtypes) - set(DTYPE_NAMES)

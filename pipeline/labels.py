@@ -91,15 +91,31 @@ def label_block(
 ) -> tuple[npt.NDArray[np.uint32], BlockLabels]:
     """Local labels 1..n of a block's foreground (ZYX) and their summary."""
     local, count = scipy.ndimage.label(foreground, structure=connectivity.structure(), output=np.uint32)
-    labels, first_local, sizes = np.unique(local.ravel(), return_index=True, return_counts=True)
-    if labels.size and labels[0] == 0:
-        first_local, sizes = first_local[1:], sizes[1:]
+    first_local, sizes = _first_voxels_and_sizes(local.ravel(), int(count))
     # lexicographic (z, y, x) order is kept under translation, so the first voxel of a
     # label in the block's own raster order is its first in the volume's order too
     coordinates = np.unravel_index(first_local, local.shape)
     global_coordinates = tuple(c + o for c, o in zip(coordinates, origin))
     first_voxel = np.ravel_multi_index(global_coordinates, volume_shape).astype(np.int64)
     return local, BlockLabels(int(count), first_voxel, sizes.astype(np.int64))
+
+
+def _first_voxels_and_sizes(flat: npt.NDArray[np.uint32], count: int) -> tuple[Int64Array, Int64Array]:
+    """Flat index of each label's first voxel, and its size, for labels 1..count.
+
+    scipy numbers components in the order its raster scan meets them, so the
+    running maximum of the labels steps up by one exactly at each label's
+    first voxel: one pass instead of a sort. Checked, with the sort as the
+    fallback should a scipy release ever number otherwise.
+    """
+    sizes = np.bincount(flat, minlength=count + 1)[1:].astype(np.int64)
+    running = np.maximum.accumulate(flat)
+    first = np.flatnonzero(np.diff(running, prepend=np.uint32(0)))
+    if first.size == count and np.array_equal(running[first], np.arange(1, count + 1, dtype=np.uint32)):
+        return first.astype(np.int64), sizes
+    labels, first, sizes = np.unique(flat, return_index=True, return_counts=True)
+    keep = labels > 0
+    return first[keep].astype(np.int64), sizes[keep].astype(np.int64)
 
 
 def face_slab(

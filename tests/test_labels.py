@@ -153,3 +153,20 @@ def test_min_size_in_physical_units() -> None:
     assert min_size_voxels(LabelsConfig(min_size_physical=1.0, mode="2d"), sizes, "zyx", "in.zarr") == 4
     with pytest.raises(InputError, match="needs physical pixel sizes, and in.zarr does not give them"):
         min_size_voxels(LabelsConfig(min_size_physical=1.0), {}, "zyx", "in.zarr")
+
+
+@given(
+    shape=st.tuples(st.integers(1, 12), st.integers(1, 30), st.integers(1, 30)),
+    density=st.floats(0.05, 0.95),
+    seed=st.integers(0, 2**16),
+    full=st.booleans(),
+)
+def test_block_summary_is_each_labels_first_voxel_and_size(
+    shape: tuple[int, int, int], density: float, seed: int, full: bool
+) -> None:
+    foreground = np.random.default_rng(seed).random(shape) < density
+    local, summary = label_block(foreground, (0, 0, 0), shape, Connectivity("full" if full else "faces"))
+    labels, first, sizes = np.unique(local.ravel(), return_index=True, return_counts=True)
+    keep = labels > 0
+    assert np.array_equal(summary.first_voxel, first[keep])
+    assert np.array_equal(summary.sizes, sizes[keep])
