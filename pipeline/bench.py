@@ -28,6 +28,7 @@ import zarr
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.config import load_config
 from pipeline.demo import DEMO_MODEL
+from pipeline.errors import InputError
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
 from pipeline.predict import predict_plane, prepare_model
@@ -88,6 +89,7 @@ class BenchSettings:
     e2e_tasks_per_worker: int = 2  # blocks a worker runs at once (Dask threads)
     e2e_block_tiles: int = 4
     e2e_block_planes: int = 1
+    e2e_weights: str = "random"  # random | demo (the shipped model: cells, not speckle; 8 base channels)
     profiles: tuple[BenchProfile, ...] = ()  # explicit list instead of the matrix (the naive one is added)
 
 
@@ -110,6 +112,14 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> dict[str, Any]:
     """Model-only throughput per profile, the end-to-end run, and precision agreement, as one report."""
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda asked, but torch sees no CUDA device")
+    if settings.e2e_weights == "demo":
+        demo = load_checkpoint(DEMO_MODEL).config
+        if (demo.base_channels, demo.depth) != (settings.base_channels, settings.depth):
+            raise InputError(
+                f"--e2e-weights demo: the demo model has {demo.base_channels} base channels and depth "
+                f"{demo.depth}; bench with --base-channels {demo.base_channels} --depth {demo.depth}, so the "
+                "model-only figures are of the same network"
+            )
     torch.set_num_threads(settings.threads)
     report: dict[str, Any] = {"settings": asdict(settings), "machine": machine()}
     model_rows = []
@@ -224,9 +234,12 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         source = f"{root}/input.zarr"
         write_bench_volume(source, settings.e2e_shape)
         checkpoint = root / "bench.safetensors"
-        save_checkpoint(
-            checkpoint, bench_model(settings), normalization=Normalization("percentile", 1.0, 99.8)
-        )
+        if settings.e2e_weights == "demo":
+            checkpoint.write_bytes(DEMO_MODEL.read_bytes())
+        else:
+            save_checkpoint(
+                checkpoint, bench_model(settings), normalization=Normalization("percentile", 1.0, 99.8)
+            )
         threads = max(1, settings.threads // settings.e2e_workers)
         config = load_config(
             overrides={
@@ -260,6 +273,7 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         "torch_threads_per_worker": threads,
         "block_tiles": settings.e2e_block_tiles,
         "block_planes": settings.e2e_block_planes,
+        "weights": settings.e2e_weights,
         "wall_seconds": record["wall_seconds"],
         "mpix_per_second": round(end_to_end, 3),
         "predict_stage_mpix_per_second": predict["mpix_per_second"],

@@ -497,6 +497,13 @@ def demo(out_dir: Path, model: Path | None) -> None:
 @click.option("--block-tiles", default=4, show_default=True, help="Block edge in tiles (end to end).")
 @click.option("--block-planes", default=1, show_default=True, help="Planes per block (end to end).")
 @click.option(
+    "--e2e-weights",
+    type=click.Choice(["random", "demo"]),
+    default="random",
+    show_default=True,
+    help="End-to-end model: random weights (speckle) or the shipped demo model (cells; --base-channels 8).",
+)
+@click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
 )
 def bench(
@@ -516,6 +523,7 @@ def bench(
     tasks_per_worker: int,
     block_tiles: int,
     block_planes: int,
+    e2e_weights: str,
     json_path: Path | None,
 ) -> None:
     """Throughput of the model over execution profiles (the naive one included) and of segment end to end."""
@@ -546,6 +554,7 @@ def bench(
         e2e_tasks_per_worker=tasks_per_worker,
         e2e_block_tiles=block_tiles,
         e2e_block_planes=block_planes,
+        e2e_weights=e2e_weights,
         profiles=chosen,
     )
     unknown = set(settings.dtypes) - set(DTYPE_NAMES)
