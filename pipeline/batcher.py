@@ -17,6 +17,7 @@ next, and the tasks read, normalise, write and label their blocks beside it.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,13 +83,43 @@ class Pending:
         return self._error is not None
 
 
+class _Clock:
+    """Points in one batch's life: the host clock on CPU, device events on CUDA (read once it is done)."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+        self.points: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+            event.record()
+            self.points.append(event)
+        else:
+            self.points.append(time.perf_counter())
+
+    def wait(self) -> None:
+        if self.cuda and self.points:
+            self.points[-1].synchronize()
+
+    def spans(self) -> list[float]:
+        """Seconds between consecutive marks."""
+        pairs = zip(self.points, self.points[1:])
+        if self.cuda:
+            return [start.elapsed_time(stop) / 1000 for start, stop in pairs]
+        return [stop - start for start, stop in pairs]
+
+
+STAGES = ("h2d", "compute", "d2h")  # the spans of a batch's clock, in order
+
+
 @dataclass
 class _Slot:
     """Host buffers of one batch in flight, and which windows it holds."""
 
     inputs: torch.Tensor  # (B, C, S, S) float32, pinned on CUDA
     outputs: torch.Tensor  # (B, k, s, s) float32, pinned on CUDA
-    event: torch.cuda.Event | None
+    clock: _Clock
     pieces: list[tuple[Pending, int, int]] = field(default_factory=list)  # (request, start, stop)
 
 
@@ -130,6 +161,7 @@ class DeviceBatcher:
         self._ready = threading.Condition()
         self._closed = False
         self._slots: list[_Slot] = []
+        self.statistics: dict[str, float] = {}  # batches, windows, padding, seconds per step: running totals
         self._thread = threading.Thread(target=self._serve, name="unet-device-batcher", daemon=True)
         self._thread.start()
 
@@ -233,9 +265,10 @@ class DeviceBatcher:
         out_size = self.model.geometry.output_size(window)
         inputs = torch.zeros((self.batch_size, self.channels, window, window), pin_memory=cuda)
         outputs = torch.zeros((self.batch_size, self._n_classes, out_size, out_size), pin_memory=cuda)
-        return _Slot(inputs, outputs, torch.cuda.Event() if cuda else None)  # type: ignore[no-untyped-call]
+        return _Slot(inputs, outputs, _Clock(cuda))
 
     def _launch(self, slot: _Slot, pieces: list[tuple[Pending, int, int]]) -> None:
+        started = time.perf_counter()
         host = slot.inputs.numpy()
         row = 0
         for pending, start, stop in pieces:
@@ -243,15 +276,22 @@ class DeviceBatcher:
             row += stop - start
         host[row:] = 0
         slot.pieces = pieces
-        non_blocking = self.device.type == "cuda"
+        self._count("fill_seconds", time.perf_counter() - started)
+        self._count("batches", 1)
+        self._count("windows", row)
+        self._count("padding_windows", self.batch_size - row)
+        cuda = self.device.type == "cuda"
+        slot.clock = _Clock(cuda)
         with torch.inference_mode():
-            inputs = slot.inputs.to(self.device, non_blocking=non_blocking).to(
+            slot.clock.mark()
+            inputs = slot.inputs.to(self.device, non_blocking=cuda).to(
                 dtype=self._dtype, memory_format=self._memory_format
             )
+            slot.clock.mark()
             probabilities = forward_probabilities(self._forward, inputs, self.classes)
-            slot.outputs.copy_(probabilities, non_blocking=non_blocking)
-        if slot.event is not None:
-            slot.event.record()
+            slot.clock.mark()
+            slot.outputs.copy_(probabilities, non_blocking=cuda)
+            slot.clock.mark()
 
     def _finish(self, slot: _Slot) -> None:
         """Wait for the slot's batch and hand each task its windows' probabilities."""
@@ -259,17 +299,23 @@ class DeviceBatcher:
             return
         pieces, slot.pieces = slot.pieces, []
         try:
-            if slot.event is not None:
-                slot.event.synchronize()
+            slot.clock.wait()
         except BaseException as error:  # noqa: BLE001 - handed to the waiting tasks
             for pending, _, _ in pieces:
                 pending.fail(error)
             return
+        for stage, seconds in zip(STAGES, slot.clock.spans(), strict=True):
+            self._count(f"{stage}_seconds", seconds)
+        started = time.perf_counter()
         host = slot.outputs.numpy()
         row = 0
         for pending, start, stop in pieces:
             pending.deliver(start, host[row : row + stop - start])
             row += stop - start
+        self._count("deliver_seconds", time.perf_counter() - started)
+
+    def _count(self, name: str, value: float) -> None:
+        self.statistics[name] = self.statistics.get(name, 0) + value
 
     def _finish_all(self) -> None:
         for slot in self._slots:

@@ -37,6 +37,7 @@ from pipeline.synthetic import fluorescence_image, nuclei_labels, write_syntheti
 
 log = logging.getLogger(__name__)
 
+STEPS = ("fill", "h2d", "compute", "d2h", "deliver")  # a device batch, host fill to delivery
 DTYPE_NAMES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -284,6 +285,7 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         ),
         "stage_wall_seconds": {stage: values["wall_seconds"] for stage, values in record["stages"].items()},
         "predict_worker_seconds": predict["worker_seconds"],
+        "device_batcher": predict.get("device", {}),
         "peak_worker_rss_bytes": record.get("worker_peak_rss_bytes"),
         "gpu_utilisation_percent": round(float(np.mean([u for u, _ in samples])), 1) if samples else None,
         "gpu_memory_used_peak_mib": max(m for _, m in samples) if samples else None,
@@ -398,4 +400,11 @@ def table(report: dict[str, Any]) -> str:
             f"{e2e['predict_stage_fraction_of_model_only']:.0%}); "
             f"stages {json.dumps(e2e['stage_wall_seconds'])}"
         )
+        device = e2e.get("device_batcher") or {}
+        if device:
+            steps = ", ".join(f"{step} {device.get(f'{step}_seconds', 0):.2f} s" for step in STEPS)
+            lines.append(
+                f"device batchers: {device.get('batches', 0):.0f} batches, {device.get('windows', 0):.0f} windows "
+                f"(+{device.get('padding_windows', 0):.0f} padding); {steps}"
+            )
     return "\n".join(lines)

@@ -351,6 +351,16 @@ def worker_batcher(checkpoint: CheckpointRef, profile: ProfileConfig) -> DeviceB
     return batcher
 
 
+def device_statistics() -> dict[str, float]:
+    """Running totals of this process's device batchers: batches, windows, padding, seconds per step."""
+    with _BATCHERS_LOCK:
+        totals: dict[str, float] = {}
+        for batcher in _BATCHERS.values():
+            for name, value in dict(batcher.statistics).items():
+                totals[name] = totals.get(name, 0) + value
+    return totals
+
+
 def probe_batch_size(checkpoint: CheckpointRef, profile: ProfileConfig, tile: int, shard_tiles: int) -> int:
     """batch_size auto, run on a worker: the largest batch its device fits, at most one shard of windows
     (a batch never holds two shards' windows: see :mod:`pipeline.batcher`)."""

@@ -29,6 +29,7 @@ from pipeline.blocks import (
     RelabelTask,
     ResampleTask,
     contact_block,
+    device_statistics,
     predict_block,
     probe_batch_size,
     pyramid_block,
@@ -263,6 +264,15 @@ def _fixed_profile(client: Client, plan: RunPlan, first_run: dict[str, Any] | No
     return profile.model_copy(update={"batch_size": size})
 
 
+def _device_work(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
+    """What the workers' device batchers did between two readings, summed over workers."""
+    totals: dict[str, float] = {}
+    for worker, counts in after.items():
+        for name, value in counts.items():
+            totals[name] = totals.get(name, 0) + value - before.get(worker, {}).get(name, 0)
+    return {name: round(value, 3) for name, value in sorted(totals.items())}
+
+
 def _run_stages(
     client: Client,
     plan: RunPlan,
@@ -292,9 +302,11 @@ def _run_stages(
         )
         for block in plan.predict_blocks
     ]
+    before = client.run(device_statistics)
     reports = _run_stage(
         client, plan, "predict", predict_block, predict_tasks, lambda t: t.block.block_id, run_id, record
     )
+    record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
     save()
     labelled = "predict"
     if resampled:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -206,6 +207,10 @@ def test_run_record(
     assert stored["execution_profile"]["threads"] == 1
     assert stored["config"]["profile"]["batch_size"] == "auto"
     assert stored["execution_profile"]["batch_size"] == 1  # auto on CPU, settled before any block ran
+    device = stored["stages"]["predict"]["device"]
+    planes, height, width = SHAPE
+    assert device["windows"] == device["batches"] == planes * math.ceil(height / 388) * math.ceil(width / 388)
+    assert device["padding_windows"] == 0 and device["compute_seconds"] > 0
     assert stored["cluster"]["workers"] == 2
     assert stored["environment"]["packages"]["torch"] == importlib.metadata.version("torch")
     assert len(stored["worker_peak_rss_bytes"]) == 2
