@@ -65,8 +65,14 @@ class OutputConfig(_Strict):
     )
 
 
+SLURM_PREFIX = "slurm:"  # cluster.address "slurm:FILE": dask-jobqueue workers as SLURM jobs, set up by FILE
+
+
 class ClusterConfig(_Strict):
-    address: str = Field("local", description="local | cuda | tcp://HOST:PORT of a running scheduler")
+    address: str = Field(
+        "local",
+        description="local | cuda | tcp://HOST:PORT of a running scheduler | slurm:FILE (dask-jobqueue)",
+    )
     workers: int = Field(2, ge=1, description="worker processes for local; ignored by cuda (one per GPU)")
     in_flight_per_worker: int = Field(2, ge=1, description="bounded window of submitted blocks")
     dashboard: bool = Field(False, description="serve the Dask dashboard on 127.0.0.1")
@@ -75,8 +81,13 @@ class ClusterConfig(_Strict):
 
     @model_validator(mode="after")
     def _known_address(self) -> ClusterConfig:
-        if self.address not in ("local", "cuda") and "://" not in self.address:
-            raise ValueError(f"cluster address must be local, cuda or tcp://HOST:PORT, got {self.address!r}")
+        known = self.address in ("local", "cuda") or "://" in self.address
+        if not known and not (
+            self.address.startswith(SLURM_PREFIX) and len(self.address) > len(SLURM_PREFIX)
+        ):
+            raise ValueError(
+                f"cluster address must be local, cuda, tcp://HOST:PORT or slurm:FILE, got {self.address!r}"
+            )
         return self
 
 
