@@ -64,6 +64,29 @@ def read_lock(output_url: str) -> LockOwner | None:
         raise OutputLockedError(f"unreadable lock file {location}: remove it if no run is active") from None
 
 
+def refuse_if_held(output_url: str) -> None:
+    """OutputLockedError if a live run (or one on another host) holds the output: a quick look
+    before a run starts its cluster; ``hold_lock`` decides for good."""
+    existing = read_lock(output_url)
+    if existing is not None and existing.is_alive() is not False:
+        raise _held_error(output_url, existing)
+
+
+def _held_error(output_url: str, existing: LockOwner) -> OutputLockedError:
+    held = f"run {existing.run_id} (pid {existing.pid} on {existing.host}, started {existing.started})"
+    if existing.is_alive() is False:
+        return OutputLockedError(
+            f"{output_url} has a stale lock from {held}, whose process is gone: continue it "
+            f"with --resume, or remove {lock_location(output_url)} if you are sure no run is active"
+        )
+    elsewhere = (
+        f"; if that run is gone, remove {lock_location(output_url)}" if existing.is_alive() is None else ""
+    )
+    return OutputLockedError(
+        f"{output_url} is being written by {held}; one run at a time per output{elsewhere}"
+    )
+
+
 @contextmanager
 def hold_lock(output_url: str, run_id: str, *, take_over_stale: bool) -> Iterator[LockOwner]:
     """Hold the output's lock for the duration of a run."""
@@ -71,20 +94,10 @@ def hold_lock(output_url: str, run_id: str, *, take_over_stale: bool) -> Iterato
     owner = LockOwner(socket.gethostname(), os.getpid(), run_id, now())
     existing = read_lock(output_url)
     if existing is not None:
-        alive = existing.is_alive()
-        held = f"run {existing.run_id} (pid {existing.pid} on {existing.host}, started {existing.started})"
-        if alive is False and take_over_stale:
+        if existing.is_alive() is False and take_over_stale:
             remove(location)
-        elif alive is False:
-            raise OutputLockedError(
-                f"{output_url} has a stale lock from {held}, whose process is gone: continue it "
-                f"with --resume, or remove {location} if you are sure no run is active"
-            )
         else:
-            elsewhere = f"; if that run is gone, remove {location}" if alive is None else ""
-            raise OutputLockedError(
-                f"{output_url} is being written by {held}; one run at a time per output{elsewhere}"
-            )
+            raise _held_error(output_url, existing)
     try:
         guaranteed = create_exclusive(location, json.dumps(asdict(owner)).encode())
     except FileExistsError:

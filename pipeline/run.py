@@ -47,7 +47,7 @@ from pipeline.errors import InputError, OutputWriteError
 from pipeline.geometry import BlockGrid
 from pipeline.labels import BlockLabels, merge_labels
 from pipeline.locations import is_url, join, write_whole
-from pipeline.lock import hold_lock, read_lock
+from pipeline.lock import hold_lock, read_lock, refuse_if_held
 from pipeline.markers import done_blocks, read_marker
 from pipeline.normalization import NormalizationStats, stats_from_record, stats_to_record
 from pipeline.omezarr import (
@@ -94,6 +94,7 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
 def _segment(request: SegmentRequest, client: Client | None) -> dict[str, Any]:
     started = time.perf_counter()
     plan = plan_run(request)
+    _refuse_if_held(plan)
     with _client(request, client) as active:
         _check_cluster(active, plan)
         return _write(plan, active, started)
@@ -133,6 +134,8 @@ def _write(plan: RunPlan, client: Client, started: float) -> dict[str, Any]:
             ensure_scratch_labels(plan.output_url, plan.layout)  # gone if a run died while finishing
         group = open_output(plan.output_url, mode="r+")
         state = read_state(group)
+        if request.resume and state["complete"]:  # finished by the run that held the lock a moment ago
+            raise InputError(f"--resume: {request.output_url} is already complete; nothing to resume")
         record = new_run_record(
             run_id=run_id,
             input_fingerprint=input_fingerprint,
@@ -246,9 +249,10 @@ def _resumable(
     return stats_from_record(first["normalization"]), str(state["runs"][-1]["run_id"])
 
 
-def _replace_previous(plan: RunPlan) -> None:
-    """--overwrite: remove the previous output (ours, checked by the plan) unless a live run holds it."""
-    if not plan.request.overwrite or not output_exists(plan.output_url):
+def _refuse_if_held(plan: RunPlan) -> None:
+    """A live run holding the output refuses this one, before a cluster is started for it."""
+    if not plan.request.overwrite:
+        refuse_if_held(plan.output_url)  # hold_lock decides for good
         return
     owner = read_lock(plan.output_url)
     if owner is not None and owner.is_alive() is not False:
@@ -256,6 +260,13 @@ def _replace_previous(plan: RunPlan) -> None:
             f"--overwrite refused: {plan.request.output_url} is being written by run {owner.run_id} "
             f"(pid {owner.pid} on {owner.host})"
         )
+
+
+def _replace_previous(plan: RunPlan) -> None:
+    """--overwrite: remove the previous output (ours, checked by the plan) unless a live run holds it."""
+    if not plan.request.overwrite or not output_exists(plan.output_url):
+        return
+    _refuse_if_held(plan)
     remove_output(plan.output_url)
     log.info("removed the previous output %s (--overwrite)", plan.request.output_url)
 
