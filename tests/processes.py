@@ -122,3 +122,22 @@ def start_worker(
         str(folder / name),
     ]
     return process(command, folder / f"{name}.log", env)
+
+
+def accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def moto_s3_server(folder: Path) -> Iterator[str]:
+    """moto's S3-compatible server on 127.0.0.1; yields its endpoint URL."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = folder / "moto.log"
+    with process([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log):
+        wait_until(lambda: accepts_connections(port), "moto server", log)
+        yield f"http://127.0.0.1:{port}"
