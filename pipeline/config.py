@@ -77,7 +77,9 @@ class ClusterConfig(_Strict):
     in_flight_per_worker: int = Field(2, ge=1, description="bounded window of submitted blocks")
     dashboard: bool = Field(False, description="serve the Dask dashboard on 127.0.0.1")
     memory_limit: str = Field("auto", description="per worker, as Dask understands it")
-    connect_timeout_seconds: float = Field(20.0, gt=0, description="wait this long for a scheduler address")
+    connect_timeout_seconds: float = Field(
+        20.0, gt=0, description="wait this long for a scheduler address, then for its first worker"
+    )
 
     @model_validator(mode="after")
     def _known_address(self) -> ClusterConfig:
