@@ -94,7 +94,7 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
 def _segment(request: SegmentRequest, client: Client | None) -> dict[str, Any]:
     started = time.perf_counter()
     plan = plan_run(request)
-    _refuse_if_held(plan)
+    _refuse_if_running(plan)
     with _client(request, client) as active:
         _check_cluster(active, plan)
         return _write(plan, active, started)
@@ -249,7 +249,7 @@ def _resumable(
     return stats_from_record(first["normalization"]), str(state["runs"][-1]["run_id"])
 
 
-def _refuse_if_held(plan: RunPlan) -> None:
+def _refuse_if_running(plan: RunPlan) -> None:
     """A live run holding the output refuses this one, before a cluster is started for it."""
     if not plan.request.overwrite:
         refuse_if_held(plan.output_url)  # hold_lock decides for good
@@ -266,7 +266,7 @@ def _replace_previous(plan: RunPlan) -> None:
     """--overwrite: remove the previous output (ours, checked by the plan) unless a live run holds it."""
     if not plan.request.overwrite or not output_exists(plan.output_url):
         return
-    _refuse_if_held(plan)
+    _refuse_if_running(plan)
     remove_output(plan.output_url)
     log.info("removed the previous output %s (--overwrite)", plan.request.output_url)
 
