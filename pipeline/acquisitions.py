@@ -11,18 +11,26 @@ chunk folders for hours without touching those should write a marker.
 
 Output names mirror the input tree: ``day1/embryo.zarr`` ->
 ``OUTPUT_ROOT/day1/embryo.ome.zarr``.
+
+The input root may be a bucket prefix (``s3://bucket/incoming``). Object
+stores have no folder times, so there the quiet period watches only the
+modification times of the metadata objects (the store's and its direct
+children's), read one HEAD request each; a writer that adds chunks to
+existing arrays for longer than the quiet period should write a marker.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pipeline.errors import InputError
+from pipeline.locations import filesystem, is_url
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +44,7 @@ MAX_DEPTH = 4  # plain folders (e.g. one per day or per instrument) nested under
 @dataclass(frozen=True, slots=True)
 class Acquisition:
     name: str  # path under the input root without the format suffix, "/"-separated
-    path: Path
+    path: Path | str  # a local path, or a URL under a bucket prefix
     kind: Literal["zarr", "tiff"]
     ready: bool
     why: str  # what made it ready or what it waits for
@@ -45,20 +53,28 @@ class Acquisition:
     def output_name(self) -> str:
         return self.name + OUTPUT_SUFFIX
 
+    @property
+    def file_name(self) -> str:
+        return self.path.name if isinstance(self.path, Path) else self.path.rstrip("/").rsplit("/", 1)[-1]
+
 
 def discover_acquisitions(
-    input_root: Path,
+    input_root: Path | str,
     *,
     quiet_seconds: float,
     ready_marker: str = ".ready",
     now: float | None = None,
 ) -> list[Acquisition]:
-    """Every acquisition under ``input_root``, sorted by name, each marked ready or waiting."""
-    if not input_root.is_dir():
-        raise InputError(f"input root {input_root} is not a folder")
+    """Every acquisition under ``input_root`` (a folder or a bucket prefix), sorted by name, ready or waiting."""
     clock = time.time() if now is None else now
     found: list[Acquisition] = []
-    _walk(input_root, input_root, 0, quiet_seconds, ready_marker, clock, found)
+    if isinstance(input_root, str) and is_url(input_root):
+        _walk_bucket(input_root, quiet_seconds, ready_marker, clock, found)
+    else:
+        root = Path(input_root)
+        if not root.is_dir():
+            raise InputError(f"input root {root} is not a folder")
+        _walk(root, root, 0, quiet_seconds, ready_marker, clock, found)
     return _refuse_shared_outputs(sorted(found, key=lambda acquisition: acquisition.name))
 
 
@@ -106,9 +122,11 @@ def _zarr_acquisition(
     return Acquisition(name, path, "zarr", ready, why)
 
 
-def _readiness(marker: Path | None, changed: float, quiet_seconds: float, now: float) -> tuple[bool, str]:
+def _readiness(
+    marker: Path | str | None, changed: float, quiet_seconds: float, now: float
+) -> tuple[bool, str]:
     if marker is not None:
-        return True, f"ready marker {marker.name}"
+        return True, f"ready marker {marker.name if isinstance(marker, Path) else marker}"
     quiet = now - changed
     if quiet >= quiet_seconds:
         return True, f"unchanged for {_duration(quiet)}"
@@ -181,7 +199,7 @@ def _refuse_shared_outputs(found: list[Acquisition]) -> list[Acquisition]:
     result = []
     for acquisition in found:
         clashing = [
-            other.path.name for other in by_output[acquisition.output_name] if other is not acquisition
+            other.file_name for other in by_output[acquisition.output_name] if other is not acquisition
         ]
         if clashing:
             acquisition = Acquisition(
@@ -193,6 +211,97 @@ def _refuse_shared_outputs(found: list[Acquisition]) -> list[Acquisition]:
             )
         result.append(acquisition)
     return result
+
+
+def _walk_bucket(
+    root_url: str, quiet_seconds: float, ready_marker: str, now: float, found: list[Acquisition]
+) -> None:
+    """``_walk`` for a bucket prefix: one listing per plain folder, HEAD requests for the rest."""
+    fs, root = filesystem(root_url)
+    fs.invalidate_cache()  # the microscope writes from elsewhere: list afresh
+    if not fs.isdir(root):
+        raise InputError(f"input root {root_url} is not a bucket prefix holding anything")
+    pending = [(root, 0)]
+    while pending:
+        folder, depth = pending.pop()
+        entries = {
+            entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry for entry in fs.ls(folder, detail=True)
+        }
+        for name, entry in sorted(entries.items()):
+            if name.startswith(".") or name.endswith(ready_marker):
+                continue
+            path = f"{folder}/{name}"
+            relative = path[len(root) + 1 :]
+            lower = name.lower()
+            beside = name + ready_marker in entries
+            if entry["type"] == "directory":
+                metadata = _object_times(fs, path, ZARR_METADATA)
+                if metadata or lower.endswith(ZARR_SUFFIXES):
+                    url = fs.unstrip_protocol(path)
+                    acquisition_name = _strip_suffix(relative, ZARR_SUFFIXES)
+                    if not metadata:
+                        why = "no Zarr metadata yet (still being written?)"
+                        found.append(Acquisition(acquisition_name, url, "zarr", False, why))
+                        continue
+                    marker = name + ready_marker if beside else None
+                    if marker is None and fs.exists(f"{path}/{ready_marker}"):
+                        marker = f"{name}/{ready_marker}"
+                    changed = max([*metadata, *_children_metadata_times(fs, path)])
+                    ready, why = _readiness(marker, changed, quiet_seconds, now)
+                    found.append(Acquisition(acquisition_name, url, "zarr", ready, why))
+                elif depth + 1 < MAX_DEPTH:
+                    pending.append((path, depth + 1))
+            elif lower.endswith(TIFF_SUFFIXES):
+                marker = name + ready_marker if beside else None
+                ready, why = _readiness(marker, _modified(entry), quiet_seconds, now)
+                url = fs.unstrip_protocol(path)
+                found.append(Acquisition(_strip_suffix(relative, TIFF_SUFFIXES), url, "tiff", ready, why))
+
+
+def _object_times(fs: Any, folder: str, names: tuple[str, ...]) -> list[float]:
+    """Modification times of those of ``names`` that exist in ``folder`` (one HEAD request each)."""
+    times = []
+    for name in names:
+        try:
+            times.append(_modified(fs.info(f"{folder}/{name}")))
+        except FileNotFoundError:
+            continue  # each Zarr format has only some of these files
+    return times
+
+
+def _children_metadata_times(fs: Any, store: str) -> list[float]:
+    """A group's children's metadata times; an array's chunks are never listed."""
+    if _object_times(fs, store, (".zarray",)) or _is_v3_array_object(fs, store):
+        return []
+    times = []
+    for entry in fs.ls(store, detail=True):
+        if entry["type"] == "directory":
+            times.extend(_object_times(fs, entry["name"].rstrip("/"), ("zarr.json", ".zarray", ".zattrs")))
+    return times
+
+
+def _is_v3_array_object(fs: Any, store: str) -> bool:
+    try:
+        head: bytes = fs.cat_file(f"{store}/zarr.json", start=0, end=4096)
+    except FileNotFoundError:
+        return False
+    return b'"node_type": "array"' in head or b'"node_type":"array"' in head
+
+
+def _modified(entry: dict[str, Any]) -> float:
+    stamp = entry.get("LastModified") or entry.get("mtime") or entry.get("updated")
+    if isinstance(stamp, datetime.datetime):
+        return stamp.timestamp()
+    if isinstance(stamp, int | float):
+        return float(stamp)
+    raise InputError(f"{entry.get('name')}: the store gives no modification time ({stamp!r})")
+
+
+def _strip_suffix(relative: str, suffixes: tuple[str, ...]) -> str:
+    for suffix in suffixes:
+        if relative.lower().endswith(suffix):
+            return relative[: -len(suffix)]
+    return relative
 
 
 def _duration(seconds: float) -> str:

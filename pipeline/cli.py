@@ -20,6 +20,7 @@ from pipeline import __version__
 from pipeline.bench import DTYPE_NAMES, BenchProfile, BenchSettings, run_bench
 from pipeline.bench import table as bench_table
 from pipeline.checkpoint import convert_state_dict, load_checkpoint, save_checkpoint
+from pipeline.cli_cluster import cluster_command
 from pipeline.cli_train import train_command
 from pipeline.config import load_config
 from pipeline.demo import run_demo
@@ -180,7 +181,7 @@ def model_convert(source: Path, target: Path, normalization: str, pixel_size: fl
 @click.option(
     "--rescale", is_flag=True, default=None, help="Resample the input to the model's pixel size (Y, X)."
 )
-@click.option("--cluster", help="local | cuda | tcp://HOST:PORT of a running scheduler.")
+@click.option("--cluster", help="local | cuda | tcp://HOST:PORT of a running scheduler | slurm:FILE.")
 @click.option("--workers", type=int, help="Worker processes of a local cluster.")
 @click.option("--block-tiles", type=int, help="Block edge in tiles (a multiple of the shard edge).")
 @click.option("--threads", type=int, help="Intra-op threads per worker (execution profile).")
@@ -568,6 +569,7 @@ def bench(
 
 
 cli.add_command(train_command)
+cli.add_command(cluster_command)
 
 
 def main() -> None:

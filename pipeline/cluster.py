@@ -1,11 +1,13 @@
 """The Dask cluster of one run: where blocks are computed.
 
 ``local``: a LocalCluster of worker processes on 127.0.0.1; ``cuda``: a
-dask-cuda LocalCUDACluster, one worker pinned per GPU; ``tcp://HOST:PORT``:
-an existing scheduler. A worker runs ``threads_per_worker`` blocks at once:
-their forward passes share the process's one device batcher, the others
-read, write and label meanwhile; torch's intra-op threads come from the
-execution profile. The
+dask-cuda LocalCUDACluster, one worker pinned per GPU; ``tcp://HOST:PORT``
+(or ``tls://``): an existing scheduler, with workers started on other nodes
+by the operator; ``slurm:FILE``: dask-jobqueue workers, one SLURM job (and
+GPU) each (``pipeline.slurm``). A worker we start runs ``threads_per_worker``
+blocks at once: their forward passes share the process's one device batcher
+while the others read, write and label; torch's intra-op threads come from
+the execution profile. The
 driver keeps a bounded window of blocks in flight, so a volume of hundreds
 of thousands of blocks never floods the scheduler.
 """
@@ -21,10 +23,13 @@ from itertools import islice
 from typing import Any, TypeVar
 
 import dask
+import fsspec
+import torch
 from distributed import Client, Future, LocalCluster, as_completed
 
-from pipeline.config import ClusterConfig
+from pipeline.config import SLURM_PREFIX, ClusterConfig
 from pipeline.errors import InputDataError, InputError, PipelineError
+from pipeline.locations import is_url
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,12 @@ def open_client(config: ClusterConfig, *, forward_logs: bool = True) -> Iterator
                 ) from None
             cluster = stack.enter_context(LocalCUDACluster(**local_options))  # one worker per visible GPU
             client = stack.enter_context(Client(cluster))
+        elif config.address.startswith(SLURM_PREFIX):
+            from pipeline.slurm import slurm_cluster
+
+            cluster = stack.enter_context(slurm_cluster(config.address.removeprefix(SLURM_PREFIX)))
+            client = stack.enter_context(Client(cluster))
+            _wait_for_workers(client, config.address, config.connect_timeout_seconds)
         else:
             try:
                 client = stack.enter_context(
@@ -89,11 +100,24 @@ def open_client(config: ClusterConfig, *, forward_logs: bool = True) -> Iterator
                 )
             except OSError as error:
                 raise InputError(f"cannot reach the Dask scheduler at {config.address}: {error}") from None
+            _wait_for_workers(client, config.address, config.connect_timeout_seconds)
         if forward_logs:
             client.forward_logging("pipeline", level=logging.INFO)
         if client.dashboard_link and config.dashboard:
             log.info("Dask dashboard: %s", client.dashboard_link)
         yield client
+
+
+def _wait_for_workers(client: Client, address: str, seconds: float) -> None:
+    """A scheduler without workers would leave the run waiting forever: give up after ``seconds``."""
+    try:
+        client.wait_for_workers(1, timeout=seconds)
+    except TimeoutError:
+        raise InputError(
+            f"no Dask worker joined the scheduler at {address} within {seconds:g} s: start workers "
+            "(`dask worker ADDRESS --nthreads 2` on each node, `dask cuda worker ADDRESS` on GPU nodes) "
+            "or raise cluster.connect_timeout_seconds"
+        ) from None
 
 
 def run_bounded(
@@ -142,16 +166,51 @@ def run_bounded(
             client.cancel(leftover)
 
 
-def check_workers_see(client: Client, paths: list[str]) -> None:
-    """InputError naming the workers (and hosts) that cannot see these local paths (the input, the output)."""
-    for path in paths:
-        seen = client.run(os.path.exists, path)
+def location_exists(location: str) -> bool:
+    """Whether this process sees ``location``: a local path, or a URL with this process's credentials."""
+    if not is_url(location):
+        return os.path.exists(location)
+    fs, path = fsspec.core.url_to_fs(location)
+    fs.invalidate_cache(path)  # a long-lived worker may have listed the bucket before
+    try:
+        return bool(fs.exists(path))
+    except (OSError, PermissionError, ValueError) as error:
+        log.warning("%s cannot be checked from this worker: %s", location, error)
+        return False
+
+
+def check_workers_see(client: Client, locations: list[str]) -> None:
+    """InputError naming the workers (and hosts) that cannot see these paths or URLs (the input, the output)."""
+    for location in locations:
+        seen = client.run(location_exists, location)
         blind = sorted(address for address, exists in seen.items() if not exists)
         if blind:
-            raise InputError(
-                f"{path} is not visible to {len(blind)} of {len(seen)} Dask workers ({', '.join(blind[:4])}): "
-                "mount it at the same path on every node"
+            fix = (
+                "give every worker the same credentials and endpoint (the standard AWS variables or profile)"
+                if is_url(location)
+                else "mount it at the same path on every node"
             )
+            raise InputError(
+                f"{location} is not visible to {len(blind)} of {len(seen)} Dask workers "
+                f"({', '.join(blind[:4])}): {fix}"
+            )
+
+
+def cuda_device_count() -> int:
+    """CUDA devices this process can use (0 with a CPU build of torch)."""
+    return torch.cuda.device_count()
+
+
+def check_workers_have_gpus(client: Client) -> None:
+    """InputError naming the workers that see no CUDA device, for a run whose profile asks for one."""
+    counts = client.run(cuda_device_count)
+    without = sorted(address for address, count in counts.items() if count == 0)
+    if without:
+        raise InputError(
+            f"--device cuda (profile.device), but {len(without)} of {len(counts)} Dask workers see no "
+            f"CUDA device ({', '.join(without[:4])}): start the workers on GPU nodes with a CUDA build "
+            "of torch (`dask cuda worker ADDRESS`, or --cluster cuda on one machine), or run with --device cpu"
+        )
 
 
 def cluster_shape(client: Client) -> dict[str, Any]:

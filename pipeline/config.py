@@ -83,8 +83,14 @@ class OutputConfig(_Strict):
     )
 
 
+SLURM_PREFIX = "slurm:"  # cluster.address "slurm:FILE": dask-jobqueue workers as SLURM jobs, set up by FILE
+
+
 class ClusterConfig(_Strict):
-    address: str = Field("local", description="local | cuda | tcp://HOST:PORT of a running scheduler")
+    address: str = Field(
+        "local",
+        description="local | cuda | tcp://HOST:PORT of a running scheduler | slurm:FILE (dask-jobqueue)",
+    )
     workers: int = Field(2, ge=1, description="worker processes for local; ignored by cuda (one per GPU)")
     threads_per_worker: int = Field(
         2, ge=1, description="blocks a worker runs at once: one on the device, the others reading and writing"
@@ -92,12 +98,19 @@ class ClusterConfig(_Strict):
     in_flight_per_worker: int = Field(3, ge=1, description="bounded window of submitted blocks")
     dashboard: bool = Field(False, description="serve the Dask dashboard on 127.0.0.1")
     memory_limit: str = Field("auto", description="per worker, as Dask understands it")
-    connect_timeout_seconds: float = Field(20.0, gt=0, description="wait this long for a scheduler address")
+    connect_timeout_seconds: float = Field(
+        20.0, gt=0, description="wait this long for a scheduler address, then for its first worker"
+    )
 
     @model_validator(mode="after")
     def _known_address(self) -> ClusterConfig:
-        if self.address not in ("local", "cuda") and "://" not in self.address:
-            raise ValueError(f"cluster address must be local, cuda or tcp://HOST:PORT, got {self.address!r}")
+        known = self.address in ("local", "cuda") or "://" in self.address
+        if not known and not (
+            self.address.startswith(SLURM_PREFIX) and len(self.address) > len(SLURM_PREFIX)
+        ):
+            raise ValueError(
+                f"cluster address must be local, cuda, tcp://HOST:PORT or slurm:FILE, got {self.address!r}"
+            )
         return self
 
 

@@ -4,7 +4,9 @@ Written after the block's shards, so a marker means the block is done.
 Zarr does not store chunks equal to the fill value, so a missing shard says
 nothing; only markers do. A predict marker also carries the block's label
 summary, and a contacts marker its label pairs, so a resumed run can merge
-labels without recomputing finished blocks. Paths go through fsspec.
+labels without recomputing finished blocks. Paths go through fsspec; on
+an object store a marker is one PUT (whole or absent) and every listing
+asks the store (no cached listing).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from __future__ import annotations
 import io
 from typing import Any
 
-import fsspec
 import numpy as np
 import numpy.typing as npt
+
+from pipeline.locations import filesystem, read_bytes, write_whole
 
 MARKERS = "_markers"
 
@@ -26,27 +29,21 @@ def _stage_path(output_url: str, stage: str) -> str:
 def write_marker(
     output_url: str, stage: str, block_id: int, payload: dict[str, npt.NDArray[Any]] | None = None
 ) -> None:
-    """Mark ``block_id`` done in ``stage``; written whole or not at all (temporary name, then rename)."""
-    fs, folder = fsspec.core.url_to_fs(_stage_path(output_url, stage))
-    fs.makedirs(folder, exist_ok=True)
+    """Mark ``block_id`` done in ``stage``; written whole or not at all."""
     buffer = io.BytesIO()
     np.savez(buffer, **(payload or {}))  # type: ignore[arg-type]  # numpy stubs misread **arrays
-    final = f"{folder}/{block_id}.npz"
-    partial = f"{final}.partial"
-    with fs.open(partial, "wb") as handle:
-        handle.write(buffer.getvalue())
-    fs.mv(partial, final)
+    write_whole(f"{_stage_path(output_url, stage)}/{block_id}.npz", buffer.getvalue())
 
 
 def read_marker(output_url: str, stage: str, block_id: int) -> dict[str, npt.NDArray[Any]]:
-    fs, folder = fsspec.core.url_to_fs(_stage_path(output_url, stage))
-    with fs.open(f"{folder}/{block_id}.npz", "rb") as handle, np.load(io.BytesIO(handle.read())) as data:
-        return {name: data[name] for name in data.files}
+    data = read_bytes(f"{_stage_path(output_url, stage)}/{block_id}.npz")
+    with np.load(io.BytesIO(data)) as arrays:
+        return {name: arrays[name] for name in arrays.files}
 
 
 def done_blocks(output_url: str, stage: str) -> set[int]:
     """Blocks marked done in ``stage`` (one listing, not one request per block)."""
-    fs, folder = fsspec.core.url_to_fs(_stage_path(output_url, stage))
+    fs, folder = filesystem(_stage_path(output_url, stage))
     if not fs.exists(folder):
         return set()
     names = (path.rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False))

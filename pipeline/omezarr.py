@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import numpy as np
 import numpy.typing as npt
 import zarr
@@ -28,6 +27,7 @@ from zarr.codecs import ZstdCodec
 
 from pipeline.errors import InputError
 from pipeline.geometry import ceil_div
+from pipeline.locations import filesystem
 from pipeline.store import PixelSize
 
 RECORD_KEY = "unet_pipeline"  # our key in the root attributes
@@ -239,7 +239,7 @@ def ensure_scratch_labels(url: str, layout: OutputLayout) -> None:
 
 def remove_scratch(url: str) -> None:
     """Drop the per-block scratch labels and the completion markers of a finished run."""
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = filesystem(url)
     for folder in ("_scratch", "_markers"):
         if fs.exists(f"{path}/{folder}"):
             fs.rm(f"{path}/{folder}", recursive=True)
@@ -258,7 +258,7 @@ def open_output(url: str, mode: str = "r") -> zarr.Group:
 
 
 def output_exists(url: str) -> bool:
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = filesystem(url)
     return bool(fs.exists(path))
 
 
@@ -273,7 +273,7 @@ def is_pipeline_output(url: str) -> bool:
 def remove_output(url: str) -> None:
     """Delete a previous output, only if it is one of ours (``--overwrite``)."""
     open_output(url)
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = filesystem(url)
     fs.rm(path, recursive=True)
 
 

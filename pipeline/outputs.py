@@ -53,7 +53,7 @@ def read_output_status(url: str) -> OutputStatus:
         return OutputStatus(url, "foreign", [], problem=str(error))
     runs: list[dict[str, Any]] = list(state["runs"])
     try:
-        lock = read_lock(url) if "://" not in url else None
+        lock = read_lock(url)
     except OutputLockedError:
         lock = None
     if lock is not None and lock.is_alive() is not False:

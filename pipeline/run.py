@@ -11,6 +11,7 @@ failed and why.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -36,12 +37,20 @@ from pipeline.blocks import (
     relabel_block,
     resample_block,
 )
-from pipeline.cluster import check_workers_see, cluster_shape, open_client, run_bounded, worker_peak_rss
+from pipeline.cluster import (
+    check_workers_have_gpus,
+    check_workers_see,
+    cluster_shape,
+    open_client,
+    run_bounded,
+    worker_peak_rss,
+)
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputError, OutputWriteError
 from pipeline.geometry import BlockGrid
 from pipeline.labels import BlockLabels, merge_labels
-from pipeline.lock import hold_lock, read_lock
+from pipeline.locations import is_url, join, write_whole
+from pipeline.lock import hold_lock, read_lock, refuse_if_held
 from pipeline.markers import done_blocks, read_marker
 from pipeline.normalization import NormalizationStats, stats_from_record, stats_to_record
 from pipeline.omezarr import (
@@ -88,6 +97,22 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
 def _segment(request: SegmentRequest, client: Client | None) -> dict[str, Any]:
     started = time.perf_counter()
     plan = plan_run(request)
+    _refuse_if_running(plan)
+    with _client(request, client) as active:
+        _check_cluster(active, plan)
+        return _write(plan, active, started)
+
+
+def _check_cluster(client: Client, plan: RunPlan) -> None:
+    """Before anything is written: the workers have what the run asks of them (GPUs, the input, the model)."""
+    if plan.request.config.profile.device == "cuda":
+        check_workers_have_gpus(client)
+    check_workers_see(client, [plan.volume.ref.url, str(plan.checkpoint.path.resolve())])
+
+
+def _write(plan: RunPlan, client: Client, started: float) -> dict[str, Any]:
+    """Create (or continue) the output and run every stage on ``client``; return the run record."""
+    request = plan.request
     run_id = request.run_id or str(uuid.uuid4())
     input_fingerprint = fingerprint(plan.volume)
     read_amplification = _warn_on_read_amplification(plan)
@@ -112,6 +137,8 @@ def _segment(request: SegmentRequest, client: Client | None) -> dict[str, Any]:
             ensure_scratch_labels(plan.output_url, plan.layout)  # gone if a run died while finishing
         group = open_output(plan.output_url, mode="r+")
         state = read_state(group)
+        if request.resume and state["complete"]:  # finished by the run that held the lock a moment ago
+            raise InputError(f"--resume: {request.output_url} is already complete; nothing to resume")
         record = new_run_record(
             run_id=run_id,
             input_fingerprint=input_fingerprint,
@@ -152,17 +179,14 @@ def _segment(request: SegmentRequest, client: Client | None) -> dict[str, Any]:
                 f" (resuming run {previous_id})" if previous_id else "",
             )
             try:
-                with _client(request, client) as active:
-                    record["cluster"] = cluster_shape(active)
-                    save()
-                    check_workers_see(
-                        active, [p for p in (plan.volume.ref.url, plan.output_url) if "://" not in p]
-                    )
-                    profile = _fixed_profile(active, plan, state["runs"][0] if request.resume else None)
-                    record["execution_profile"] = profile.model_dump()
-                    save()
-                    _run_stages(active, plan, profile, stats, run_id, record, save)
-                    record["worker_peak_rss_bytes"] = worker_peak_rss(active)
+                record["cluster"] = cluster_shape(client)
+                save()
+                check_workers_see(client, [plan.output_url])
+                profile = _fixed_profile(client, plan, state["runs"][0] if request.resume else None)
+                record["execution_profile"] = profile.model_dump()
+                save()
+                _run_stages(client, plan, profile, stats, run_id, record, save)
+                record["worker_peak_rss_bytes"] = worker_peak_rss(client)
                 remove_scratch(plan.output_url)
             except BaseException as error:
                 # KeyboardInterrupt, or a cancellation signal from the orchestrator: resumable
@@ -231,16 +255,24 @@ def _resumable(
     return stats_from_record(first["normalization"]), str(state["runs"][-1]["run_id"])
 
 
-def _replace_previous(plan: RunPlan) -> None:
-    """--overwrite: remove the previous output (ours, checked by the plan) unless a live run holds it."""
-    if not plan.request.overwrite or not output_exists(plan.output_url):
+def _refuse_if_running(plan: RunPlan) -> None:
+    """A live run holding the output refuses this one, before a cluster is started for it."""
+    if not plan.request.overwrite:
+        refuse_if_held(plan.output_url)  # hold_lock decides for good
         return
-    owner = read_lock(plan.output_url) if "://" not in plan.output_url else None
+    owner = read_lock(plan.output_url)
     if owner is not None and owner.is_alive() is not False:
         raise InputError(
             f"--overwrite refused: {plan.request.output_url} is being written by run {owner.run_id} "
             f"(pid {owner.pid} on {owner.host})"
         )
+
+
+def _replace_previous(plan: RunPlan) -> None:
+    """--overwrite: remove the previous output (ours, checked by the plan) unless a live run holds it."""
+    if not plan.request.overwrite or not output_exists(plan.output_url):
+        return
+    _refuse_if_running(plan)
     remove_output(plan.output_url)
     log.info("removed the previous output %s (--overwrite)", plan.request.output_url)
 
@@ -502,13 +534,33 @@ def _client(request: SegmentRequest, client: Client | None) -> Iterator[Client]:
 
 @contextmanager
 def _log_file(output_url: str, run_id: str) -> Iterator[None]:
-    """Driver and forwarded worker logs of the run, in OUTPUT/logs/ (local outputs)."""
-    if "://" in output_url:
-        yield
+    """Driver and forwarded worker logs of the run, in OUTPUT/logs/run-ID.log.
+
+    For an object store the log is kept in a local file and uploaded when the run ends, however it ends.
+    """
+    name = f"run-{run_id}.log"
+    if not is_url(output_url):
+        folder = Path(output_url) / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        with _logging_to(folder / name):
+            yield
         return
-    folder = Path(output_url) / "logs"
-    folder.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(folder / f"run-{run_id}.log")
+    with tempfile.TemporaryDirectory(prefix="unet-pipeline-log-") as scratch:
+        local = Path(scratch) / name
+        try:
+            with _logging_to(local):
+                yield
+        finally:
+            try:
+                write_whole(join(output_url, "logs", name), local.read_bytes())
+            except OSError as error:
+                log.error("run %s: its log could not be uploaded to %s: %s", run_id, output_url, error)
+
+
+@contextmanager
+def _logging_to(path: Path) -> Iterator[None]:
+    """The ``pipeline`` logs, INFO and up, also written to ``path`` while the context lasts."""
+    handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
     package = logging.getLogger("pipeline")

@@ -1,0 +1,192 @@
+"""Multi-node Dask: ``--cluster tcp://HOST:PORT`` against a scheduler and workers started apart from the run.
+
+The test starts ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1
+as an operator starts them on several nodes; the run only gets the address.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+import zarr
+from click.testing import CliRunner
+from distributed import Client
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.cli import cli
+from pipeline.normalization import NormalizationStats
+from pipeline.synthetic import cell_image
+from tests.canonical import canonical_prediction
+from tests.conftest import write_volume
+from tests.processes import DaskProcesses, dask_cluster, start_worker
+
+SETTINGS: dict[str, Any] = {
+    "tiling": {"shard_tiles": 1, "block_tiles": [1, 1]},  # 2 planes x 1 x 2 tiles: 4 blocks for 2 workers
+    "output": {"dtype": "float32", "pyramid_levels": 0},
+    "profile": {"batch_size": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def separate_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskProcesses]:
+    with dask_cluster(tmp_path_factory.mktemp("dask"), workers=2) as cluster:
+        with Client(cluster.address, timeout="60s") as client:
+            client.wait_for_workers(2, timeout=60)
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory: pytest.TempPathFactory) -> str:
+    folder = tmp_path_factory.mktemp("data")
+    return write_volume(folder / "in.zarr", cell_image((2, 300, 400), seed=4), (1, 128, 128))
+
+
+def segment(*args: str, settings: dict[str, Any] = SETTINGS, folder: Path) -> tuple[int, str]:
+    config = folder / "run.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    result = CliRunner().invoke(cli, ["segment", *args, "--config", str(config), "--no-progress"])
+    return result.exit_code, result.output
+
+
+def last_line(text: str) -> str:
+    return text.strip().splitlines()[-1]
+
+
+def test_workers_started_apart_give_the_canonical_tiling_bitwise(
+    separate_cluster: DaskProcesses, volume: str, narrow_checkpoint: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out.ome.zarr"
+    code, text = segment(
+        volume,
+        str(output),
+        "--model",
+        str(narrow_checkpoint),
+        "--cluster",
+        separate_cluster.address,
+        folder=tmp_path,
+    )
+    assert code == 0, text
+    record = dict(zarr.open_group(str(output), mode="r").attrs)["unet_pipeline"]["runs"][-1]
+    assert record["status"] == "complete"
+    assert record["cluster"]["scheduler"] == separate_cluster.address
+    assert record["cluster"]["workers"] == 2 and record["cluster"]["hosts"] == ["127.0.0.1"]
+    assert record["stages"]["predict"]["computed"] == 4
+    with Client(separate_cluster.address, timeout="30s") as client:
+        nannies = set(client.run(lambda: __import__("os").getppid()).values())
+    assert nannies == {worker.pid for worker in separate_cluster.workers}  # the processes this test started
+    stats = NormalizationStats.from_dict(record["normalization"])
+    model = load_checkpoint(narrow_checkpoint).model
+    data = zarr.open_array(volume, mode="r")[...]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the profile's threads
+    try:
+        expected = np.stack([canonical_prediction(model, stats.apply(plane))[1] for plane in data])
+    finally:
+        torch.set_num_threads(previous)
+    assert np.array_equal(zarr.open_array(str(output / "s0"), mode="r")[...], expected)
+
+
+def test_device_cuda_without_a_gpu_worker_is_refused_before_writing(
+    separate_cluster: DaskProcesses, volume: str, narrow_checkpoint: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out.ome.zarr"
+    code, text = segment(
+        volume,
+        str(output),
+        "--model",
+        str(narrow_checkpoint),
+        "--cluster",
+        separate_cluster.address,
+        "--device",
+        "cuda",
+        folder=tmp_path,
+    )
+    assert code == 2, text
+    assert last_line(text).startswith(
+        "error: --device cuda (profile.device), but 2 of 2 Dask workers see no CUDA"
+    )
+    assert "--device cpu" in last_line(text)
+    assert not output.exists()
+
+
+def test_a_scheduler_without_workers_is_refused_in_time(
+    volume: str, narrow_checkpoint: Path, tmp_path: Path
+) -> None:
+    with dask_cluster(tmp_path / "dask", workers=0) as bare:
+        started = time.monotonic()
+        code, text = segment(
+            volume,
+            str(tmp_path / "out.ome.zarr"),
+            "--model",
+            str(narrow_checkpoint),
+            "--cluster",
+            bare.address,
+            settings={**SETTINGS, "cluster": {"connect_timeout_seconds": 1}},
+            folder=tmp_path,
+        )
+        waited = time.monotonic() - started
+    assert code == 2, text
+    assert f"error: no Dask worker joined the scheduler at {bare.address} within 1 s" in text
+    assert waited < 30
+    assert not (tmp_path / "out.ome.zarr").exists()
+
+
+def can_hide_folders() -> bool:
+    """Root with unshare: a process can get a private mount namespace (a node without the shared mount)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "mount", "-t", "tmpfs", "tmpfs", "/mnt"],
+        capture_output=True,
+        check=False,
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not can_hide_folders(), reason="needs root and unshare for a worker without the data mount"
+)
+def test_a_worker_that_cannot_see_the_input_is_named(
+    separate_cluster: DaskProcesses, narrow_checkpoint: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "shared"
+    source = write_volume(data / "in.zarr", cell_image((1, 100, 100), seed=5), (1, 100, 100))
+    hide = [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount -t tmpfs tmpfs "$1" && shift && exec "$@"',
+        "sh",
+        str(data),
+    ]
+    with Client(separate_cluster.address, timeout="30s") as client:
+        with start_worker(tmp_path, separate_cluster.address, "blind", prefix=hide):
+            client.wait_for_workers(3, timeout=60)
+            code, text = segment(
+                source,
+                str(tmp_path / "out.ome.zarr"),
+                "--model",
+                str(narrow_checkpoint),
+                "--cluster",
+                separate_cluster.address,
+                folder=tmp_path,
+            )
+        deadline = time.monotonic() + 30
+        while len(client.scheduler_info(n_workers=-1)["workers"]) > 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert code == 2, text
+    assert f"error: {source} is not visible to 1 of 3 Dask workers" in text
+    assert "mount it at the same path on every node" in text
+    assert not (tmp_path / "out.ome.zarr").exists()
