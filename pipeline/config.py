@@ -94,6 +94,9 @@ class LabelsConfig(_Strict):
     min_size_physical: float | None = Field(
         None, gt=0.0, description="same, in the input's physical units (cubed in 3d, squared in 2d)"
     )
+    uint32_max_objects: int = Field(
+        2**32 - 1, ge=0, le=2**32 - 1, description="labels are uint32 up to this many objects, uint64 beyond"
+    )
 
 
 class InputConfig(_Strict):

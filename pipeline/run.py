@@ -332,6 +332,7 @@ def _run_stages(
             [BlockLabels.from_arrays(summaries[b.block_id]) for b in plan.blocks],
             [contacts[b.block_id]["pairs"] for b in plan.blocks],
             plan.min_size_voxels,
+            config.labels.uint32_max_objects,
         )
         record["labels"] = {
             "objects": mapping.objects,
