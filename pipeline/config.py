@@ -72,6 +72,9 @@ class ClusterConfig(_Strict):
     dashboard: bool = Field(False, description="serve the Dask dashboard on 127.0.0.1")
     memory_limit: str = Field("auto", description="per worker, as Dask understands it")
     connect_timeout_seconds: float = Field(20.0, gt=0, description="wait this long for a scheduler address")
+    no_workers_timeout_seconds: float = Field(
+        300.0, gt=0, description="local and cuda: blocks fail (resumable) after this long with no worker left"
+    )
 
     @model_validator(mode="after")
     def _known_address(self) -> ClusterConfig:

@@ -26,6 +26,8 @@ from distributed import Client, LocalCluster
 
 from pipeline.checkpoint import save_checkpoint
 from pipeline.cli import cli
+from pipeline.cluster import BlockFailedError, open_client, run_bounded
+from pipeline.config import ClusterConfig
 from pipeline.lock import OutputLockedError, hold_lock
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
@@ -384,3 +386,34 @@ def test_stale_lock_is_reported(setup: dict[str, Path], tmp_path: Path) -> None:
         hold_lock(str(output), "another-run", take_over_stale=False),
     ):
         pass
+
+
+def test_a_cluster_left_without_workers_fails_its_blocks_instead_of_waiting() -> None:
+    """A worker retired for good stands in for one whose nanny died with it (benchmarks/soak.py)."""
+    failures: list[BlockFailedError] = []
+
+    def run_one_block(client: Client) -> None:
+        try:
+            run_bounded(
+                client,
+                abs,
+                [-7],
+                in_flight=1,
+                retries=0,
+                key=lambda task: f"block-{-task}",
+                describe=lambda task: f"block {-task}",
+                on_result=lambda _: None,
+            )
+        except BlockFailedError as error:
+            failures.append(error)
+
+    with open_client(ClusterConfig(workers=1, no_workers_timeout_seconds=1), forward_logs=False) as client:
+        client.retire_workers(close_workers=True)
+        waiting = threading.Thread(target=run_one_block, args=(client,), daemon=True)
+        waiting.start()
+        waiting.join(60)
+        assert failures, "still waiting for a worker after 60 s"
+    message = str(failures[0])
+    assert re.match(
+        r"block 7 failed after 1 attempt\(s\): NoWorkerError: .* without any running workers", message
+    )
