@@ -70,8 +70,14 @@ def open_client(config: ClusterConfig, *, forward_logs: bool = True) -> Iterator
         "silence_logs": logging.ERROR,
     }
     environment = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENVIRONMENT}
+    # a SIGKILLed worker now and then takes its nanny down with it (measured: benchmarks/soak.py), so a
+    # cluster we start can end with no worker at all: its blocks then fail instead of waiting forever
+    settings = {
+        "distributed.nanny.pre-spawn-environ": environment,
+        "distributed.scheduler.no-workers-timeout": f"{config.no_workers_timeout_seconds}s",
+    }
     with ExitStack() as stack:
-        stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": environment}))
+        stack.enter_context(dask.config.set(settings))
         if config.address == "local":
             cluster: Any = stack.enter_context(
                 LocalCluster(n_workers=config.workers, processes=True, **local_options)

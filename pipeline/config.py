@@ -101,6 +101,9 @@ class ClusterConfig(_Strict):
     connect_timeout_seconds: float = Field(
         20.0, gt=0, description="wait this long for a scheduler address, then for its first worker"
     )
+    no_workers_timeout_seconds: float = Field(
+        300.0, gt=0, description="local and cuda: blocks fail (resumable) after this long with no worker left"
+    )
 
     @model_validator(mode="after")
     def _known_address(self) -> ClusterConfig:
@@ -127,6 +130,9 @@ class LabelsConfig(_Strict):
     min_size_voxels: int = Field(0, ge=0, description="objects with fewer voxels are dropped")
     min_size_physical: float | None = Field(
         None, gt=0.0, description="same, in the input's physical units (cubed in 3d, squared in 2d)"
+    )
+    uint32_max_objects: int = Field(
+        2**32 - 1, ge=0, le=2**32 - 1, description="labels are uint32 up to this many objects, uint64 beyond"
     )
 
 

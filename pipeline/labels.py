@@ -32,6 +32,7 @@ import scipy.sparse.csgraph
 from pipeline.geometry import BlockGrid
 
 Int64Array = npt.NDArray[np.int64]
+UINT32_MAX_OBJECTS = 2**32 - 1  # IDs run 1..N, so uint32 holds N up to its largest value
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,19 +213,35 @@ class LabelMapping:
     offsets: Int64Array  # block b's local label l is node offsets[b] + l - 1
     node_ids: npt.NDArray[np.uint64]  # final ID of every node; 0 for dropped objects
     objects: int
+    uint32_max_objects: int = UINT32_MAX_OBJECTS  # more objects than this: uint64 labels
 
     def block_mapping(self, block_id: int) -> npt.NDArray[np.uint64]:
         """Lookup table for one block: index = local label, value = global ID (0 -> 0)."""
         own = self.node_ids[self.offsets[block_id] : self.offsets[block_id + 1]]
         return np.concatenate([np.zeros(1, np.uint64), own])
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.uint32_max_objects <= UINT32_MAX_OBJECTS:
+            raise ValueError(
+                f"uint32_max_objects must be 0..{UINT32_MAX_OBJECTS} (what uint32 holds), "
+                f"got {self.uint32_max_objects}"
+            )
+
     @property
     def dtype(self) -> str:
-        return "uint32" if self.objects < 2**32 else "uint64"
+        return "uint32" if self.objects <= self.uint32_max_objects else "uint64"
 
 
-def merge_labels(blocks: list[BlockLabels], contacts: list[Int64Array], min_size: int = 0) -> LabelMapping:
-    """Join local labels that touch, drop objects under ``min_size`` voxels, number canonically."""
+def merge_labels(
+    blocks: list[BlockLabels],
+    contacts: list[Int64Array],
+    min_size: int = 0,
+    uint32_max_objects: int = UINT32_MAX_OBJECTS,
+) -> LabelMapping:
+    """Join local labels that touch, drop objects under ``min_size`` voxels, number canonically.
+
+    The labels' dtype is uint32 up to ``uint32_max_objects`` objects, uint64 beyond.
+    """
     counts = np.array([b.count for b in blocks], dtype=np.int64)
     offsets = np.concatenate([np.zeros(1, np.int64), np.cumsum(counts)])
     nodes = int(offsets[-1])
@@ -245,7 +262,7 @@ def merge_labels(blocks: list[BlockLabels], contacts: list[Int64Array], min_size
     ranked = kept[np.argsort(component_first[kept], kind="stable")]
     final = np.zeros(components, np.uint64)
     final[ranked] = np.arange(1, ranked.size + 1, dtype=np.uint64)
-    return LabelMapping(offsets=offsets, node_ids=final[component], objects=int(ranked.size))
+    return LabelMapping(offsets, final[component], int(ranked.size), uint32_max_objects)
 
 
 def relabel(local: npt.NDArray[np.uint32], mapping: npt.NDArray[np.uint64], dtype: str) -> npt.NDArray[Any]:

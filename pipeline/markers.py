@@ -1,6 +1,9 @@
 """Completion markers: one small file per finished block per stage.
 
 Written after the block's shards, so a marker means the block is done.
+Removed only once the run record says the output is complete: until then
+a resumed run trusts them to skip blocks, and a partly removed set would
+make it redo some stages from scratch labels that are gone.
 Zarr does not store chunks equal to the fill value, so a missing shard says
 nothing; only markers do. A predict marker also carries the block's label
 summary, and a contacts marker its label pairs, so a resumed run can merge
@@ -48,3 +51,10 @@ def done_blocks(output_url: str, stage: str) -> set[int]:
         return set()
     names = (path.rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False))
     return {int(name[: -len(".npz")]) for name in names if name.endswith(".npz")}
+
+
+def remove_markers(output_url: str) -> None:
+    """Drop every stage's markers: the output is complete and nothing will resume it."""
+    fs, folder = filesystem(f"{output_url.rstrip('/')}/{MARKERS}")
+    if fs.exists(folder):
+        fs.rm(folder, recursive=True)

@@ -238,11 +238,10 @@ def ensure_scratch_labels(url: str, layout: OutputLayout) -> None:
 
 
 def remove_scratch(url: str) -> None:
-    """Drop the per-block scratch labels and the completion markers of a finished run."""
+    """Drop the per-block scratch labels (and --rescale's scratch probability) once every stage is done."""
     fs, path = filesystem(url)
-    for folder in ("_scratch", "_markers"):
-        if fs.exists(f"{path}/{folder}"):
-            fs.rm(f"{path}/{folder}", recursive=True)
+    if fs.exists(f"{path}/_scratch"):
+        fs.rm(f"{path}/_scratch", recursive=True)
 
 
 def open_output(url: str, mode: str = "r") -> zarr.Group:

@@ -4,8 +4,9 @@ Stages run on Dask with a bounded window of blocks in flight; each block
 marks itself done after writing its shards, so a resumed run (``resume``)
 recomputes only unmarked blocks and ends with the same bits as an
 uninterrupted run. The output is marked complete only after every stage
-and the run record are written; a failed run's record says which block
-failed and why.
+and the run record are written (one atomic write of the root attributes),
+and the markers go only after that; a failed run's record says which
+block failed and why.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from pipeline.geometry import BlockGrid
 from pipeline.labels import BlockLabels, merge_labels
 from pipeline.locations import is_url, join, write_whole
 from pipeline.lock import hold_lock, read_lock, refuse_if_held
-from pipeline.markers import done_blocks, read_marker
+from pipeline.markers import done_blocks, read_marker, remove_markers
 from pipeline.normalization import NormalizationStats, stats_from_record, stats_to_record
 from pipeline.omezarr import (
     SCRATCH_PROBABILITY,
@@ -208,9 +209,18 @@ def _write(plan: RunPlan, client: Client, started: float) -> dict[str, Any]:
                 status="complete", ended=now(), wall_seconds=round(time.perf_counter() - started, 3)
             )
             state["complete"] = True
-            save()
+            save()  # one atomic write: the record and the claim of completeness land together
+            _drop_markers(plan.output_url, run_id)
         log.info("run %s complete: %s", run_id, request.output_url)
     return record
+
+
+def _drop_markers(output_url: str, run_id: str) -> None:
+    """After the complete record, never before: a run killed earlier resumes from every marker."""
+    try:
+        remove_markers(output_url)
+    except OSError as error:  # the output is complete; only small files are left behind
+        log.warning("run %s: complete, but its block markers could not be removed: %s", run_id, error)
 
 
 def _warn_on_read_amplification(plan: RunPlan) -> float:
@@ -392,6 +402,7 @@ def _run_stages(
             [BlockLabels.from_arrays(summaries[b.block_id]) for b in plan.blocks],
             [contacts[b.block_id]["pairs"] for b in plan.blocks],
             plan.min_size_voxels,
+            config.labels.uint32_max_objects,
         )
         record["labels"] = {
             "objects": mapping.objects,

@@ -312,8 +312,18 @@ def naming_damage(
     try:
         yield
     except Exception as error:  # codecs and stores raise many kinds for damaged data
-        where = describe_chunks(array, planes, rows, cols, damaged_only=True)
-        raise InputDataError(f"{ref.url}: cannot read {where}: {type(error).__name__}: {error}") from error
+        where = describe_chunks(array, planes, rows, cols, damaged_only=True, kind=_chunk_kind(ref, array))
+        raise InputDataError(
+            f"{ref.url}: cannot read {where}: {type(error).__name__}: {error}. The input is damaged there "
+            "(a corrupt or truncated copy?): copy it again from its source"
+        ) from error
+
+
+def _chunk_kind(ref: InputRef, array: SpatialArray) -> str:
+    """What the input's chunks are: a TIFF's are its strips (whole rows) or tiles."""
+    if not is_tiff(ref.url):
+        return "input chunk"
+    return "TIFF strip" if int(array.chunks[-1]) >= int(array.shape[-1]) else "TIFF tile"
 
 
 def describe_chunks(
@@ -323,8 +333,12 @@ def describe_chunks(
     cols: tuple[int, int],
     *,
     damaged_only: bool = False,
+    kind: str = "input chunk",
 ) -> str:
-    """The input chunks under a window (in the run's Z, Y, X), or only those that fail to read."""
+    """The input chunks under a window (in the run's Z, Y, X), or only those that fail to read.
+
+    ``kind``: what a chunk is called, e.g. "TIFF strip".
+    """
     height, width = (int(n) for n in array.shape[-2:])
     rows, cols = (max(0, rows[0]), min(height, rows[1])), (max(0, cols[0]), min(width, cols[1]))
     sizes = tuple(int(n) for n in array.chunks)
@@ -338,7 +352,7 @@ def describe_chunks(
     names = "zyx"[-len(spans) :]
     listed = "; ".join(", ".join(f"{name} {i}" for name, i in zip(names, index)) for index in found[:8])
     more = f" and {len(found) - 8} more" if len(found) > 8 else ""
-    return f"input chunk(s) {listed}{more} (chunks of {' x '.join(map(str, sizes))})"
+    return f"{kind}(s) {listed}{more} ({kind.split()[-1]}s of {' x '.join(map(str, sizes))})"
 
 
 def _readable(array: SpatialArray, index: tuple[int, ...], sizes: tuple[int, ...]) -> bool:

@@ -5,10 +5,15 @@ several files of an OME series) as a read-only Zarr 3 store whose chunks are
 the file's tiles or strips, so zarr reads only what a window touches: never
 the whole file. Axes come from the series (OME-XML or ImageJ metadata when
 present); pixel sizes from OME-XML, ImageJ metadata or the resolution tags.
+
+A file cut short (a copy that stopped early) is refused at open when pages
+are missing: tifffile would quietly show fewer planes. Strips or tiles cut
+off inside the pages it has fail the blocks that read them, named.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 from xml.etree import ElementTree
@@ -42,6 +47,7 @@ def open_tiff(path: str) -> TiffImage:
         raise InputError(f"{path}: TIFF inputs are read from local or mounted paths only, not URLs")
     try:
         with tifffile.TiffFile(path) as tiff:
+            _check_page_chain(tiff, path)
             series = tiff.series[0]
             letters = series.axes.upper()
             description = _describe(tiff, series)
@@ -54,6 +60,28 @@ def open_tiff(path: str) -> TiffImage:
         raise InputError(f"cannot read {path} as TIFF: {type(error).__name__}: {error}") from error
     named = {letter.lower(): size for letter, size in sizes.items()}
     return TiffImage(array, _axes(letters), description, named)
+
+
+def _check_page_chain(tiff: tifffile.TiffFile, path: str) -> None:
+    """InputError when the last page tifffile could reach points past the end of the file."""
+    pages = len(tiff.pages)  # follows the chain of page headers as far as it goes
+    handle, layout = tiff.filehandle, tiff.tiff
+    position = tiff.pages.next_page_offset  # where the last page keeps the offset of the next one
+    if position is None:  # no chain of page headers to follow
+        return
+    handle.seek(position)
+    pointer = handle.read(layout.offsetsize)
+    following = struct.unpack(layout.offsetformat, pointer)[0] if len(pointer) == layout.offsetsize else None
+    if following is None or following >= handle.size:
+        missing = (
+            f"page {pages - 1} is cut inside its header"
+            if following is None
+            else f"page {pages} should start at byte {following}"
+        )
+        raise InputError(
+            f"{path} is truncated: {missing}, but the file ends at byte {handle.size}; later pages are "
+            "missing: copy it again from its source"
+        )
 
 
 def reopen_tiff(path: str) -> zarr.Array[Any]:

@@ -4,6 +4,7 @@ and the path, no traceback, the input's bytes unchanged and nothing marked compl
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,21 @@ def corrupt_chunk(folder: Path) -> Case:
     )
 
 
+def pages_tiff(path: Path, data: np.ndarray) -> Path:
+    """A TIFF written page by page, as a microscope writes one: each page's header, then its strips."""
+    with tifffile.TiffWriter(path) as tiff:
+        for plane in data:
+            tiff.write(plane, rowsperstrip=12, photometric="minisblack", contiguous=False, metadata=None)
+    return path
+
+
+def tiff_missing_pages(folder: Path) -> Case:
+    source = pages_tiff(folder / "cut.tif", cell_image((3, 70, 80), seed=1))
+    with source.open("r+b") as handle:
+        handle.truncate(source.stat().st_size * 2 // 3 - 300)  # into the second page: the third is gone
+    return Case(run_args(folder, source), source, "is truncated: page 2 should start at byte")
+
+
 def missing_checkpoint(folder: Path) -> Case:
     checkpoint = folder / "absent.safetensors"
     return Case(run_args(folder, volume(folder), model=checkpoint), checkpoint, "the file does not exist")
@@ -201,6 +217,7 @@ CASES: list[Callable[[Path], Case]] = [
     channel_out_of_range,
     zero_size_axis,
     corrupt_chunk,
+    tiff_missing_pages,
     missing_checkpoint,
     pytorch_pickle,
     truncated_checkpoint,
@@ -252,6 +269,31 @@ def test_a_damaged_chunk_outside_the_sample_fails_its_block_naming_the_chunk(
     assert "predict of block" in result.output
     state = dict(zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r").attrs)["unet_pipeline"]
     assert state["complete"] is False and state["runs"][-1]["status"] == "failed"
+
+
+def test_a_truncated_tiff_fails_the_blocks_it_cuts_naming_the_strip(
+    tmp_path: Path, dask_address: str
+) -> None:
+    source = pages_tiff(tmp_path / "cut.tif", cell_image((3, 180, 216), seed=3))  # 90 one-tile blocks
+    with source.open("r+b") as handle:
+        handle.truncate(source.stat().st_size - 3000)  # the copy stopped inside the last strip
+    before = checksums(source)
+    config = config_file(tmp_path, {**SETTINGS, "normalization_sample": {"regions": 1}}, "sparse.yaml")
+    output = tmp_path / "out.ome.zarr"
+    args = [str(source), str(output), "--model", str(model_file(tmp_path)), "--config", str(config)]
+    result = CliRunner().invoke(cli, ["segment", *args, "--cluster", dask_address, "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert f"{source}: cannot read TIFF strip(s) z 2, y 14, x 0 (strips of 1 x 12 x 216)" in result.output
+    assert re.search(r"predict of block \d+ \(z, y, x from \(2, 1(08|44), \d+\)", result.output), (
+        result.output
+    )
+    assert "copy it again from its source" in result.output and "Traceback" not in result.output
+    assert checksums(source) == before
+    state = dict(zarr.open_group(str(output), mode="r").attrs)["unet_pipeline"]
+    assert state["complete"] is False and state["runs"][-1]["status"] == "failed"
+    assert "TIFF strip(s) z 2, y 14" in state["runs"][-1]["error"]
+    kept = {int(path.stem) for path in (output / "_markers" / "predict").glob("*.npz")}
+    assert set(range(60)) <= kept < set(range(90))  # planes 0 and 1 came before the cut one: kept
 
 
 def test_the_catalogue_lists_every_case(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 import yaml
 import zarr
@@ -15,8 +16,10 @@ from click.testing import CliRunner
 from pipeline.checkpoint import save_checkpoint
 from pipeline.cli import cli
 from pipeline.demo import DEMO_MODEL
+from pipeline.labels import Connectivity
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
+from pipeline.synthetic import cell_image
 from tests.conftest import write_volume
 
 SMALL = {"tiling": {"tile": 36, "shard_tiles": 1, "block_tiles": [1, 1]}, "output": {"dtype": "float32"}}
@@ -83,3 +86,27 @@ def test_the_full_16_bit_range(tmp_path: Path, dask_address: str) -> None:
     assert json.loads(json.dumps(run["normalization"])) == {"offset": 0.0, "scale": 1 / 65535}
     probability = zarr.open_array(str(output / "s0"), mode="r")[...]
     assert np.isfinite(probability).all() and 0 <= probability.min() and probability.max() <= 1
+
+
+def test_more_objects_than_uint32_holds_gives_uint64_labels_equal_to_whole_volume_components(
+    tmp_path: Path, dask_address: str
+) -> None:
+    """The limit lowered to 5 objects stands in for 2**32 - 1: the same code path, on a small volume."""
+    torch.manual_seed(2)  # an untrained net that calls ~1 % foreground: a few hundred small objects
+    model = tmp_path / "small.safetensors"
+    save_checkpoint(model, UNet(base_channels=2, depth=3), normalization=Normalization())
+    data = cell_image((2, 120, 140), seed=8)  # 32 one-tile blocks
+    settings = {
+        **SMALL,
+        "labels": {"uint32_max_objects": 5},
+        "output": {"dtype": "float32", "pyramid_levels": 1},
+    }
+    output = segment(tmp_path, data, model, settings, dask_address)
+    labels = json.loads(json.dumps(last_run(output)["labels"]))
+    probability = zarr.open_array(str(output / "s0"), mode="r")[...]
+    expected, count = scipy.ndimage.label(probability >= 0.5, structure=Connectivity().structure())
+    assert labels["objects"] == count > 5 and labels["dtype"] == "uint64"
+    for level, step in (("s0", 1), ("s1", 2)):
+        stored = zarr.open_array(str(output / "labels" / "cells" / level), mode="r")
+        assert stored.dtype == np.uint64
+        assert np.array_equal(stored[...], expected[:, ::step, ::step])  # same partition, same canonical IDs

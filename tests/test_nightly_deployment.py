@@ -19,13 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import psutil
 import pytest
 import yaml
 import zarr
 from click.testing import CliRunner
 
 from pipeline.cli import cli
+from pipeline.config import load_config
 from pipeline.omezarr import open_output, read_state
+from pipeline.plan import SegmentRequest
+from pipeline.run import segment
 from pipeline.synthetic import cell_image
 from tests.conftest import write_small_setup
 
@@ -306,3 +311,94 @@ def test_cancelling_a_run_leaves_an_output_the_next_run_resumes(
     assert resumed["stages"]["predict"]["skipped_done"] >= finished_before
     assert resumed["stages"]["predict"]["computed"] == 128 - resumed["stages"]["predict"]["skipped_done"]
     assert json.loads(json.dumps(resumed["prefect"]))["parent_flow_run_id"] == second
+
+
+def kill_tree(process: subprocess.Popen[Any]) -> int:
+    """SIGKILL a process and every process under it, as a lost machine would; how many there were."""
+    root = psutil.Process(process.pid)
+    tree = [root, *root.children(recursive=True)]
+    for member in tree:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(tree, timeout=30)
+    process.wait(30)
+    return len(tree)
+
+
+def crash_flow_run(env: dict[str, str], run_id: str) -> None:
+    """What Prefect's zombie-flow automation does (and the deployment's lease, after 5 minutes): the
+    run whose worker died is marked Crashed, which frees the deployment's one concurrency slot."""
+    response = httpx.post(
+        f"{env['PREFECT_API_URL']}/flow_runs/{run_id}/set_state",
+        json={"state": {"type": "CRASHED", "message": "its worker was killed"}, "force": True},
+        timeout=10,
+    )
+    response.raise_for_status()
+
+
+def stored_arrays(output: Path) -> dict[str, Any]:
+    """Every level of the probability and of the labels, by path."""
+    arrays = {}
+    for image in ("", "labels/cells/"):
+        multiscale = zarr.open_group(str(output / image), mode="r").attrs["ome"]["multiscales"][0]
+        for level in multiscale["datasets"]:
+            arrays[image + level["path"]] = zarr.open_array(str(output / image / level["path"]), mode="r")[
+                ...
+            ]
+    return arrays
+
+
+def test_a_killed_worker_leaves_an_output_the_next_deployment_run_resumes(
+    server: dict[str, str], site: dict[str, Path], dask_address: str
+) -> None:
+    """The worker and its flow run die; the blocks run on a Dask cluster of their own (the tests')."""
+    config_path = site["root"] / "small.yaml"
+    config_path.write_text(yaml.safe_dump({**RUN_CONFIG, "cluster": {"address": dask_address}}))
+    source = add_acquisition(site["incoming"], "killed", (6, 144, 144), seed=7)  # 24 blocks
+    output = site["out"] / "killed.ome.zarr"
+    markers = output / "_markers" / "predict"
+    first = start_nightly(server, site["settings"])
+    worker = subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", "segmentation", "--run-once"],
+        env=server,
+        cwd=site["root"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not (markers.is_dir() and len(list(markers.glob("*.npz"))) >= 3):
+            assert time.monotonic() < deadline, "the run never started predicting"
+            assert worker.poll() is None, "the worker exited before the run started"
+            time.sleep(0.01)
+        killed = kill_tree(worker)  # the worker and its flow run, the driver
+    finally:
+        _stop_group(worker)
+    done_at_kill = len(list(markers.glob("*.npz")))
+    assert killed >= 2 and 3 <= done_at_kill < 24, (killed, done_at_kill)
+    assert flow_run(server, first)["state"]["type"] == "RUNNING"  # nobody lived to say otherwise
+    state = read_state(open_output(str(output)))
+    assert state["complete"] is False and state["runs"][-1]["status"] == "running"
+
+    crash_flow_run(server, first)
+    second = start_nightly(server, site["settings"])
+    work_once(server, site["root"])
+    assert flow_run(server, second)["state"]["type"] == "COMPLETED"
+    killed_run, resumed = runs_of(output)
+    assert resumed["resumed_from"] == killed_run["run_id"] == killed_run["prefect"]["flow_run_id"]
+    predict = resumed["stages"]["predict"]
+    assert predict["skipped_done"] >= done_at_kill  # finished blocks are not predicted again
+    assert predict["computed"] == 24 - predict["skipped_done"]
+    (report,) = [artifact for artifact in artifacts(server, second) if artifact["key"] == "nightly-report"]
+    assert "resumed" in next(line for line in report["data"].splitlines() if line.startswith("| killed "))
+
+    clean = site["root"] / "clean.ome.zarr"
+    config = load_config(config_path)
+    segment(SegmentRequest(str(source), str(clean), site["model"], config, show_progress=False))
+    expected, got = stored_arrays(clean), stored_arrays(output)
+    assert sorted(got) == sorted(expected) and "labels/cells/s0" in got
+    for name, values in expected.items():
+        assert np.array_equal(got[name], values), name

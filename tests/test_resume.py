@@ -6,11 +6,14 @@ import logging
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,8 @@ from distributed import Client, LocalCluster
 
 from pipeline.checkpoint import save_checkpoint
 from pipeline.cli import cli
+from pipeline.cluster import BlockFailedError, open_client, run_bounded
+from pipeline.config import ClusterConfig
 from pipeline.lock import OutputLockedError, hold_lock
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
@@ -67,11 +72,15 @@ def cli_segment(setup: dict[str, Path], output: Path, *extra: str) -> tuple[int,
     return result.exit_code, result.output
 
 
-def start_driver(setup: dict[str, Path], output: Path) -> subprocess.Popen[str]:
+def start_driver(setup: dict[str, Path], output: Path, *extra: str) -> subprocess.Popen[str]:
     """A real driver process with its own local cluster, in its own process group."""
     script = Path(sys.executable).with_name("unet-pipeline")
     return subprocess.Popen(
-        [str(script), "--quiet", *segment_args(setup, output, "--cluster", "local", "--workers", "2")],
+        [
+            str(script),
+            "--quiet",
+            *segment_args(setup, output, "--cluster", "local", "--workers", "2", *extra),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -126,36 +135,100 @@ def reference(setup: dict[str, Path], dask_address: str) -> dict[str, np.ndarray
     return arrays(output)
 
 
+RUN_RECORD = "run record"  # after the last block: the cluster closes, scratch goes, the record is written
+STAGES = ["predict", "contacts", "relabel", "pyramid s1", "pyramid labels/cells/s1"]
+LAST_STAGE_BLOCKS = 12 * 3 * 3  # shards of 36 px on level 1 (90 x 108 px): 3 x 3 per plane
+
+
+@pytest.fixture(scope="module")
+def killed_in_pyramid(setup: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """An output whose driver was SIGKILLed mid-pyramid, and the markers it had; cases continue copies."""
+    output = tmp_path_factory.mktemp("killed") / "out.ome.zarr"
+    return output, kill_when(start_driver(setup, output), output, "pyramid-s1", 20)
+
+
+def killed_output(
+    setup: dict[str, Path], killed_in_pyramid: tuple[Path, int], output: Path, stage: str, count: int
+) -> int:
+    """Leave ``output`` as a driver SIGKILLed in ``stage`` leaves it; return the stage's markers then.
+
+    The run record stage continues a run killed mid-pyramid with a second driver, killed once the
+    last stage has all its markers: it is then past its last block, before its record.
+    """
+    if stage not in ("pyramid s1", RUN_RECORD):
+        return kill_when(start_driver(setup, output), output, stage.replace(" ", "-"), count)
+    shutil.copytree(killed_in_pyramid[0], output)
+    if stage == "pyramid s1":
+        return killed_in_pyramid[1]
+    resumed = start_driver(setup, output, "--resume")
+    return kill_when(resumed, output, STAGES[-1].replace(" ", "-"), count)
+
+
+@contextmanager
+def watching_markers(output: Path) -> Iterator[list[bool]]:
+    """Yields, after the block, the ``complete`` flag read the moment markers were first seen to go."""
+    seen: list[bool] = []
+    stop = threading.Event()
+
+    folders = [output / "_markers" / stage.replace(" ", "-") for stage in STAGES]
+
+    def watch() -> None:
+        known: set[Path] = set()
+        while not stop.is_set() and not seen:
+            present = {folder for folder in folders if folder.is_dir()}
+            if known - present:
+                seen.append(bool(state(output)["complete"]))
+            known |= present
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        watcher.join()
+
+
 @pytest.mark.parametrize(
-    ("stage", "count"), [("predict", 40), ("contacts", 60), ("relabel", 30), ("pyramid s1", 20)]
+    ("stage", "count"),
+    [("predict", 40), ("contacts", 60), ("relabel", 30), ("pyramid s1", 20), (RUN_RECORD, LAST_STAGE_BLOCKS)],
 )
 def test_killed_run_resumes_to_identical_output(
     setup: dict[str, Path],
     reference: dict[str, np.ndarray],
+    killed_in_pyramid: tuple[Path, int],
     dask_address: str,
     tmp_path: Path,
     stage: str,
     count: int,
 ) -> None:
     output = tmp_path / "out.ome.zarr"
-    done_at_kill = kill_when(start_driver(setup, output), output, stage.replace(" ", "-"), count)
+    done_at_kill = killed_output(setup, killed_in_pyramid, output, stage, count)
     killed = state(output)
     assert killed["complete"] is False
-    assert killed["runs"][0]["status"] == "running"  # it never got to say otherwise
+    assert killed["runs"][-1]["status"] == "running"  # it never got to say otherwise
 
-    code, text = cli_segment(setup, output, "--resume", "--cluster", dask_address)
+    with watching_markers(output) as complete_when_markers_went:
+        code, text = cli_segment(setup, output, "--resume", "--cluster", dask_address)
     assert code == 0, text
+    assert complete_when_markers_went == [True]  # a run killed before its record keeps every marker
     resumed = state(output)
     assert resumed["complete"] is True
-    first, second = resumed["runs"]
-    assert second["resumed_from"] == first["run_id"]
-    assert second["normalization"] == first["normalization"]
-    figures = second["stages"][stage]
-    assert done_at_kill < figures["blocks"], "the kill came after the stage had finished"
-    assert figures["skipped_done"] >= done_at_kill
-    assert figures["computed"] == figures["blocks"] - figures["skipped_done"] < figures["blocks"]
-    if stage != "predict":
-        assert second["stages"]["predict"]["computed"] == 0
+    previous, last = resumed["runs"][-2:]
+    assert last["resumed_from"] == previous["run_id"]
+    assert last["normalization"] == resumed["runs"][0]["normalization"]
+    finished = STAGES if stage == RUN_RECORD else STAGES[: STAGES.index(stage)]
+    for done in finished:
+        assert last["stages"][done]["computed"] == 0, done
+    if stage != RUN_RECORD:
+        figures = last["stages"][stage]
+        assert done_at_kill < figures["blocks"], "the kill came after the stage had finished"
+        assert figures["skipped_done"] >= done_at_kill
+        assert figures["computed"] == figures["blocks"] - figures["skipped_done"] < figures["blocks"]
+    else:
+        assert done_at_kill == LAST_STAGE_BLOCKS == last["stages"][STAGES[-1]]["blocks"]
+    assert not (output / "_markers").exists() and not (output / "_scratch").exists()
     assert_same_arrays(output, reference)
 
 
@@ -313,3 +386,34 @@ def test_stale_lock_is_reported(setup: dict[str, Path], tmp_path: Path) -> None:
         hold_lock(str(output), "another-run", take_over_stale=False),
     ):
         pass
+
+
+def test_a_cluster_left_without_workers_fails_its_blocks_instead_of_waiting() -> None:
+    """A worker retired for good stands in for one whose nanny died with it (benchmarks/soak.py)."""
+    failures: list[BlockFailedError] = []
+
+    def run_one_block(client: Client) -> None:
+        try:
+            run_bounded(
+                client,
+                abs,
+                [-7],
+                in_flight=1,
+                retries=0,
+                key=lambda task: f"block-{-task}",
+                describe=lambda task: f"block {-task}",
+                on_result=lambda _: None,
+            )
+        except BlockFailedError as error:
+            failures.append(error)
+
+    with open_client(ClusterConfig(workers=1, no_workers_timeout_seconds=1), forward_logs=False) as client:
+        client.retire_workers(close_workers=True)
+        waiting = threading.Thread(target=run_one_block, args=(client,), daemon=True)
+        waiting.start()
+        waiting.join(60)
+        assert failures, "still waiting for a worker after 60 s"
+    message = str(failures[0])
+    assert re.match(
+        r"block 7 failed after 1 attempt\(s\): NoWorkerError: .* without any running workers", message
+    )
