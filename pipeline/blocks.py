@@ -323,6 +323,7 @@ def _load_model(checkpoint: CheckpointRef, profile: ProfileConfig) -> UNet:
 
 _BATCHERS: dict[tuple[CheckpointRef, ProfileConfig], DeviceBatcher] = {}
 _BATCHERS_LOCK = threading.Lock()
+_RETIRED: dict[str, float] = {}  # statistics of the batchers closed so far
 
 
 def worker_batcher(checkpoint: CheckpointRef, profile: ProfileConfig) -> DeviceBatcher:
@@ -339,7 +340,9 @@ def worker_batcher(checkpoint: CheckpointRef, profile: ProfileConfig) -> DeviceB
             if not isinstance(profile.batch_size, int):
                 raise PipelineError("internal: batch_size auto reached a worker unresolved")
             while len(_BATCHERS) >= 2:
-                _BATCHERS.pop(next(iter(_BATCHERS))).close()
+                retired = _BATCHERS.pop(next(iter(_BATCHERS)))
+                retired.close()
+                _add(_RETIRED, retired.statistics)
             batcher = DeviceBatcher(
                 _load_model(checkpoint, profile),
                 batch_size=profile.batch_size,
@@ -354,11 +357,15 @@ def worker_batcher(checkpoint: CheckpointRef, profile: ProfileConfig) -> DeviceB
 def device_statistics() -> dict[str, float]:
     """Running totals of this process's device batchers: batches, windows, padding, seconds per step."""
     with _BATCHERS_LOCK:
-        totals: dict[str, float] = {}
+        totals = dict(_RETIRED)  # never decreasing: a run reads the difference before and after
         for batcher in _BATCHERS.values():
-            for name, value in dict(batcher.statistics).items():
-                totals[name] = totals.get(name, 0) + value
+            _add(totals, batcher.statistics)
     return totals
+
+
+def _add(totals: dict[str, float], counts: dict[str, float]) -> None:
+    for name, value in dict(counts).items():
+        totals[name] = totals.get(name, 0) + value
 
 
 def probe_batch_size(checkpoint: CheckpointRef, profile: ProfileConfig, tile: int, shard_tiles: int) -> int:
