@@ -269,6 +269,27 @@ def test_nightly_deployment_segments_new_acquisitions_once(
     assert record["prefect"]["parent_flow_run_id"] == third
 
 
+def start_worker_once(server: dict[str, str], root: Path) -> subprocess.Popen[bytes]:
+    """A Prefect worker of the pool that takes one flow run, in a process group of its own."""
+    return subprocess.Popen(
+        [PREFECT, "worker", "start", "--pool", "segmentation", "--run-once"],
+        env=server,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def wait_for_markers(markers: Path, count: int, worker: subprocess.Popen[bytes]) -> None:
+    """Until ``count`` predict markers exist: the flow run is predicting (3 minutes at most)."""
+    deadline = time.monotonic() + 180
+    while not (markers.is_dir() and len(list(markers.glob("*.npz"))) >= count):
+        assert time.monotonic() < deadline, "the run never started predicting"
+        assert worker.poll() is None, "the worker exited before the run started"
+        time.sleep(0.01)
+
+
 def test_cancelling_a_run_leaves_an_output_the_next_run_resumes(
     server: dict[str, str], site: dict[str, Path]
 ) -> None:
@@ -277,20 +298,9 @@ def test_cancelling_a_run_leaves_an_output_the_next_run_resumes(
     output = site["out"] / "long.ome.zarr"
     markers = output / "_markers" / "predict"
     first = start_nightly(server, site["settings"])
-    worker = subprocess.Popen(
-        [PREFECT, "worker", "start", "--pool", "segmentation", "--run-once"],
-        env=server,
-        cwd=site["root"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    worker = start_worker_once(server, site["root"])
     try:
-        deadline = time.monotonic() + 180
-        while not (markers.is_dir() and any(markers.iterdir())):
-            assert time.monotonic() < deadline, "the run never started predicting"
-            assert worker.poll() is None, "the worker exited before the run started"
-            time.sleep(0.2)
+        wait_for_markers(markers, 1, worker)
         prefect(server, "flow-run", "cancel", first)
         worker.wait(120)
     finally:
@@ -360,20 +370,9 @@ def test_a_killed_worker_leaves_an_output_the_next_deployment_run_resumes(
     output = site["out"] / "killed.ome.zarr"
     markers = output / "_markers" / "predict"
     first = start_nightly(server, site["settings"])
-    worker = subprocess.Popen(
-        [PREFECT, "worker", "start", "--pool", "segmentation", "--run-once"],
-        env=server,
-        cwd=site["root"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    worker = start_worker_once(server, site["root"])
     try:
-        deadline = time.monotonic() + 180
-        while not (markers.is_dir() and len(list(markers.glob("*.npz"))) >= 3):
-            assert time.monotonic() < deadline, "the run never started predicting"
-            assert worker.poll() is None, "the worker exited before the run started"
-            time.sleep(0.01)
+        wait_for_markers(markers, 3, worker)
         killed = kill_tree(worker)  # the worker and its flow run, the driver
     finally:
         _stop_group(worker)
