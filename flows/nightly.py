@@ -25,6 +25,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.cluster import open_client
 from pipeline.config import NightlyConfig, RunConfig, load_config, load_nightly_config
 from pipeline.errors import PipelineError
+from pipeline.locations import join
 from pipeline.outputs import Decision, decide, read_output_status, write_nightly_summary
 from pipeline.provenance import now
 
@@ -45,6 +46,10 @@ def nightly_segmentation(
     settings: str | None = None,
 ) -> list[dict[str, Any]]:
     """Segment the new acquisitions under ``input_root`` into ``output_root``.
+
+    Either root may be a folder or a bucket prefix (``s3://bucket/incoming``);
+    local paths are relative to the working directory. The Dask workers read
+    and write the buckets with their own credentials (the standard AWS sources).
 
     ``settings``: a nightly settings file (``configs/nightly.yaml``) giving
     the defaults; the other parameters override it. ``config``: the run
@@ -71,7 +76,7 @@ def nightly_segmentation(
     rows: dict[str, ReportRow] = {}
     todo: list[tuple[Acquisition, Decision]] = []
     for acquisition in acquisitions:
-        output = str(nightly.output_root / acquisition.output_name)
+        output = join(str(nightly.output_root), acquisition.output_name)
         if not acquisition.ready:
             logger.info("%s: waiting, %s", acquisition.name, acquisition.why)
             rows[acquisition.name] = ReportRow(acquisition.name, "waiting", output, acquisition.why)
@@ -112,7 +117,7 @@ def _segment_all(
     with quiet_dask(), open_client(run_config.cluster, forward_logs=False) as client:
         address = client.scheduler.address if client.scheduler else None
         for acquisition, decision in todo:
-            output = str(nightly.output_root / acquisition.output_name)
+            output = join(str(nightly.output_root), acquisition.output_name)
             logger.info("%s: %s", acquisition.name, decision.why)
             state = attempt(
                 acquisition=acquisition.name,
@@ -165,7 +170,7 @@ def _publish(
             "flow_run_name": flow_run.name,
             "started": started_at,
             "ended": now(),
-            "input_root": str(nightly.input_root.resolve()),
+            "input_root": str(nightly.input_root),
             "ready_marker": nightly.ready_marker,
             "quiet_seconds": nightly.quiet_seconds,
             "model_sha256": checkpoint_sha256,

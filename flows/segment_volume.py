@@ -20,6 +20,7 @@ from prefect.artifacts import create_image_artifact
 from flows.prefect_context import attempt_run_id, flow_run_fields, pipeline_logs_to, quiet_dask
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import load_config
+from pipeline.locations import join, write_whole
 from pipeline.lock import OutputLockedError
 from pipeline.outputs import decide, read_output_status
 from pipeline.picture import png_bytes
@@ -78,8 +79,7 @@ def segment_volume(
 def publish_preview(acquisition: str, output_url: str, max_pixels: int) -> None:
     """``preview.png`` in the output, and the same picture as this flow run's image artifact."""
     picture = png_bytes(render_preview(output_url, max_pixels))
-    if "://" not in output_url:
-        (Path(output_url) / PREVIEW_NAME).write_bytes(picture)
+    write_whole(join(output_url, PREVIEW_NAME), picture)
     create_image_artifact(
         image_url="data:image/png;base64," + base64.b64encode(picture).decode(),
         key=artifact_key("preview", acquisition),

@@ -312,11 +312,37 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def check_roots(input_root: Path, output_root: Path) -> None:
-    """Outputs inside the input folder would be found as acquisitions the next night."""
-    source, target = input_root.resolve(), output_root.resolve()
-    if target == source or source in target.parents or target in source.parents:
+def check_roots(input_root: Path | str, output_root: Path | str) -> None:
+    """Outputs inside the input root would be found as acquisitions the next night.
+
+    Local folders are compared resolved (links and ``..`` followed). Bucket
+    prefixes (``s3://bucket/prefix``) are compared as written: on one bucket
+    neither prefix may hold the other; two buckets, or a bucket and a local
+    folder, never overlap. Two URLs that name one store differently (an
+    alias, another endpoint) cannot be told apart here.
+    """
+    if isinstance(input_root, Path) and isinstance(output_root, Path):
+        source, target = input_root.resolve(), output_root.resolve()
+        overlap = target == source or source in target.parents or target in source.parents
+    elif isinstance(input_root, Path) or isinstance(output_root, Path):
+        overlap = False  # one local folder, one bucket prefix
+    else:
+        source_key, target_key = _prefix_key(input_root), _prefix_key(output_root)
+        overlap = (
+            source_key == target_key
+            or target_key.startswith(source_key + "/")
+            or source_key.startswith(target_key + "/")
+        )
+    if overlap:
         raise InputError(
             f"output root {output_root} and input root {input_root} overlap: keep the outputs in a "
-            "separate folder (inputs are never modified, and outputs would be found as acquisitions)"
+            "separate folder or bucket prefix (inputs are never modified, and outputs would be found "
+            "as acquisitions)"
         )
+
+
+def _prefix_key(url: str) -> str:
+    """``s3://bucket/a/b/`` -> ``s3://bucket/a/b``, for comparing prefixes (``s3a`` is ``s3``)."""
+    protocol, _, rest = url.partition("://")
+    protocol = "s3" if protocol.lower() == "s3a" else protocol.lower()
+    return f"{protocol}://{rest.strip('/')}"

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.errors import InputError
+from pipeline.locations import is_url
 
 
 class _Strict(BaseModel):
@@ -228,15 +229,29 @@ def _describe(error: ValidationError, source: Path) -> str:
     return f"invalid config {source}: " + "; ".join(problems)
 
 
+def _path_unless_url(value: Any) -> Any:
+    """A bucket prefix stays a string (``Path`` would fold ``s3://`` into ``s3:/``); the rest become paths."""
+    if isinstance(value, str) and is_url(value):
+        return value.rstrip("/")
+    return Path(value) if isinstance(value, str) else value
+
+
+Root = Annotated[Path | str, BeforeValidator(_path_unless_url)]
+
+
 class NightlyConfig(_Strict):
     """What a nightly run segments, from where to where (``configs/nightly.yaml``).
 
     Relative paths are relative to the working directory of the run (the
-    repository root for the deployment in ``prefect.yaml``).
+    repository root for the deployment in ``prefect.yaml``). The two roots
+    may also be bucket prefixes (``s3://bucket/incoming``): those stay URL
+    strings, everything else is a ``Path``.
     """
 
-    input_root: Path = Field(description="folder the microscopes write acquisitions into")
-    output_root: Path = Field(description="one OME-Zarr store per acquisition, mirroring the input tree")
+    input_root: Root = Field(description="folder (or s3:// prefix) the microscopes write acquisitions into")
+    output_root: Root = Field(
+        description="folder (or s3:// prefix): one OME-Zarr store per acquisition, mirroring the input tree"
+    )
     model: Path = Field(description="checkpoint (.safetensors)")
     config: Path | None = Field(None, description="run config YAML; none: the built-in defaults")
     ready_marker: str = Field(
@@ -254,7 +269,9 @@ class NightlyConfig(_Strict):
         paths = {"input_root": self.input_root, "output_root": self.output_root, "model": self.model}
         if self.config is not None:
             paths["config"] = self.config
-        return self.model_copy(update={key: path.resolve() for key, path in paths.items()})
+        return self.model_copy(
+            update={key: path.resolve() for key, path in paths.items() if isinstance(path, Path)}
+        )
 
 
 def load_nightly_config(path: Path | None, overrides: dict[str, Any]) -> NightlyConfig:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pipeline.acquisitions import OUTPUT_SUFFIX, discover_acquisitions
 from pipeline.config import RunConfig
 from pipeline.errors import InputError
+from pipeline.locations import join, read_bytes, write_whole
 from pipeline.lock import LockOwner, OutputLockedError, read_lock
 from pipeline.omezarr import open_output, output_exists, read_state
 
@@ -110,19 +111,16 @@ def find_outputs(output_root: Path) -> list[str]:
 NIGHTLY_SUMMARY = ".unet-pipeline/nightly.json"
 
 
-def write_nightly_summary(output_root: Path, summary: dict[str, Any]) -> Path:
-    """The last nightly run over this output root: where its inputs are, and what it did."""
-    path = output_root / NIGHTLY_SUMMARY
-    path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = path.with_suffix(".json.partial")
-    scratch.write_text(json.dumps(summary, indent=2))
-    scratch.replace(path)  # readers never see half a file
-    return path
+def write_nightly_summary(output_root: Path | str, summary: dict[str, Any]) -> str:
+    """The last nightly run over this output root (a folder or a bucket prefix): where its inputs are, and what it did."""
+    location = join(str(output_root), NIGHTLY_SUMMARY)
+    write_whole(location, json.dumps(summary, indent=2).encode())  # readers never see half a file
+    return location
 
 
-def read_nightly_summary(output_root: Path) -> dict[str, Any] | None:
+def read_nightly_summary(output_root: Path | str) -> dict[str, Any] | None:
     try:
-        summary: dict[str, Any] = json.loads((output_root / NIGHTLY_SUMMARY).read_text())
+        summary: dict[str, Any] = json.loads(read_bytes(join(str(output_root), NIGHTLY_SUMMARY)))
     except FileNotFoundError:
         return None
     return summary

@@ -11,6 +11,7 @@ import pytest
 import zarr
 
 from pipeline.acquisitions import check_roots, discover_acquisitions
+from pipeline.config import load_nightly_config
 from pipeline.errors import InputError
 
 QUIET = 600.0
@@ -124,6 +125,41 @@ def test_missing_input_root_and_overlapping_roots(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="overlap"):
         check_roots(tmp_path / "in", tmp_path / "in")
     check_roots(tmp_path / "in", tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    ("input_root", "output_root", "overlap"),
+    [
+        ("s3://lab/incoming", "s3://lab/segmentations", False),
+        ("s3://lab/in", "s3://lab/incoming/out", False),  # a shared name start is not nesting
+        ("s3://lab/incoming", "s3://lab/incoming/segmentations/", True),
+        ("s3://lab/incoming/day1", "s3a://lab/incoming", True),
+        ("s3://lab", "s3://lab/segmentations", True),
+        ("s3://lab/x", "s3://lab/x/", True),
+        ("s3://microscope/x", "s3://segmentations/x", False),
+    ],
+)
+def test_bucket_prefixes_overlap_only_when_one_holds_the_other(
+    input_root: str, output_root: str, overlap: bool
+) -> None:
+    if overlap:
+        with pytest.raises(InputError, match="overlap"):
+            check_roots(input_root, output_root)
+    else:
+        check_roots(input_root, output_root)
+
+
+def test_nightly_roots_are_urls_or_resolved_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = {"model": "m.safetensors"}
+    local = load_nightly_config(None, {**settings, "input_root": "in", "output_root": "out/"}).absolute()
+    assert (local.input_root, local.output_root) == (tmp_path / "in", tmp_path / "out")
+    assert local.model == tmp_path / "m.safetensors"
+    remote = load_nightly_config(
+        None, {**settings, "input_root": "s3://lab/in/", "output_root": "s3://lab/out"}
+    ).absolute()
+    assert (remote.input_root, remote.output_root) == ("s3://lab/in", "s3://lab/out")
+    check_roots(tmp_path / "in", "s3://lab/in")  # a folder and a bucket prefix never overlap
 
 
 def test_links_that_leave_the_input_root_are_not_followed(

@@ -7,6 +7,7 @@ neither the run records nor the logs may hold them.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,8 +25,10 @@ import torch
 import yaml
 import zarr
 from click.testing import CliRunner
+from prefect.testing.utilities import prefect_test_harness
 from scipy import ndimage
 
+from flows.nightly import nightly_segmentation
 from pipeline.acquisitions import discover_acquisitions
 from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import cli
@@ -74,6 +77,13 @@ def workers(
     """Two ``dask worker`` processes whose only credentials are their environment's."""
     with dask_cluster(tmp_path_factory.mktemp("dask"), workers=2, env=aws_environment) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="module")
+def prefect_api() -> Iterator[None]:
+    """A throwaway Prefect API (temporary SQLite database) for flows called in-process."""
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
 
 
 def s3() -> Any:
@@ -213,3 +223,57 @@ def test_discovery_over_a_bucket_prefix(aws_environment: dict[str, str]) -> None
     later = found(time.time() + 3600)
     assert later["c"][1:] == (True, "unchanged for 60 min") and later["scan"][1] is True
     assert later["half"][1] is False
+
+
+def test_nightly_flow_over_bucket_roots_segments_once_then_skips(
+    aws_environment: dict[str, str],
+    workers: DaskProcesses,
+    prefect_api: None,
+    narrow_checkpoint: Path,
+    tmp_path: Path,
+) -> None:
+    input_root, output_root = "s3://microscope/flow", "s3://segmentations/flow/"
+    source = write_volume(
+        f"{input_root}/day1/embryo.zarr", cell_image((1, 300, 300), seed=5), (1, 128, 128)
+    )  # type: ignore[arg-type]
+    s3().pipe_file("microscope/flow/day1/embryo.zarr.ready", b"")
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**SETTINGS, "cluster": {"address": workers.address}}))
+    parameters = {
+        "input_root": input_root,
+        "output_root": output_root,
+        "model": str(narrow_checkpoint),
+        "config": str(config),
+    }
+    output = "s3://segmentations/flow/day1/embryo.ome.zarr"
+
+    first = nightly_segmentation(**parameters)
+    assert [(row["acquisition"], row["status"], row["output"]) for row in first] == [
+        ("day1/embryo", "segmented", output)
+    ]
+    state = dict(zarr.open_group(output, mode="r").attrs)["unet_pipeline"]
+    assert state["complete"] is True and len(state["runs"]) == 1
+    assert state["runs"][0]["input"]["url"] == source
+    stats = NormalizationStats.from_dict(state["runs"][0]["normalization"])
+    model = load_checkpoint(narrow_checkpoint).model
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = np.stack(
+            [canonical_prediction(model, stats.apply(p))[1] for p in zarr.open_array(source, mode="r")[...]]
+        )
+    finally:
+        torch.set_num_threads(previous)
+    assert np.array_equal(zarr.open_array(f"{output}/s0", mode="r")[...], expected)
+    labels = zarr.open_array(f"{output}/labels/cells/s0", mode="r")[...]
+    assert np.array_equal(labels, ndimage.label(expected >= 0.5)[0])
+    fs = s3()
+    assert fs.cat_file("segmentations/flow/day1/embryo.ome.zarr/preview.png").startswith(b"\x89PNG")
+    summary = json.loads(fs.cat_file("segmentations/flow/.unet-pipeline/nightly.json"))
+    assert summary["input_root"] == input_root and summary["rows"][0]["status"] == "segmented"
+
+    second = nightly_segmentation(**parameters)
+    assert [(row["acquisition"], row["status"]) for row in second] == [("day1/embryo", "skipped")]
+    again = dict(zarr.open_group(output, mode="r").attrs)["unet_pipeline"]
+    assert again["runs"] == state["runs"]  # no new run record: nothing was written
+    assert not any(path.startswith("microscope/flow/") and ".ome.zarr" in path for path in fs.find("microscope"))
