@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -111,6 +111,7 @@ class _Clock:
 
 
 STAGES = ("h2d", "compute", "d2h")  # the spans of a batch's clock, in order
+Piece = tuple[Pending, int, int]  # windows start:stop of one group
 
 
 @dataclass
@@ -120,7 +121,7 @@ class _Slot:
     inputs: torch.Tensor  # (B, C, S, S) float32, pinned on CUDA
     outputs: torch.Tensor  # (B, k, s, s) float32, pinned on CUDA
     clock: _Clock
-    pieces: list[tuple[Pending, int, int]] = field(default_factory=list)  # (request, start, stop)
+    piece: Piece | None = None  # the windows it holds: (group, start, stop)
 
 
 class DeviceBatcher:
@@ -204,16 +205,15 @@ class DeviceBatcher:
 
     def _serve(self) -> None:
         try:
-            while (pieces := self._next_batch()) is not None:
-                slot = self._free_slot(pieces[0][0].windows.shape[-1])
+            while (piece := self._next_batch()) is not None:
+                slot = self._free_slot(piece[0].windows.shape[-1])
                 try:
-                    self._launch(slot, pieces)
+                    self._launch(slot, piece)
                     if self._in_flight == 1:
                         self._finish(slot)
-                except BaseException as error:  # noqa: BLE001 - handed to the waiting tasks
-                    for pending, _, _ in pieces:
-                        pending.fail(error)
-                    slot.pieces = []
+                except BaseException as error:  # noqa: BLE001 - handed to the waiting task
+                    piece[0].fail(error)
+                    slot.piece = None
         finally:
             self._finish_all()
             with self._ready:
@@ -222,7 +222,7 @@ class DeviceBatcher:
                     pending.fail(RuntimeError("the device batcher stopped"))
                 self._queue.clear()
 
-    def _next_batch(self) -> list[tuple[Pending, int, int]] | None:
+    def _next_batch(self) -> Piece | None:
         """The next ``batch_size`` windows of the oldest group (None once closed and drained).
 
         While nothing is queued, what is in flight is handed back first.
@@ -237,10 +237,10 @@ class DeviceBatcher:
                     pending.taken += take
                     if pending.taken == len(pending.windows):
                         self._queue.popleft()
-                    return [(pending, pending.taken - take, pending.taken)]
+                    return pending, pending.taken - take, pending.taken
                 if self._closed:
                     return None
-                if any(slot.pieces for slot in self._slots):
+                if any(slot.piece for slot in self._slots):
                     self._ready.release()
                     try:
                         self._finish_all()
@@ -267,19 +267,17 @@ class DeviceBatcher:
         outputs = torch.zeros((self.batch_size, self._n_classes, out_size, out_size), pin_memory=cuda)
         return _Slot(inputs, outputs, _Clock(cuda))
 
-    def _launch(self, slot: _Slot, pieces: list[tuple[Pending, int, int]]) -> None:
+    def _launch(self, slot: _Slot, piece: Piece) -> None:
         started = time.perf_counter()
+        pending, start, stop = piece
         host = slot.inputs.numpy()
-        row = 0
-        for pending, start, stop in pieces:
-            host[row : row + stop - start] = pending.windows[start:stop]
-            row += stop - start
-        host[row:] = 0
-        slot.pieces = pieces
+        host[: stop - start] = pending.windows[start:stop]
+        host[stop - start :] = 0
+        slot.piece = piece
         self._count("fill_seconds", time.perf_counter() - started)
         self._count("batches", 1)
-        self._count("windows", row)
-        self._count("padding_windows", self.batch_size - row)
+        self._count("windows", stop - start)
+        self._count("padding_windows", self.batch_size - (stop - start))
         cuda = self.device.type == "cuda"
         slot.clock = _Clock(cuda)
         with torch.inference_mode():
@@ -294,24 +292,19 @@ class DeviceBatcher:
             slot.clock.mark()
 
     def _finish(self, slot: _Slot) -> None:
-        """Wait for the slot's batch and hand each task its windows' probabilities."""
-        if not slot.pieces:
+        """Wait for the slot's batch and hand its windows' probabilities to their task."""
+        if slot.piece is None:
             return
-        pieces, slot.pieces = slot.pieces, []
+        (pending, start, stop), slot.piece = slot.piece, None
         try:
             slot.clock.wait()
-        except BaseException as error:  # noqa: BLE001 - handed to the waiting tasks
-            for pending, _, _ in pieces:
-                pending.fail(error)
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting task
+            pending.fail(error)
             return
         for stage, seconds in zip(STAGES, slot.clock.spans(), strict=True):
             self._count(f"{stage}_seconds", seconds)
         started = time.perf_counter()
-        host = slot.outputs.numpy()
-        row = 0
-        for pending, start, stop in pieces:
-            pending.deliver(start, host[row : row + stop - start])
-            row += stop - start
+        pending.deliver(start, slot.outputs.numpy()[: stop - start])
         self._count("deliver_seconds", time.perf_counter() - started)
 
     def _count(self, name: str, value: float) -> None:
