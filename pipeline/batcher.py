@@ -33,14 +33,11 @@ from pipeline.model import UNet
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-def forward_probabilities(
-    forward: Forward, inputs: torch.Tensor, classes: slice, out: torch.Tensor | None = None
-) -> torch.Tensor:
+def forward_probabilities(forward: Forward, inputs: torch.Tensor, classes: slice) -> torch.Tensor:
     """Softmax probabilities (float32, on the inputs' device) of the ``classes`` channels of one batch."""
     logits = forward(inputs).float()
-    if out is None:
-        n_classes = len(range(logits.shape[1])[classes])
-        out = torch.empty((logits.shape[0], n_classes, *logits.shape[2:]), device=logits.device)
+    n_classes = len(range(logits.shape[1])[classes])
+    out = torch.empty((logits.shape[0], n_classes, *logits.shape[2:]), device=logits.device)
     for k in range(logits.shape[0]):
         # one window at a time: softmax kernels split work by tensor size, and a
         # different split can change the last bit
