@@ -29,7 +29,15 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputDataError, PipelineError
 from pipeline.geometry import Block, BlockGrid, Roi
-from pipeline.labels import Connectivity, downsample_nearest, face_slab, label_block, relabel, slab_contacts
+from pipeline.labels import (
+    Connectivity,
+    downsample_nearest,
+    face_slab,
+    label_block,
+    relabel,
+    slab_contacts,
+    unique_rows,
+)
 from pipeline.markers import write_marker
 from pipeline.model import UNet
 from pipeline.normalization import NormalizationStats
@@ -222,14 +230,14 @@ def contact_block(task: ContactTask) -> BlockReport:
     found = [np.empty((0, 4), np.int64)]
     for axis in range(3):
         for side in (-1, 1):
-            box = face_slab(task.grid, write.start, write.stop, axis, side)
+            box = face_slab(task.grid, write.start, write.stop, axis, side, task.connectivity)
             if box is None or not any(offset[axis] == side for offset in offsets):
                 continue
             slab = read_region(scratch, Roi(*box))
             found.append(
                 slab_contacts(slab, box[0], write.start, write.stop, axis, side, task.grid, task.connectivity)
             )
-    pairs = np.unique(np.concatenate(found), axis=0)
+    pairs = unique_rows(np.concatenate(found))
     write_marker(task.output_url, "contacts", task.block.block_id, {"pairs": pairs})
     seconds = {"contacts": time.perf_counter() - started}
     return BlockReport("contacts", task.block.block_id, 0, seconds, worker_name(), {"pairs": pairs})

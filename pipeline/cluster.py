@@ -19,17 +19,17 @@ import os
 import resource
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from itertools import islice
 from typing import Any, TypeVar
 
 import dask
 import fsspec
 import torch
-from distributed import Client, Future, LocalCluster, as_completed
+from distributed import Client, LocalCluster, as_completed
 
 from pipeline.config import SLURM_PREFIX, ClusterConfig
 from pipeline.errors import InputDataError, InputError, PipelineError
 from pipeline.locations import is_url
+from pipeline.schedule import Job, JobGraph
 
 log = logging.getLogger(__name__)
 
@@ -142,34 +142,84 @@ def run_bounded(
     Each task is retried up to ``retries`` times by Dask; if it still fails,
     the others are cancelled and BlockFailedError names the task.
     """
-    pending = iter(tasks)
-    by_key: dict[str, T] = {}
+    run_jobs(
+        client,
+        JobGraph([Job("", index, function, task) for index, task in enumerate(tasks)]),
+        in_flight=in_flight,
+        follow_ups_in_flight=0,
+        retries=retries,
+        key=lambda job: key(job.task),
+        describe=lambda job: describe(job.task),
+        on_result=lambda _, result: on_result(result),
+    )
 
-    def submit(task: T) -> Future[R]:
-        name = key(task)
-        by_key[name] = task
-        return client.submit(function, task, key=name, pure=False, retries=retries)
 
-    window = as_completed([submit(task) for task in islice(pending, in_flight)], loop=client.loop)
+def run_jobs(
+    client: Client,
+    graph: JobGraph,
+    *,
+    in_flight: int,
+    follow_ups_in_flight: int,
+    retries: int,
+    key: Callable[[Job], str],
+    describe: Callable[[Job], str],
+    on_result: Callable[[Job, Any], None],
+) -> None:
+    """Run a graph's jobs as their needs are met, at most ``in_flight`` main jobs and
+    ``follow_ups_in_flight`` follow-ups submitted at a time.
+
+    Follow-ups go first on a worker (they are short, and the main jobs keep
+    the device fed meanwhile). Each job is retried up to ``retries`` times by
+    Dask; if it still fails, the others are cancelled and BlockFailedError
+    names it.
+    """
+    by_key: dict[str, Job] = {}
+    sent = {False: 0, True: 0}
+    limits = {False: in_flight, True: follow_ups_in_flight}
+    window: as_completed = as_completed(loop=client.loop)
+
+    def send_ready() -> None:
+        for follow_up in (True, False):
+            while sent[follow_up] < limits[follow_up]:
+                job = graph.take(follow_up)
+                if job is None:
+                    break
+                name = key(job)
+                by_key[name] = job
+                sent[follow_up] += 1
+                window.add(
+                    client.submit(
+                        job.function,
+                        job.task,
+                        key=name,
+                        pure=False,
+                        retries=retries,
+                        priority=1 if follow_up else 0,
+                    )
+                )
+
+    send_ready()
     try:
         for future in window:
-            task = by_key.pop(future.key)
+            job = by_key.pop(future.key)
+            sent[job.follow_up] -= 1
             try:
                 result = future.result()
             except Exception as error:
                 kind = BadInputBlockError if isinstance(error, InputDataError) else BlockFailedError
                 raise kind(
-                    f"{describe(task)} failed after {retries + 1} attempt(s): {type(error).__name__}: {error}"
+                    f"{describe(job)} failed after {retries + 1} attempt(s): {type(error).__name__}: {error}"
                 ) from error
             future.release()
-            on_result(result)
-            following = next(pending, None)
-            if following is not None:
-                window.add(submit(following))
+            graph.finish(job)
+            on_result(job, result)
+            send_ready()
     finally:
         leftover = list(window.futures)
         if leftover:
             client.cancel(leftover)
+    if graph.unfinished:
+        raise PipelineError(f"internal: {graph.unfinished} block tasks wait for tasks that never ran")
 
 
 def location_exists(location: str) -> bool:

@@ -346,6 +346,13 @@ class BlockGrid:
         _, blocks_y, blocks_x = self.shape
         return ((z // edge_z) * blocks_y + y // edge_y) * blocks_x + x // edge_x
 
+    def block_ids_in(self, start: tuple[int, ...], stop: tuple[int, ...]) -> list[int]:
+        """The blocks holding any voxel of the box [start, stop) (ZYX), in raster order."""
+        edges = self.block_edges
+        _, blocks_y, blocks_x = self.shape
+        spans = [range(a // e, (b - 1) // e + 1) for a, b, e in zip(start, stop, edges)]
+        return [(z * blocks_y + y) * blocks_x + x for z in spans[0] for y in spans[1] for x in spans[2]]
+
 
 def plan_blocks(
     volume_shape: tuple[int, int, int],

@@ -21,6 +21,7 @@ included (benchmarks/labels_merge_memory.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -120,9 +121,15 @@ def _first_voxels_and_sizes(flat: npt.NDArray[np.uint32], count: int) -> tuple[I
 
 
 def face_slab(
-    grid: BlockGrid, write_start: tuple[int, ...], write_stop: tuple[int, ...], axis: int, side: int
+    grid: BlockGrid,
+    write_start: tuple[int, ...],
+    write_stop: tuple[int, ...],
+    axis: int,
+    side: int,
+    connectivity: Connectivity,
 ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """The 2-voxel-thick box across one face of a block, grown by 1 voxel along the other axes.
+    """The 2-voxel-thick box across one face of a block, grown by 1 voxel along the other axes that
+    ``connectivity`` reaches diagonally (none for ``faces``).
 
     ``side`` -1 is the lower face, +1 the upper; None where the face is the volume's edge or the
     edge of a run of planes (a timepoint).
@@ -133,8 +140,10 @@ def face_slab(
     other = own + side
     if not low[axis] <= other < high[axis]:
         return None
-    start = [max(b, s - 1) for b, s in zip(low, write_start)]
-    stop = [min(n, e + 1) for n, e in zip(high, write_stop)]
+    crossing = [offset for offset in connectivity.lower_offsets() if offset[axis] == side]
+    grow = [int(any(offset[a] for offset in crossing)) for a in range(3)]
+    start = [max(b, s - g) for b, s, g in zip(low, write_start, grow)]
+    stop = [min(n, e + g) for n, e, g in zip(high, write_stop, grow)]
     start[axis], stop[axis] = min(own, other), max(own, other) + 1
     return tuple(start), tuple(stop)
 
@@ -149,15 +158,15 @@ def slab_contacts(
     grid: BlockGrid,
     connectivity: Connectivity,
 ) -> Int64Array:
-    """Pairs (block_u, label_u, block_w, label_w) that touch across one face of the block.
+    """Pairs (block_u, label_u, block_w, label_w) that touch across one face of the block, sorted.
 
     ``slab`` holds local labels read from ``face_slab``; u is in the block
     (on the face), w = u + d outside it, for every lower offset d that crosses
     this face.
     """
-    found = [np.empty((0, 4), np.int64)]
     own_block = grid.block_id_at(*write_start)
     face = write_start[axis] if side < 0 else write_stop[axis] - 1
+    keys_by_block: dict[int, list[npt.NDArray[np.uint64]]] = {}
     for offset in connectivity.lower_offsets():
         if offset[axis] != side:
             continue
@@ -165,45 +174,64 @@ def slab_contacts(
         lo = [max(s, ss - d) for s, ss, d in zip(write_start, slab_start, offset)]
         hi = [min(e, ss + n - d) for e, ss, n, d in zip(write_stop, slab_start, slab.shape, offset)]
         lo[axis], hi[axis] = face, face + 1
-        if any(h <= low for low, h in zip(lo, hi)):
-            continue
-        u_box = tuple(slice(low - ss, h - ss) for low, h, ss in zip(lo, hi, slab_start))
-        w_box = tuple(slice(low + d - ss, h + d - ss) for low, h, d, ss in zip(lo, hi, offset, slab_start))
-        u_labels, w_labels = slab[u_box], slab[w_box]
-        touching = (u_labels > 0) & (w_labels > 0)
-        if not touching.any():
-            continue
-        where = np.nonzero(touching)
-        w_coordinates = [index + low + d for index, low, d in zip(where, lo, offset)]
-        w_blocks = np.asarray(grid.block_id_at(*w_coordinates), dtype=np.int64)
-        found.append(_unique_pairs(own_block, u_labels[where], w_blocks, w_labels[where]))
-    return np.unique(np.concatenate(found), axis=0)
-
-
-def _unique_pairs(
-    own_block: int, u_labels: npt.NDArray[Any], w_blocks: Int64Array, w_labels: npt.NDArray[Any]
-) -> Int64Array:
-    """Distinct (own_block, u, w_block, w) rows; a face can hold millions of touching voxels."""
+        for u_lo, u_hi in _boxes_with_one_neighbour_block(lo, hi, offset, grid):
+            w_block = int(grid.block_id_at(*(low + d for low, d in zip(u_lo, offset))))
+            if w_block == own_block:
+                continue
+            u_box = tuple(slice(low - ss, h - ss) for low, h, ss in zip(u_lo, u_hi, slab_start))
+            w_box = tuple(
+                slice(low + d - ss, h + d - ss) for low, h, d, ss in zip(u_lo, u_hi, offset, slab_start)
+            )
+            keys_by_block.setdefault(w_block, []).append(touching_keys(slab[u_box], slab[w_box]))
     rows = [np.empty((0, 4), np.int64)]
-    for block in np.unique(w_blocks):
-        if block == own_block:
-            continue
-        chosen = w_blocks == block
-        keys = np.unique(
-            (u_labels[chosen].astype(np.uint64) << np.uint64(32)) | w_labels[chosen].astype(np.uint64)
-        )
+    for w_block in sorted(keys_by_block):
+        keys = np.unique(np.concatenate(keys_by_block[w_block]))
         rows.append(
             np.stack(
                 [
                     np.full(keys.size, own_block, np.int64),
                     (keys >> np.uint64(32)).astype(np.int64),
-                    np.full(keys.size, block, np.int64),
+                    np.full(keys.size, w_block, np.int64),
                     (keys & np.uint64(0xFFFFFFFF)).astype(np.int64),
                 ],
                 axis=1,
             )
         )
-    return np.concatenate(rows)
+    return unique_rows(np.concatenate(rows))
+
+
+def _boxes_with_one_neighbour_block(
+    lo: list[int], hi: list[int], offset: tuple[int, ...], grid: BlockGrid
+) -> list[tuple[list[int], list[int]]]:
+    """[lo, hi) cut where u + offset crosses a block edge: each piece's neighbours lie in one block."""
+    pieces: list[list[tuple[int, int]]] = []
+    for low, high, d, edge in zip(lo, hi, offset, grid.block_edges):
+        cuts = [low] + [c - d for c in range((low + d) // edge * edge + edge, high + d, edge)] + [high]
+        pieces.append([(a, b) for a, b in pairwise(cuts) if a < b])
+    return [([z[0], y[0], x[0]], [z[1], y[1], x[1]]) for z in pieces[0] for y in pieces[1] for x in pieces[2]]
+
+
+def touching_keys(u_labels: npt.NDArray[Any], w_labels: npt.NDArray[Any]) -> npt.NDArray[np.uint64]:
+    """Distinct ``u << 32 | w`` of the voxels where both labels are objects.
+
+    A face can hold millions of touching voxels; neighbours in a row mostly
+    repeat a pair, so runs collapse before the sort.
+    """
+    touching = (u_labels != 0) & (w_labels != 0)
+    keys = (u_labels[touching].astype(np.uint64) << np.uint64(32)) | w_labels[touching].astype(np.uint64)
+    if keys.size > 1:
+        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+    return np.unique(keys)
+
+
+def unique_rows(rows: Int64Array) -> Int64Array:
+    """Distinct rows of an (N, k) integer array in lexicographic order (np.unique(axis=0), faster)."""
+    if rows.shape[0] < 2:
+        return rows
+    ordered: Int64Array = rows[np.lexsort(rows.T[::-1])]
+    keep = np.concatenate([[True], (ordered[1:] != ordered[:-1]).any(axis=1)])
+    distinct: Int64Array = ordered[keep]
+    return distinct
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -45,26 +46,17 @@ def stage_progress(
     On a terminal a progress bar; otherwise (a nightly job's log) a line at
     every tenth of the blocks or every minute, whichever comes first.
     """
-    started = time.perf_counter()
-    done = {"blocks": 0, "pixels": 0}
+    with stages_progress({description: total_blocks}, enabled=enabled, unit=unit) as advance:
+        yield lambda pixels: advance(description, pixels)
+
+
+@contextmanager
+def stages_progress(
+    totals: dict[str, int], *, enabled: bool, unit: str = "blocks"
+) -> Iterator[Callable[[str, int], None]]:
+    """Stages that run at the same time: a bar (or log lines) each; ``advance(stage, pixels)``."""
     console = Console(stderr=True)
     bar = enabled and console.is_terminal
-    last_line = {"time": started, "tenth": 0}
-
-    def heartbeat() -> None:
-        elapsed = time.perf_counter() - started
-        tenth = (
-            done["blocks"] * 10 // max(total_blocks, 1) if total_blocks >= 50 else 0
-        )  # small stages: by time
-        if tenth == last_line["tenth"] and time.perf_counter() - last_line["time"] < HEARTBEAT_SECONDS:
-            return
-        last_line.update(time=time.perf_counter(), tenth=tenth)
-        remaining = elapsed / done["blocks"] * (total_blocks - done["blocks"])
-        rate = f", {done['pixels'] / 1e6 / max(elapsed, 1e-9):.2f} Mpix/s" if done["pixels"] else ""
-        log.info(
-            "%s: %d/%d %s%s, ETA %.0f s", description, done["blocks"], total_blocks, unit, rate, remaining
-        )
-
     with Progress(
         TextColumn("{task.description:<12}"),
         BarColumn(),
@@ -77,24 +69,58 @@ def stage_progress(
         console=console,
         disable=not bar,
     ) as progress:
-        task = progress.add_task(description, total=total_blocks, pixels=0)
+        counters = {
+            stage: _StageCounter(
+                stage, total, unit, progress, progress.add_task(stage, total=total, pixels=0)
+            )
+            for stage, total in totals.items()
+        }
 
-        def advance(pixels: int) -> None:
-            done["blocks"] += 1
-            done["pixels"] += pixels
-            progress.update(task, advance=1, pixels=done["pixels"])
-            if not bar:
-                heartbeat()
+        def advance(stage: str, pixels: int) -> None:
+            counters[stage].advance(pixels, log_lines=not bar)
 
         yield advance
-    seconds = time.perf_counter() - started
-    log.info(
-        "%s: %d/%d %s, %.1f Mpix in %.1f s (%.2f Mpix/s)",
-        description,
-        done["blocks"],
-        total_blocks,
-        unit,
-        done["pixels"] / 1e6,
-        seconds,
-        done["pixels"] / 1e6 / seconds if seconds > 0 else 0.0,
-    )
+    for counter in counters.values():
+        counter.summary()
+
+
+class _StageCounter:
+    def __init__(self, stage: str, total: int, unit: str, progress: Progress, task: TaskID) -> None:
+        self.stage, self.total, self.unit = stage, total, unit
+        self.progress, self.task = progress, task
+        self.started = time.perf_counter()
+        self.blocks = self.pixels = 0
+        self.last_line, self.last_tenth = self.started, 0
+
+    def advance(self, pixels: int, *, log_lines: bool) -> None:
+        self.blocks += 1
+        self.pixels += pixels
+        self.progress.update(self.task, advance=1, pixels=self.pixels)
+        if log_lines:
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        now = time.perf_counter()
+        tenth = self.blocks * 10 // max(self.total, 1) if self.total >= 50 else 0  # small stages: by time
+        if tenth == self.last_tenth and now - self.last_line < HEARTBEAT_SECONDS:
+            return
+        self.last_line, self.last_tenth = now, tenth
+        elapsed = now - self.started
+        remaining = elapsed / self.blocks * (self.total - self.blocks)
+        rate = f", {self.pixels / 1e6 / max(elapsed, 1e-9):.2f} Mpix/s" if self.pixels else ""
+        log.info(
+            "%s: %d/%d %s%s, ETA %.0f s", self.stage, self.blocks, self.total, self.unit, rate, remaining
+        )
+
+    def summary(self) -> None:
+        seconds = time.perf_counter() - self.started
+        log.info(
+            "%s: %d/%d %s, %.1f Mpix in %.1f s (%.2f Mpix/s)",
+            self.stage,
+            self.blocks,
+            self.total,
+            self.unit,
+            self.pixels / 1e6,
+            seconds,
+            self.pixels / 1e6 / seconds if seconds > 0 else 0.0,
+        )

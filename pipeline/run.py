@@ -15,10 +15,10 @@ import logging
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from distributed import Client
 
@@ -43,13 +43,13 @@ from pipeline.cluster import (
     check_workers_see,
     cluster_shape,
     open_client,
-    run_bounded,
+    run_jobs,
     worker_peak_rss,
 )
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputError, OutputWriteError
 from pipeline.geometry import BlockGrid
-from pipeline.labels import BlockLabels, merge_labels
+from pipeline.labels import BlockLabels, face_slab, merge_labels
 from pipeline.locations import is_url, join, write_whole
 from pipeline.lock import hold_lock, read_lock, refuse_if_held
 from pipeline.markers import done_blocks, read_marker, remove_markers
@@ -67,17 +67,15 @@ from pipeline.omezarr import (
     write_state,
 )
 from pipeline.plan import RunPlan, SegmentRequest, plan_run, resume_differences
-from pipeline.progress import stage_progress
+from pipeline.progress import stages_progress
 from pipeline.provenance import new_run_record, now
 from pipeline.rechunk import READ_AMPLIFICATION_WARNING, block_read_amplification, ratio_text
+from pipeline.schedule import Job, JobGraph
 from pipeline.store import fingerprint, normalization_sample
 
 __all__ = ["SegmentRequest", "segment"]
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
 
 def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, Any]:
     """Segment one volume (or continue an interrupted run); return the run record.
@@ -315,6 +313,9 @@ def _device_work(before: dict[str, dict[str, float]], after: dict[str, dict[str,
     return {name: round(value, 3) for name, value in sorted(totals.items())}
 
 
+Reports = dict[str, dict[int, BlockReport]]  # stage -> block id -> this run's report
+
+
 def _run_stages(
     client: Client,
     plan: RunPlan,
@@ -324,36 +325,108 @@ def _run_stages(
     record: dict[str, Any],
     save: Callable[[], None],
 ) -> None:
+    """Two phases, each streaming its stages: predict (or resample) with contacts and the probability
+    pyramid behind it; after the label merge, relabel with the label pyramid behind it."""
+    config = plan.request.config
+    resampled = plan.model_grid is not None
+    labelled = "resample" if resampled else "predict"  # the stage that writes s0 and the local labels
+    before = client.run(device_statistics)
+    if resampled:
+        _run_phase(client, plan, _predict_jobs(plan, profile, stats), run_id, record)
+        record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
+        save()
+        first = _resample_jobs(plan)
+    else:
+        first = _predict_jobs(plan, profile, stats)
+    contacts = _contact_jobs(plan, labelled) if plan.label_rule is not None else []
+    reports = _run_phase(
+        client, plan, [*first, *contacts, *_pyramid_jobs(plan, "", "mean", labelled)], run_id, record
+    )
+    if not resampled:
+        record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
+    save()
+    if plan.label_rule is None:
+        return
+    summaries = _payloads(plan, labelled, reports[labelled])
+    pairs = _payloads(plan, "contacts", reports["contacts"])
+    started = time.perf_counter()
+    mapping = merge_labels(
+        [BlockLabels.from_arrays(summaries[b.block_id]) for b in plan.blocks],
+        [pairs[b.block_id]["pairs"] for b in plan.blocks],
+        plan.min_size_voxels,
+        config.labels.uint32_max_objects,
+    )
+    record["labels"] = {
+        "objects": mapping.objects,
+        "dtype": mapping.dtype,
+        "local_labels": int(mapping.offsets[-1]),
+        "min_size_voxels": plan.min_size_voxels,
+        "merge_seconds": round(time.perf_counter() - started, 3),
+    }
+    name = config.labels.name
+    create_labels(plan.output_url, plan.layout, name, mapping.dtype)
+    relabel_jobs = [
+        Job(
+            "relabel",
+            block.block_id,
+            relabel_block,
+            RelabelTask(
+                block,
+                plan.grid,
+                plan.output_url,
+                f"labels/{name}/s0",
+                mapping.block_mapping(block.block_id),
+                mapping.dtype,
+            ),
+        )
+        for block in plan.blocks
+    ]
+    _run_phase(
+        client,
+        plan,
+        [*relabel_jobs, *_pyramid_jobs(plan, f"labels/{name}/", "nearest", "relabel")],
+        run_id,
+        record,
+    )
+    save()
+
+
+def _predict_jobs(plan: RunPlan, profile: ProfileConfig, stats: tuple[NormalizationStats, ...]) -> list[Job]:
     config = plan.request.config
     checkpoint = CheckpointRef(str(plan.checkpoint.path.resolve()), plan.checkpoint.sha256)
     resampled = plan.model_grid is not None
-    predict_tasks = [
-        PredictTask(
-            block=block,
-            volume_shape=plan.predict_grid.volume_shape,
-            input=plan.volume.ref,
-            output_url=plan.output_url,
-            checkpoint=checkpoint,
-            stats=stats,
-            profile=profile,
-            tile=config.tiling.tile,
-            shard_tiles=config.tiling.shard_tiles,
-            output_dtype="float32" if resampled else config.output.dtype,
-            labels=None if resampled else plan.label_rule,
-            target=SCRATCH_PROBABILITY if resampled else "s0",
+    return [
+        Job(
+            "predict",
+            block.block_id,
+            predict_block,
+            PredictTask(
+                block=block,
+                volume_shape=plan.predict_grid.volume_shape,
+                input=plan.volume.ref,
+                output_url=plan.output_url,
+                checkpoint=checkpoint,
+                stats=stats,
+                profile=profile,
+                tile=config.tiling.tile,
+                shard_tiles=config.tiling.shard_tiles,
+                output_dtype="float32" if resampled else config.output.dtype,
+                labels=None if resampled else plan.label_rule,
+                target=SCRATCH_PROBABILITY if resampled else "s0",
+            ),
         )
         for block in plan.predict_blocks
     ]
-    before = client.run(device_statistics)
-    reports = _run_stage(
-        client, plan, "predict", predict_block, predict_tasks, lambda t: t.block.block_id, run_id, record
-    )
-    record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
-    save()
-    labelled = "predict"
-    if resampled:
-        factors = (plan.scale.factors["y"], plan.scale.factors["x"])
-        resample_tasks = [
+
+
+def _resample_jobs(plan: RunPlan) -> list[Job]:
+    config = plan.request.config
+    factors = (plan.scale.factors["y"], plan.scale.factors["x"])
+    return [
+        Job(
+            "resample",
+            block.block_id,
+            resample_block,
             ResampleTask(
                 block,
                 plan.grid.volume_shape,
@@ -362,104 +435,83 @@ def _run_stages(
                 config.tiling.tile,
                 config.output.dtype,
                 plan.label_rule,
-            )
-            for block in plan.blocks
-        ]
-        labelled = "resample"
-        reports = _run_stage(
-            client,
-            plan,
-            "resample",
-            resample_block,
-            resample_tasks,
-            lambda t: t.block.block_id,
-            run_id,
-            record,
-        )
-        save()
-    if plan.label_rule is not None:
-        summaries = _payloads(plan, labelled, reports)
-        contact_tasks = [
-            ContactTask(block, plan.grid, plan.output_url, plan.label_rule.connectivity)
-            for block in plan.blocks
-        ]
-        contacts = _payloads(
-            plan,
-            "contacts",
-            _run_stage(
-                client,
-                plan,
-                "contacts",
-                contact_block,
-                contact_tasks,
-                lambda t: t.block.block_id,
-                run_id,
-                record,
             ),
         )
-        started = time.perf_counter()
-        mapping = merge_labels(
-            [BlockLabels.from_arrays(summaries[b.block_id]) for b in plan.blocks],
-            [contacts[b.block_id]["pairs"] for b in plan.blocks],
-            plan.min_size_voxels,
-            config.labels.uint32_max_objects,
-        )
-        record["labels"] = {
-            "objects": mapping.objects,
-            "dtype": mapping.dtype,
-            "local_labels": int(mapping.offsets[-1]),
-            "min_size_voxels": plan.min_size_voxels,
-            "merge_seconds": round(time.perf_counter() - started, 3),
-        }
-        name = config.labels.name
-        create_labels(plan.output_url, plan.layout, name, mapping.dtype)
-        relabel_tasks = [
-            RelabelTask(
-                block,
-                plan.grid,
-                plan.output_url,
-                f"labels/{name}/s0",
-                mapping.block_mapping(block.block_id),
-                mapping.dtype,
-            )
-            for block in plan.blocks
+        for block in plan.blocks
+    ]
+
+
+def _contact_jobs(plan: RunPlan, labelled: str) -> list[Job]:
+    """A block's contacts need every block its face slabs touch to be labelled."""
+    assert plan.label_rule is not None
+    connectivity = plan.label_rule.connectivity
+    jobs = []
+    for block in plan.blocks:
+        write = block.write_roi(plan.grid.volume_shape, plan.grid.tile)
+        slabs = [
+            face_slab(plan.grid, write.start, write.stop, axis, side, connectivity)
+            for axis in range(3)
+            for side in (-1, 1)
         ]
-        _run_stage(
-            client, plan, "relabel", relabel_block, relabel_tasks, lambda t: t.block.block_id, run_id, record
+        needs = {block.block_id} | {
+            b for slab in slabs if slab is not None for b in plan.grid.block_ids_in(*slab)
+        }
+        jobs.append(
+            Job(
+                "contacts",
+                block.block_id,
+                contact_block,
+                ContactTask(block, plan.grid, plan.output_url, connectivity),
+                needs=tuple((labelled, b) for b in sorted(needs)),
+                follow_up=True,
+            )
         )
-        save()
-    pyramids = [("", "mean")] + ([(f"labels/{config.labels.name}/", "nearest")] if plan.label_rule else [])
-    for prefix, method in pyramids:
-        for level in range(1, plan.layout.levels + 1):
-            stage = f"pyramid {prefix}s{level}"
-            tasks = _pyramid_tasks(plan, stage, prefix, method, level)
-            _run_stage(client, plan, stage, pyramid_block, tasks, lambda t: t.block_id, run_id, record)
-        save()
+    return jobs
 
 
-def _pyramid_tasks(plan: RunPlan, stage: str, prefix: str, method: str, level: int) -> list[PyramidTask]:
-    """One task per shard of the written level: levels do not align with tiles, so they have their own blocks."""
+def _pyramid_jobs(plan: RunPlan, prefix: str, method: str, full_resolution_stage: str) -> list[Job]:
+    """Every level's shards, each needing the shards (or, under level 1, the blocks) it downsamples."""
     layout = plan.layout
     planes = plan.volume.shape_zyx[0]
-    source = layout.level_shape(level - 1)
+    jobs = []
+    for level in range(1, layout.levels + 1):
+        source = layout.level_shape(level - 1)
+        target = layout.level_shape(level)
+        shape_zyx = (planes, target[-2], target[-1])
+        grid = _level_grid(plan, level)
+        below = (
+            (full_resolution_stage, plan.grid)
+            if level == 1
+            else (f"pyramid {prefix}s{level - 1}", _level_grid(plan, level - 1))
+        )
+        stage = f"pyramid {prefix}s{level}"
+        for block in grid.blocks():
+            roi = block.write_roi(shape_zyx, grid.tile)
+            read_start = (roi.start[0], 2 * roi.start[1], 2 * roi.start[2])
+            read_stop = (roi.stop[0], min(2 * roi.stop[1], source[-2]), min(2 * roi.stop[2], source[-1]))
+            task = PyramidTask(
+                block_id=block.block_id,
+                stage=stage,
+                source=f"{prefix}s{level - 1}",
+                target=f"{prefix}s{level}",
+                method=method,
+                roi=roi,
+                source_shape=(planes, source[-2], source[-1]),
+                output_url=plan.output_url,
+            )
+            needs = tuple((below[0], b) for b in below[1].block_ids_in(read_start, read_stop))
+            jobs.append(Job(stage, block.block_id, pyramid_block, task, needs=needs, follow_up=True))
+    return jobs
+
+
+def _level_grid(plan: RunPlan, level: int) -> BlockGrid:
+    """Blocks of one shard each at a pyramid level: levels do not align with tiles."""
+    layout = plan.layout
     target = layout.level_shape(level)
-    shape_zyx = (planes, target[-2], target[-1])
-    shard_grid = BlockGrid(
+    shape_zyx = (plan.volume.shape_zyx[0], target[-2], target[-1])
+    return BlockGrid(
         shape_zyx, layout.tile * layout.shard_tiles, (1, 1), plan.grid.block_planes, plan.grid.plane_period
     )
-    return [
-        PyramidTask(
-            block_id=block.block_id,
-            stage=stage,
-            source=f"{prefix}s{level - 1}",
-            target=f"{prefix}s{level}",
-            method=method,
-            roi=block.write_roi(shape_zyx, shard_grid.tile),
-            source_shape=(planes, source[-2], source[-1]),
-            output_url=plan.output_url,
-        )
-        for block in shard_grid.blocks()
-    ]
 
 
 def _payloads(plan: RunPlan, stage: str, reports: dict[int, BlockReport]) -> dict[int, dict[str, Any]]:
@@ -472,55 +524,54 @@ def _payloads(plan: RunPlan, stage: str, reports: dict[int, BlockReport]) -> dic
     }
 
 
-def _run_stage(
-    client: Client,
-    plan: RunPlan,
-    stage: str,
-    function: Callable[[T], BlockReport],
-    tasks: Sequence[T],
-    block_id: Callable[[T], int],
-    run_id: str,
-    record: dict[str, Any],
-) -> dict[int, BlockReport]:
-    """Run the unmarked blocks of a stage; record counts and timings; return this run's reports."""
+def _run_phase(
+    client: Client, plan: RunPlan, jobs: list[Job], run_id: str, record: dict[str, Any]
+) -> Reports:
+    """Run the unmarked jobs of some stages as their needs are met; record counts and timings per stage."""
     config = plan.request.config
-    done = done_blocks(plan.output_url, stage)
-    todo = [task for task in tasks if block_id(task) not in done]
+    stages = list(dict.fromkeys(job.stage for job in jobs))
+    done = {(stage, block_id) for stage in stages for block_id in done_blocks(plan.output_url, stage)}
+    graph = JobGraph(jobs, done)
     workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
-    reports: dict[int, BlockReport] = {}
-    seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    with stage_progress(stage, len(todo), enabled=plan.request.show_progress) as advance:
+    reports: Reports = {stage: {} for stage in stages}
+    seconds: dict[str, dict[str, float]] = {stage: {} for stage in stages}
+    totals = {stage: graph.stages[stage].computed for stage in stages}
+    phase_started = time.perf_counter()
+    with stages_progress(totals, enabled=plan.request.show_progress) as advance:
 
-        def collect(report: BlockReport) -> None:
-            reports[report.block_id] = report
+        def collect(job: Job, report: BlockReport) -> None:
+            reports[job.stage][report.block_id] = report
             for name, value in report.seconds.items():
-                seconds[name] = seconds.get(name, 0.0) + value
-            advance(report.pixels)
+                seconds[job.stage][name] = seconds[job.stage].get(name, 0.0) + value
+            advance(job.stage, report.pixels)
 
-        run_bounded(
+        run_jobs(
             client,
-            function,
-            todo,
+            graph,
             in_flight=workers * config.cluster.in_flight_per_worker,
+            follow_ups_in_flight=workers,
             retries=config.retries,
-            key=lambda task: f"{stage.replace(' ', '-').replace('/', '-')}-{block_id(task)}-{run_id}",
-            describe=lambda task: _describe(plan, stage, block_id(task)),
+            key=lambda job: f"{job.stage.replace(' ', '-').replace('/', '-')}-{job.block_id}-{run_id}",
+            describe=lambda job: _describe(plan, job.stage, job.block_id),
             on_result=collect,
         )
-    wall = time.perf_counter() - started
-    pixels = sum(report.pixels for report in reports.values())
-    record["stages"][stage] = {
-        "blocks": len(tasks),
-        "computed": len(todo),
-        "skipped_done": len(tasks) - len(todo),
-        "wall_seconds": round(wall, 3),
-        "pixels": pixels,
-        "mpix_per_second": round(pixels / 1e6 / wall, 3) if wall > 0 and pixels else None,
-        "worker_seconds": {name: round(value, 3) for name, value in seconds.items()},
-    }
-    if stage == "predict":
-        record["blocks"]["done"] = len(tasks)
+    for stage in stages:
+        times = graph.stages[stage]
+        wall = times.last_done - times.first_sent if times.first_sent and times.last_done else 0.0
+        pixels = sum(report.pixels for report in reports[stage].values())
+        record["stages"][stage] = {
+            "blocks": times.blocks,
+            "computed": times.computed,
+            # stages of one phase run together: when this one's first block was sent
+            "started_after_seconds": round(times.first_sent - phase_started, 3) if times.first_sent else None,
+            "skipped_done": times.blocks - times.computed,
+            "wall_seconds": round(wall, 3),
+            "pixels": pixels,
+            "mpix_per_second": round(pixels / 1e6 / wall, 3) if wall > 0 and pixels else None,
+            "worker_seconds": {name: round(value, 3) for name, value in seconds[stage].items()},
+        }
+    if "predict" in stages:
+        record["blocks"]["done"] = graph.stages["predict"].blocks
     return reports
 
 

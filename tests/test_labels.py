@@ -35,7 +35,7 @@ def blockwise_labels(
     for roi in rois:
         for axis in range(3):
             for side in (-1, 1):
-                box = face_slab(grid, roi.start, roi.stop, axis, side)
+                box = face_slab(grid, roi.start, roi.stop, axis, side, connectivity)
                 if box is None:
                     continue
                 slab = local[tuple(slice(a, b) for a, b in zip(*box))]

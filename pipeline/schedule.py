@@ -1,0 +1,95 @@
+"""Which block tasks of a run may start now: each waits for the tasks that write what it reads.
+
+A run streams its stages: a block's contacts start once the blocks its face
+slabs touch are labelled, a pyramid shard once the shards (or blocks) it
+downsamples are written, so the later stages work while the network still
+runs instead of after it. Pure bookkeeping; the Dask wiring is in
+:mod:`pipeline.cluster`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+JobName = tuple[str, int]  # (stage, block id)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    stage: str
+    block_id: int
+    function: Callable[[Any], Any]
+    task: Any
+    needs: tuple[JobName, ...] = ()  # jobs that write what this one reads
+    follow_up: bool = False  # short work behind the main stage (contacts, pyramids): sent first
+
+    @property
+    def name(self) -> JobName:
+        return self.stage, self.block_id
+
+
+@dataclass
+class StageTimes:
+    blocks: int = 0
+    computed: int = 0
+    first_sent: float | None = None
+    last_done: float | None = None
+
+
+@dataclass
+class JobGraph:
+    """The jobs of one phase of a run, released in the order given as what they need gets done.
+
+    ``done``: jobs finished before (the markers of an interrupted run); they never run and count as
+    finished. A need outside the graph belongs to an earlier phase, which is complete.
+    """
+
+    jobs: Iterable[Job]
+    done: set[JobName] = field(default_factory=set)
+    stages: dict[str, StageTimes] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        listed = list(self.jobs)
+        names = {job.name for job in listed}
+        self._unmet: dict[JobName, int] = {}
+        self._dependants: dict[JobName, list[Job]] = {}
+        self._ready: dict[bool, deque[Job]] = {False: deque(), True: deque()}
+        self.unfinished = 0
+        for job in listed:
+            times = self.stages.setdefault(job.stage, StageTimes())
+            times.blocks += 1
+            if job.name in self.done:
+                continue
+            times.computed += 1
+            self.unfinished += 1
+            unmet = {need for need in job.needs if need in names and need not in self.done}
+            for need in unmet:
+                self._dependants.setdefault(need, []).append(job)
+            if unmet:
+                self._unmet[job.name] = len(unmet)
+            else:
+                self._ready[job.follow_up].append(job)
+
+    def take(self, follow_up: bool) -> Job | None:
+        """A job whose needs are met (a follow-up or a main one), or None if none is ready now."""
+        queue = self._ready[follow_up]
+        if not queue:
+            return None
+        job = queue.popleft()
+        times = self.stages[job.stage]
+        if times.first_sent is None:
+            times.first_sent = time.perf_counter()
+        return job
+
+    def finish(self, job: Job) -> None:
+        self.unfinished -= 1
+        self.stages[job.stage].last_done = time.perf_counter()
+        for dependant in self._dependants.pop(job.name, []):
+            self._unmet[dependant.name] -= 1
+            if not self._unmet[dependant.name]:
+                del self._unmet[dependant.name]
+                self._ready[dependant.follow_up].append(dependant)

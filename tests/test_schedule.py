@@ -1,0 +1,62 @@
+"""A run's jobs start only after the jobs that write what they read; finished ones are never rerun."""
+
+from __future__ import annotations
+
+from pipeline.geometry import BlockGrid
+from pipeline.schedule import Job, JobGraph
+
+
+def job(stage: str, block_id: int, *needs: tuple[str, int], follow_up: bool = False) -> Job:
+    return Job(stage, block_id, abs, block_id, needs=needs, follow_up=follow_up)
+
+
+def drain(graph: JobGraph, follow_up: bool) -> list[tuple[str, int]]:
+    taken = []
+    while (ready := graph.take(follow_up)) is not None:
+        taken.append(ready.name)
+    return taken
+
+
+def test_a_job_is_released_when_its_last_need_finishes() -> None:
+    predicts = [job("predict", b) for b in range(3)]
+    contact = job("contacts", 0, ("predict", 0), ("predict", 2), follow_up=True)
+    graph = JobGraph([*predicts, contact])
+    assert drain(graph, follow_up=True) == []
+    assert drain(graph, follow_up=False) == [("predict", 0), ("predict", 1), ("predict", 2)]
+    graph.finish(predicts[0])
+    graph.finish(predicts[1])
+    assert graph.take(follow_up=True) is None
+    graph.finish(predicts[2])
+    assert drain(graph, follow_up=True) == [("contacts", 0)]
+    graph.finish(contact)
+    assert graph.unfinished == 0
+
+
+def test_jobs_done_before_never_run_and_count_as_finished() -> None:
+    jobs = [job("predict", 0), job("predict", 1), job("pyramid s1", 0, ("predict", 0), ("predict", 1))]
+    graph = JobGraph(jobs, done={("predict", 0), ("pyramid s1", 0)})
+    assert graph.unfinished == 1
+    assert drain(graph, follow_up=False) == [("predict", 1)]
+    assert drain(graph, follow_up=True) == []  # done: not released again
+    assert (graph.stages["predict"].blocks, graph.stages["predict"].computed) == (2, 1)
+    assert graph.stages["pyramid s1"].computed == 0
+
+
+def test_needs_outside_the_graph_belong_to_a_finished_phase() -> None:
+    graph = JobGraph([job("relabel", 0, ("predict", 0))])
+    assert drain(graph, follow_up=False) == [("relabel", 0)]
+
+
+def test_block_ids_in_a_box_are_the_blocks_it_touches() -> None:
+    grid = BlockGrid((4, 100, 100), 10, (2, 3), block_planes=2)  # blocks 2 x 20 x 30 voxels
+    assert grid.shape == (2, 5, 4)
+    for start, stop in [((0, 0, 0), (1, 1, 1)), ((1, 19, 29), (3, 21, 31)), ((0, 0, 0), (4, 100, 100))]:
+        expected = sorted(
+            {
+                int(grid.block_id_at(z, y, x))
+                for z in range(start[0], stop[0])
+                for y in range(start[1], stop[1])
+                for x in range(start[2], stop[2])
+            }
+        )
+        assert grid.block_ids_in(start, stop) == expected
