@@ -3,9 +3,9 @@
 #   1. whether a window's bits depend on its batch (benchmarks/gpu_determinism.py),
 #   2. the exactness invariant on the GPU (benchmarks/gpu_exactness.py),
 #   3. model only: naive, eager and compiled profiles, 388 and 900 px tiles,
-#   4. end to end on 1.39 Gpix with 8 GPU-sharing workers (the fastest eager profile).
+#   4. end to end on 1.39 Gpix: 8 GPU-sharing workers, then one worker of 12 threads (bf16 eager).
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
-# About 6 minutes on an H100 after the machine starts; set STEPS to run fewer (e.g. STEPS="3 4").
+# About 7 minutes on an H100 after the machine starts; set STEPS to run fewer (e.g. STEPS="3 4").
 # Run from the repository root with the wheels in .whl (the list: docs/benchmarks.md).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -40,5 +40,9 @@ if step 4; then
   timeout 150 "${bench[@]}" --seconds 2 --profiles bf16:cl:eager:16 --e2e-shape 64x4656x4656 \
     --workers 8 --tasks-per-worker 2 --block-tiles 4 --block-planes 4 \
     --json "$OUT/bench-gpu-e2e.json" 2>&1 | grep -v INFO | tail -5
+  # one worker per GPU (one CUDA context), its threads feeding one batcher
+  timeout 150 "${bench[@]}" --seconds 2 --profiles bf16:cl:eager:16 --e2e-shape 64x4656x4656 \
+    --workers 1 --tasks-per-worker 12 --block-tiles 4 --block-planes 4 \
+    --json "$OUT/bench-gpu-e2e-one-worker.json" 2>&1 | grep -v INFO | tail -5
 fi
 ls -la "$OUT"

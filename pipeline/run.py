@@ -77,6 +77,7 @@ __all__ = ["SegmentRequest", "segment"]
 
 log = logging.getLogger(__name__)
 
+
 def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, Any]:
     """Segment one volume (or continue an interrupted run); return the run record.
 

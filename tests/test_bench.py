@@ -45,6 +45,7 @@ def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> No
     assert e2e["fraction_of_model_only"] == round(
         e2e["mpix_per_second"] / e2e["model_only_mpix_per_second"], 3
     )
+    assert e2e["cold_mpix_per_second"] < e2e["mpix_per_second"] and e2e["cluster_start_seconds"] > 0
     assert set(e2e["predict_worker_seconds"]) >= {"read", "predict", "write", "label"}
     assert {"fill_seconds", "h2d_seconds", "compute_seconds", "d2h_seconds"} <= set(e2e["device_batcher"])
     assert e2e["device_batcher"]["windows"] == 36  # 200 x 200 px in 36 px tiles: 6 x 6
