@@ -87,7 +87,7 @@ class BenchSettings:
     threads: int = 2
     min_seconds: float = 2.0  # per profile, after warm-up
     e2e_shape: tuple[int, int, int] | None = (4, 3104, 3104)
-    e2e_workers: int = 1
+    e2e_workers: int = 2  # as segment's default: on a 2-core CPU, one torch thread each
     e2e_tasks_per_worker: int = 2  # blocks a worker runs at once (Dask threads)
     e2e_block_tiles: int = 4
     e2e_block_planes: int = 1
@@ -301,6 +301,9 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
             predict["mpix_per_second"] / best["mpix_per_second"], 3
         ),
         "stage_wall_seconds": {stage: values["wall_seconds"] for stage, values in record["stages"].items()},
+        "stage_started_after_seconds": {
+            stage: values["started_after_seconds"] for stage, values in record["stages"].items()
+        },
         "predict_worker_seconds": predict["worker_seconds"],
         "device_batcher": predict.get("device", {}),
         "peak_worker_rss_bytes": record.get("worker_peak_rss_bytes"),

@@ -491,7 +491,12 @@ def demo(out_dir: Path, model: Path | None) -> None:
 )
 @click.option("--e2e-shape", default="4x3104x3104", show_default=True, help="ZYX of the end-to-end volume.")
 @click.option("--no-e2e", is_flag=True, help="Model-only figures and agreement only.")
-@click.option("--workers", default=1, show_default=True, help="Dask workers of the end-to-end run.")
+@click.option(
+    "--workers",
+    default=2,
+    show_default=True,
+    help="Dask workers of the end-to-end run; torch threads are shared out among them (as `segment`'s default).",
+)
 @click.option(
     "--tasks-per-worker", default=2, show_default=True, help="Blocks each worker runs at once (end to end)."
 )

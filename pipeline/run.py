@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -185,7 +186,7 @@ def _write(plan: RunPlan, client: Client, started: float) -> dict[str, Any]:
                 profile = _fixed_profile(client, plan, state["runs"][0] if request.resume else None)
                 record["execution_profile"] = profile.model_dump()
                 save()
-                _run_stages(client, plan, profile, stats, run_id, record, save)
+                _run_stages(client, plan, profile, stats, Clock(run_id, started), record, save)
                 record["worker_peak_rss_bytes"] = worker_peak_rss(client)
                 remove_scratch(plan.output_url)
             except BaseException as error:
@@ -317,12 +318,18 @@ def _device_work(before: dict[str, dict[str, float]], after: dict[str, dict[str,
 Reports = dict[str, dict[int, BlockReport]]  # stage -> block id -> this run's report
 
 
+@dataclass(frozen=True, slots=True)
+class Clock:
+    run_id: str
+    started: float  # time.perf_counter() when the run began
+
+
 def _run_stages(
     client: Client,
     plan: RunPlan,
     profile: ProfileConfig,
     stats: tuple[NormalizationStats, ...],
-    run_id: str,
+    run: Clock,
     record: dict[str, Any],
     save: Callable[[], None],
 ) -> None:
@@ -333,7 +340,7 @@ def _run_stages(
     labelled = "resample" if resampled else "predict"  # the stage that writes s0 and the local labels
     before = client.run(device_statistics)
     if resampled:
-        _run_phase(client, plan, _predict_jobs(plan, profile, stats), run_id, record)
+        _run_phase(client, plan, _predict_jobs(plan, profile, stats), run, record)
         record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
         save()
         first = _resample_jobs(plan)
@@ -341,7 +348,7 @@ def _run_stages(
         first = _predict_jobs(plan, profile, stats)
     contacts = _contact_jobs(plan, labelled) if plan.label_rule is not None else []
     reports = _run_phase(
-        client, plan, [*first, *contacts, *_pyramid_jobs(plan, "", "mean", labelled)], run_id, record
+        client, plan, [*first, *contacts, *_pyramid_jobs(plan, "", "mean", labelled)], run, record
     )
     if not resampled:
         record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
@@ -386,7 +393,7 @@ def _run_stages(
         client,
         plan,
         [*relabel_jobs, *_pyramid_jobs(plan, f"labels/{name}/", "nearest", "relabel")],
-        run_id,
+        run,
         record,
     )
     save()
@@ -525,9 +532,7 @@ def _payloads(plan: RunPlan, stage: str, reports: dict[int, BlockReport]) -> dic
     }
 
 
-def _run_phase(
-    client: Client, plan: RunPlan, jobs: list[Job], run_id: str, record: dict[str, Any]
-) -> Reports:
+def _run_phase(client: Client, plan: RunPlan, jobs: list[Job], run: Clock, record: dict[str, Any]) -> Reports:
     """Run the unmarked jobs of some stages as their needs are met; record counts and timings per stage."""
     config = plan.request.config
     stages = list(dict.fromkeys(job.stage for job in jobs))
@@ -537,7 +542,6 @@ def _run_phase(
     reports: Reports = {stage: {} for stage in stages}
     seconds: dict[str, dict[str, float]] = {stage: {} for stage in stages}
     totals = {stage: graph.stages[stage].computed for stage in stages}
-    phase_started = time.perf_counter()
     with stages_progress(totals, enabled=plan.request.show_progress) as advance:
 
         def collect(job: Job, report: BlockReport) -> None:
@@ -552,7 +556,7 @@ def _run_phase(
             in_flight=workers * config.cluster.in_flight_per_worker,
             follow_ups_in_flight=workers,
             retries=config.retries,
-            key=lambda job: f"{job.stage.replace(' ', '-').replace('/', '-')}-{job.block_id}-{run_id}",
+            key=lambda job: f"{job.stage.replace(' ', '-').replace('/', '-')}-{job.block_id}-{run.run_id}",
             describe=lambda job: _describe(plan, job.stage, job.block_id),
             on_result=collect,
         )
@@ -563,8 +567,8 @@ def _run_phase(
         record["stages"][stage] = {
             "blocks": times.blocks,
             "computed": times.computed,
-            # stages of one phase run together: when this one's first block was sent
-            "started_after_seconds": round(times.first_sent - phase_started, 3) if times.first_sent else None,
+            # stages of one phase run together: when this one's first block was sent, from the run's start
+            "started_after_seconds": round(times.first_sent - run.started, 3) if times.first_sent else None,
             "skipped_done": times.blocks - times.computed,
             "wall_seconds": round(wall, 3),
             "pixels": pixels,
