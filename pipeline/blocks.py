@@ -31,8 +31,8 @@ from pipeline.errors import InputDataError, PipelineError
 from pipeline.geometry import Block, BlockGrid, Roi
 from pipeline.labels import (
     Connectivity,
+    contact_slabs,
     downsample_nearest,
-    face_slab,
     label_block,
     relabel,
     slab_contacts,
@@ -226,17 +226,12 @@ def contact_block(task: ContactTask) -> BlockReport:
     shape = task.grid.volume_shape
     write = task.block.write_roi(shape, task.grid.tile)
     scratch = output_array(task.output_url, SCRATCH_LABELS)
-    offsets = task.connectivity.lower_offsets()
     found = [np.empty((0, 4), np.int64)]
-    for axis in range(3):
-        for side in (-1, 1):
-            box = face_slab(task.grid, write.start, write.stop, axis, side, task.connectivity)
-            if box is None or not any(offset[axis] == side for offset in offsets):
-                continue
-            slab = read_region(scratch, Roi(*box))
-            found.append(
-                slab_contacts(slab, box[0], write.start, write.stop, axis, side, task.grid, task.connectivity)
-            )
+    for axis, side, box in contact_slabs(task.grid, write.start, write.stop, task.connectivity):
+        slab = read_region(scratch, Roi(*box))
+        found.append(
+            slab_contacts(slab, box[0], write.start, write.stop, axis, side, task.grid, task.connectivity)
+        )
     pairs = unique_rows(np.concatenate(found))
     write_marker(task.output_url, "contacts", task.block.block_id, {"pairs": pairs})
     seconds = {"contacts": time.perf_counter() - started}

@@ -148,6 +148,23 @@ def face_slab(
     return tuple(start), tuple(stop)
 
 
+def contact_slabs(
+    grid: BlockGrid, write_start: tuple[int, ...], write_stop: tuple[int, ...], connectivity: Connectivity
+) -> list[tuple[int, int, tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """(axis, side, box) of the faces a block reads for its contacts: those some lower offset
+    crosses, where the volume goes on."""
+    offsets = connectivity.lower_offsets()
+    found = []
+    for axis in range(3):
+        for side in (-1, 1):
+            if not any(offset[axis] == side for offset in offsets):
+                continue
+            box = face_slab(grid, write_start, write_stop, axis, side, connectivity)
+            if box is not None:
+                found.append((axis, side, box))
+    return found
+
+
 def slab_contacts(
     slab: npt.NDArray[Any],
     slab_start: tuple[int, ...],

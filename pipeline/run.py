@@ -50,7 +50,7 @@ from pipeline.cluster import (
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputError, OutputWriteError
 from pipeline.geometry import BlockGrid
-from pipeline.labels import BlockLabels, face_slab, merge_labels
+from pipeline.labels import BlockLabels, contact_slabs, merge_labels
 from pipeline.locations import is_url, join, write_whole
 from pipeline.lock import hold_lock, read_lock, refuse_if_held
 from pipeline.markers import done_blocks, read_marker, remove_markers
@@ -456,14 +456,8 @@ def _contact_jobs(plan: RunPlan, labelled: str) -> list[Job]:
     jobs = []
     for block in plan.blocks:
         write = block.write_roi(plan.grid.volume_shape, plan.grid.tile)
-        slabs = [
-            face_slab(plan.grid, write.start, write.stop, axis, side, connectivity)
-            for axis in range(3)
-            for side in (-1, 1)
-        ]
-        needs = {block.block_id} | {
-            b for slab in slabs if slab is not None for b in plan.grid.block_ids_in(*slab)
-        }
+        slabs = contact_slabs(plan.grid, write.start, write.stop, connectivity)
+        needs = {block.block_id} | {b for _, _, box in slabs for b in plan.grid.block_ids_in(*box)}
         jobs.append(
             Job(
                 "contacts",

@@ -12,6 +12,7 @@ from pipeline.geometry import BlockGrid
 from pipeline.labels import (
     BlockLabels,
     Connectivity,
+    contact_slabs,
     face_slab,
     label_block,
     merge_labels,
@@ -174,3 +175,24 @@ def test_block_summary_is_each_labels_first_voxel_and_size(
     keep = labels > 0
     assert np.array_equal(summary.first_voxel, first[keep])
     assert np.array_equal(summary.sizes, sizes[keep])
+
+
+def test_contacts_read_only_the_faces_the_connectivity_crosses() -> None:
+    grid = BlockGrid((3, 12, 12), 4, (1, 1))  # 3 x 3 blocks per plane
+    middle = grid.blocks()[13]  # plane 1, centre
+    roi = middle.write_roi(grid.volume_shape, grid.tile)
+    faces = {
+        (axis, side) for axis, side, _ in contact_slabs(grid, roi.start, roi.stop, Connectivity("faces"))
+    }
+    assert faces == {(0, -1), (1, -1), (2, -1)}  # lower faces only; the neighbours above find these pairs
+    full = contact_slabs(grid, roi.start, roi.stop, Connectivity("full"))
+    assert {(axis, side) for axis, side, _ in full} == {
+        (0, -1),
+        (1, -1),
+        (1, 1),
+        (2, -1),
+        (2, 1),
+    }  # diagonals
+    assert all(box[1][axis] - box[0][axis] == 2 for axis, _, box in full)  # two voxels across each face
+    first = grid.blocks()[0].write_roi(grid.volume_shape, grid.tile)
+    assert contact_slabs(grid, first.start, first.stop, Connectivity("faces")) == []
