@@ -112,7 +112,9 @@ def _first_voxels_and_sizes(flat: npt.NDArray[np.uint32], count: int) -> tuple[I
     """
     sizes = np.bincount(flat, minlength=count + 1)[1:].astype(np.int64)
     running = np.maximum.accumulate(flat)
-    first = np.flatnonzero(np.diff(running, prepend=np.uint32(0)))
+    first = np.flatnonzero(running[1:] != running[:-1]) + 1
+    if flat.size and running[0]:
+        first = np.concatenate([np.zeros(1, np.intp), first])
     if first.size == count and np.array_equal(running[first], np.arange(1, count + 1, dtype=np.uint32)):
         return first.astype(np.int64), sizes
     labels, first, sizes = np.unique(flat, return_index=True, return_counts=True)
