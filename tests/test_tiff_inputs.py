@@ -24,7 +24,7 @@ from tests.conftest import write_ome_tiff, write_small_setup, write_volume
 
 SHAPE = (3, 150, 170)
 SETTINGS = {
-    "tiling": {"tile": 36, "shard_tiles": 1, "block_tiles": [2, 2]},
+    "tiling": {"tile": 100, "shard_tiles": 1, "block_tiles": [1, 1]},  # 2 x 2 blocks a plane, ragged
     "profile": {"batch_size": 2},
     "output": {"dtype": "float32", "pyramid_levels": 1},
 }
