@@ -218,16 +218,13 @@ def test_run_record(
 
 
 def test_run_record_holds_no_secrets(
-    ragged_volume: str,
-    narrow_checkpoint: Path,
-    dask_address: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    narrow_checkpoint: Path, dask_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "do-not-record-me")
     monkeypatch.setenv("PREFECT_API_KEY", "nor-me")
+    source = write_volume(tmp_path / "small.zarr", cell_image((2, 120, 100), seed=4), (1, 64, 64))
     output = tmp_path / "out.ome.zarr"
-    run_segment(ragged_volume, output, narrow_checkpoint, dask_address, **{"output.pyramid_levels": 0})
+    run_segment(source, output, narrow_checkpoint, dask_address, **{"output.pyramid_levels": 0})
     text = (output / "zarr.json").read_text()
     assert "do-not-record-me" not in text and "nor-me" not in text
 
