@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -209,8 +210,58 @@ def site(tmp_path: Path) -> dict[str, Path]:
     }
 
 
+@dataclass(frozen=True)
+class Worker:
+    """A running `prefect worker start` and its log."""
+
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def check_alive(self) -> None:
+        assert self.process.poll() is None, f"the worker exited:\n{self.log.read_text()[-3000:]}"
+
+
+@pytest.fixture
+def worker(server: dict[str, str], site: dict[str, Path]) -> Iterator[Worker]:
+    """`prefect worker start --pool segmentation`, left running as the README has it, for one test."""
+    log = site["root"] / "worker.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [PREFECT, "worker", "start", "--pool", "segmentation"],
+            env=server,
+            cwd=site["root"],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield Worker(process, log)
+    finally:
+        _stop_group(process)
+
+
+FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
+
+
+def wait_for_final_state(env: dict[str, str], run_id: str, worker: Worker, timeout: float = 300) -> str:
+    """Until the flow run ``run_id`` is over (its state is final); that state's type."""
+    deadline = time.monotonic() + timeout
+    while (state := flow_run(env, run_id)["state"]["type"]) not in FINAL_STATES:
+        worker.check_alive()
+        assert time.monotonic() < deadline, f"flow run {run_id} still {state} after {timeout} s"
+        time.sleep(0.1)
+    return str(state)
+
+
+def run_night(env: dict[str, str], settings: Path, worker: Worker) -> str:
+    """`prefect deployment run` for the running worker to take; the flow run's id, once it is over."""
+    run_id = start_nightly(env, settings)
+    wait_for_final_state(env, run_id, worker)
+    return run_id
+
+
 def test_nightly_deployment_segments_new_acquisitions_once(
-    server: dict[str, str], site: dict[str, Path]
+    server: dict[str, str], site: dict[str, Path], worker: Worker
 ) -> None:
     incoming, out = site["incoming"], site["out"]
     add_acquisition(incoming, "a", (2, 100, 120), seed=1)
@@ -222,8 +273,7 @@ def test_nightly_deployment_segments_new_acquisitions_once(
             chunk.write_bytes(b"not zstd")
 
     # night 1: a and b are segmented, half waits, corrupt fails alone and is named
-    first = start_nightly(server, site["settings"])
-    work_once(server, site["root"])
+    first = run_night(server, site["settings"], worker)
     run = flow_run(server, first)
     assert run["state"]["type"] == "FAILED"
     assert "1 of 3 acquisitions failed: corrupt" in run["state"]["message"]
@@ -252,8 +302,7 @@ def test_nightly_deployment_segments_new_acquisitions_once(
 
     # night 2: the operator moved the corrupt one away; nothing new: no work
     corrupt.rename(site["root"] / "corrupt.zarr")
-    second = start_nightly(server, site["settings"])
-    work_once(server, site["root"])
+    second = run_night(server, site["settings"], worker)
     assert flow_run(server, second)["state"]["type"] == "COMPLETED"
     assert [len(runs_of(out / f"{name}.ome.zarr")) for name in ("a", "b")] == [1, 1]
     (report,) = [artifact for artifact in artifacts(server, second) if artifact["key"] == "nightly-report"]
@@ -261,8 +310,7 @@ def test_nightly_deployment_segments_new_acquisitions_once(
 
     # night 3: one new acquisition: only it is segmented
     add_acquisition(incoming, "c", (1, 80, 90), seed=5)
-    third = start_nightly(server, site["settings"])
-    work_once(server, site["root"])
+    third = run_night(server, site["settings"], worker)
     assert flow_run(server, third)["state"]["type"] == "COMPLETED"
     assert [len(runs_of(out / f"{name}.ome.zarr")) for name in ("a", "b")] == [1, 1]
     (record,) = runs_of(out / "c.ome.zarr")
@@ -291,21 +339,16 @@ def wait_for_markers(markers: Path, count: int, worker: subprocess.Popen[bytes])
 
 
 def test_cancelling_a_run_leaves_an_output_the_next_run_resumes(
-    server: dict[str, str], site: dict[str, Path]
+    server: dict[str, str], site: dict[str, Path], worker: Worker
 ) -> None:
     write_small_setup(site["root"], RUN_CONFIG, seed=4, base_channels=32)  # slower: time to cancel
     add_acquisition(site["incoming"], "long", (32, 144, 144), seed=6)  # 128 blocks, ~20 s on one worker
     output = site["out"] / "long.ome.zarr"
     markers = output / "_markers" / "predict"
     first = start_nightly(server, site["settings"])
-    worker = start_worker_once(server, site["root"])
-    try:
-        wait_for_markers(markers, 1, worker)
-        prefect(server, "flow-run", "cancel", first)
-        worker.wait(120)
-    finally:
-        _stop_group(worker)
-    assert flow_run(server, first)["state"]["type"] == "CANCELLED"
+    wait_for_markers(markers, 1, worker.process)
+    prefect(server, "flow-run", "cancel", first)
+    assert wait_for_final_state(server, first, worker, timeout=120) == "CANCELLED"
     state = read_state(open_output(str(output)))
     assert not state["complete"]
     (interrupted,) = state["runs"]
@@ -313,8 +356,7 @@ def test_cancelling_a_run_leaves_an_output_the_next_run_resumes(
     finished_before = len(list(markers.iterdir()))
     assert 0 < finished_before < 128
 
-    second = start_nightly(server, site["settings"])
-    work_once(server, site["root"])
+    second = run_night(server, site["settings"], worker)
     assert flow_run(server, second)["state"]["type"] == "COMPLETED"
     first_run, resumed = runs_of(output)
     assert resumed["resumed_from"] == first_run["run_id"]

@@ -34,7 +34,7 @@ from pipeline.normalization import Normalization
 from pipeline.synthetic import cell_image
 from tests.conftest import write_small_setup, write_volume
 
-SHAPE = (12, 180, 216)  # tiles of 36 px: 5 x 6 per plane, 360 one-tile blocks
+SHAPE = (6, 180, 216)  # tiles of 36 px: 5 x 6 per plane, 180 one-tile blocks
 SETTINGS = {
     "tiling": {"tile": 36, "shard_tiles": 1, "block_tiles": [1, 1]},
     "profile": {"batch_size": 2},
@@ -139,7 +139,7 @@ RUN_RECORD = "run record"  # after the last block: the cluster closes, scratch g
 # the two phases of a run: each streams its stages, so a kill in one leaves the earlier phase complete
 PHASES = [["predict", "contacts", "pyramid s1"], ["relabel", "pyramid labels/cells/s1"]]
 STAGES = [stage for phase in PHASES for stage in phase]
-LAST_STAGE_BLOCKS = 12 * 3 * 3  # shards of 36 px on level 1 (90 x 108 px): 3 x 3 per plane
+LAST_STAGE_BLOCKS = 6 * 3 * 3  # shards of 36 px on level 1 (90 x 108 px): 3 x 3 per plane
 
 
 def earlier_phases(stage: str) -> list[str]:
@@ -263,16 +263,16 @@ def test_a_killed_worker_is_replaced_and_the_output_is_identical(
         code, text = cli_segment(setup, output, "--cluster", cluster.scheduler_address)
         killer.join()
     assert code == 0, text
-    assert killed_at and 40 <= killed_at[0] < 360, killed_at  # mid-predict
+    assert killed_at and 40 <= killed_at[0] < 180, killed_at  # mid-predict
     record = state(output)
     assert record["complete"] is True and markers(output, "predict") == 0  # markers go with the finished run
     predict = record["runs"][0]["stages"]["predict"]
-    assert predict["computed"] == predict["blocks"] == 360
+    assert predict["computed"] == predict["blocks"] == 180
     assert_same_arrays(output, reference)
 
 
 def test_a_full_disk_fails_cleanly_and_resume_completes_after(
-    setup: dict[str, Path], reference: dict[str, np.ndarray], tmp_path: Path
+    setup: dict[str, Path], reference: dict[str, np.ndarray], dask_address: str, tmp_path: Path
 ) -> None:
     """Files may not grow past a little under the finished record (RLIMIT_FSIZE): a save mid-run fails."""
     limit = (setup["root"] / "reference.ome.zarr" / "zarr.json").stat().st_size - 800
@@ -293,7 +293,7 @@ def test_a_full_disk_fails_cleanly_and_resume_completes_after(
     )
     assert "Traceback" not in failed.stderr
     assert state(output)["complete"] is False
-    code, text = cli_segment(setup, output, "--resume", "--cluster", "local", "--workers", "2")
+    code, text = cli_segment(setup, output, "--resume", "--cluster", dask_address)
     assert code == 0, text
     assert state(output)["complete"] is True
     assert_same_arrays(output, reference)

@@ -24,7 +24,7 @@ from tests.conftest import write_ome_tiff, write_small_setup, write_volume
 
 SHAPE = (3, 150, 170)
 SETTINGS = {
-    "tiling": {"tile": 36, "shard_tiles": 1, "block_tiles": [2, 2]},
+    "tiling": {"tile": 100, "shard_tiles": 1, "block_tiles": [1, 1]},  # 2 x 2 blocks a plane, ragged
     "profile": {"batch_size": 2},
     "output": {"dtype": "float32", "pyramid_levels": 1},
 }
@@ -173,8 +173,10 @@ def test_a_plane_stored_as_one_strip_is_named_and_rechunk_fixes_it(
         resolutionunit="CENTIMETER",
     )
     before = hashlib.sha256(one_strip.read_bytes()).hexdigest()
+    # blocks of 2 x 2 tiles of 100 px read windows of 240 px: the one strip decodes 23x what a block
+    # uses, 512 x 512 chunks under 10x; a tile of 100 px carries a quarter of the halo of 36 px tiles
     checkpoint, config_path = write_small_setup(
-        tmp_path, {**SETTINGS, "tiling": {"tile": 36, "shard_tiles": 1, "block_tiles": [4, 4]}}, seed=8
+        tmp_path, {**SETTINGS, "tiling": {"tile": 100, "shard_tiles": 1, "block_tiles": [2, 2]}}, seed=8
     )
     config = load_config(config_path, overrides={"cluster.address": dask_address})
     with caplog.at_level(logging.WARNING, logger="pipeline.run"):
