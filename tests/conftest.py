@@ -53,12 +53,17 @@ def dask_address() -> Iterator[str]:
         yield cluster.scheduler_address
 
 
+def untrained_checkpoint(folder: Path, architecture: dict[str, int], seed: int = 99) -> Path:
+    """An untrained U-Net of ``architecture`` (percentile normalisation) saved in ``folder``."""
+    torch.manual_seed(seed)
+    path = folder / "untrained.safetensors"
+    save_checkpoint(path, UNet(**architecture), normalization=Normalization("percentile", 1.0, 99.8))
+    return path
+
+
 @pytest.fixture(scope="session")
 def narrow_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(99)
-    path = tmp_path_factory.mktemp("models") / "narrow.safetensors"
-    save_checkpoint(path, UNet(**NARROW), normalization=Normalization("percentile", 1.0, 99.8))
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("models"), NARROW)
 
 
 def write_volume(path: Path, data: np.ndarray, chunks: tuple[int, ...], zarr_format: int = 3) -> str:

@@ -23,7 +23,7 @@ from pipeline.model import UNet
 from pipeline.normalization import Normalization
 from pipeline.run import SegmentRequest, segment
 from pipeline.synthetic import cell_image
-from tests.conftest import write_volume
+from tests.conftest import untrained_checkpoint, write_volume
 
 SHAPE = (3, 250, 280)  # 3 x 3 tiles of 100 per plane, ragged on both axes
 TILE = 100  # a valid output size of a depth-3 U-Net (input 140)
@@ -40,10 +40,7 @@ def volume(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Untrained: it gives thousands of small objects, many of them cut by block faces."""
-    torch.manual_seed(99)
-    path = tmp_path_factory.mktemp("models") / "small.safetensors"
-    save_checkpoint(path, UNet(**SMALL), normalization=Normalization("percentile", 1.0, 99.8))
-    return path
+    return untrained_checkpoint(tmp_path_factory.mktemp("models"), SMALL)
 
 
 def constant_checkpoint(path: Path, foreground: bool) -> Path:
