@@ -237,6 +237,7 @@ def worker(server: dict[str, str], site: dict[str, Path]) -> Iterator[Worker]:
     try:
         yield Worker(process, log)
     finally:
+        wait_until_idle(process)  # the last flow run ends before its worker is stopped
         _stop_group(process)
 
 
@@ -251,6 +252,18 @@ def wait_for_final_state(env: dict[str, str], run_id: str, worker: Worker, timeo
         assert time.monotonic() < deadline, f"flow run {run_id} still {state} after {timeout} s"
         time.sleep(0.1)
     return str(state)
+
+
+def wait_until_idle(process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    """Until the worker's flow run processes are gone (a second or two after their final state)."""
+    deadline = time.monotonic() + timeout
+    try:
+        while any(child.status() != psutil.STATUS_ZOMBIE for child in psutil.Process(process.pid).children()):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.1)
+    except psutil.NoSuchProcess:
+        return
 
 
 def run_night(env: dict[str, str], settings: Path, worker: Worker) -> str:
