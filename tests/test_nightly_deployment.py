@@ -237,8 +237,8 @@ def worker(server: dict[str, str], site: dict[str, Path]) -> Iterator[Worker]:
     try:
         yield Worker(process, log)
     finally:
-        wait_until_idle(process)  # the last flow run ends before its worker is stopped
-        _stop_group(process)
+        wait_until_idle(process)
+        stop_idle_worker(process)
 
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
@@ -264,6 +264,20 @@ def wait_until_idle(process: subprocess.Popen[bytes], timeout: float = 60) -> No
             time.sleep(0.1)
     except psutil.NoSuchProcess:
         return
+
+
+def stop_idle_worker(process: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C, as an operator stops it, then SIGKILL if it is still there after 2 s.
+
+    Idle workers stop in well under a second when this module runs alone; late in a full
+    suite run they were seen to hang in their shutdown until killed (Prefect 3.9).
+    """
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(2)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
 
 
 def run_night(env: dict[str, str], settings: Path, worker: Worker) -> str:
