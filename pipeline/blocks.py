@@ -28,7 +28,7 @@ from pipeline.batcher import DeviceBatcher
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputDataError, PipelineError
-from pipeline.geometry import Block, BlockGrid, Roi
+from pipeline.geometry import Block, BlockGrid, Roi, ceil_div
 from pipeline.labels import (
     Connectivity,
     contact_slabs,
@@ -123,6 +123,22 @@ class PyramidTask:
     method: str  # "mean" or "nearest"
     roi: Roi  # ZYX at the written level
     source_shape: tuple[int, int, int]  # ZYX of the level read
+    output_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabelLevelTask:
+    """A shard of a label pyramid level straight from the local labels (see :func:`label_level_block`)."""
+
+    block_id: int
+    stage: str  # marker stage, e.g. "pyramid labels/cells/s1"
+    target: str  # array written, e.g. "labels/cells/s1"
+    level: int
+    roi: Roi  # ZYX at the level
+    volume_shape: tuple[int, int, int]  # ZYX at full resolution
+    tile: int
+    blocks: tuple[tuple[Block, npt.NDArray[np.uint64]], ...]  # each block under the shard, its mapping
+    dtype: str
     output_url: str
 
 
@@ -248,6 +264,38 @@ def relabel_block(task: RelabelTask) -> BlockReport:
     return BlockReport(
         "relabel", task.block.block_id, write.size, {"relabel": time.perf_counter() - started}, worker_name()
     )
+
+
+def label_level_block(task: LabelLevelTask) -> BlockReport:
+    """Write one shard of a label pyramid level: every ``2**level``-th voxel (in Y and X) of the local
+    labels under it, through each block's mapping.
+
+    The same voxels as relabel followed by ``level`` nearest halvings, without waiting for either.
+    """
+    started = time.perf_counter()
+    step = 2**task.level
+    roi = task.roi
+    scratch = output_array(task.output_url, SCRATCH_LABELS)
+    level = np.zeros(roi.shape, task.dtype)
+    for block, mapping in task.blocks:
+        write = block.write_roi(task.volume_shape, task.tile)
+        start = (
+            max(write.start[0], roi.start[0]),
+            *(ceil_div(max(w, step * r), step) * step for w, r in zip(write.start[1:], roi.start[1:])),
+        )
+        stop = (
+            min(write.stop[0], roi.stop[0]),
+            *(min(w, step * r) for w, r in zip(write.stop[1:], roi.stop[1:])),
+        )
+        if any(a >= b for a, b in zip(start, stop)):
+            continue
+        local = read_region(scratch, Roi(start, stop))[:, ::step, ::step]
+        at = (start[0] - roi.start[0], start[1] // step - roi.start[1], start[2] // step - roi.start[2])
+        level[tuple(slice(a, a + n) for a, n in zip(at, local.shape))] = relabel(local, mapping, task.dtype)
+    write_region(task.output_url, task.target, roi, level)
+    write_marker(task.output_url, task.stage, task.block_id)
+    seconds = {"downsample": time.perf_counter() - started}
+    return BlockReport(task.stage, task.block_id, roi.size, seconds, worker_name())
 
 
 def pyramid_block(task: PyramidTask) -> BlockReport:

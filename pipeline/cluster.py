@@ -30,19 +30,12 @@ from pipeline.config import SLURM_PREFIX, ClusterConfig
 from pipeline.errors import InputDataError, InputError, PipelineError
 from pipeline.locations import is_url
 from pipeline.schedule import Job, JobGraph
+from pipeline.worker_environment import MALLOC_ENVIRONMENT, PROFILER_SETTING
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-# glibc hands blocks over 32 MiB back to the OS on free, and Dask's nanny asks it to
-# trim at 64 KiB: every forward pass then faults its activations in again (measured on
-# a 2-core CPU, base-8 U-Net: system time as large as user time, a run 2x slower).
-# Workers we start keep up to 1 GiB of freed memory for reuse instead. It changes
-# where memory comes from, never a result.
-WORKER_MALLOC_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 
 
 class BlockFailedError(PipelineError):
@@ -69,12 +62,13 @@ def open_client(config: ClusterConfig, *, forward_logs: bool = True) -> Iterator
         "memory_limit": config.memory_limit,
         "silence_logs": logging.ERROR,
     }
-    environment = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **WORKER_MALLOC_ENVIRONMENT}
+    environment = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **MALLOC_ENVIRONMENT}
     # a SIGKILLed worker now and then takes its nanny down with it (measured: benchmarks/soak.py), so a
     # cluster we start can end with no worker at all: its blocks then fail instead of waiting forever
     settings = {
         "distributed.nanny.pre-spawn-environ": environment,
         "distributed.scheduler.no-workers-timeout": f"{config.no_workers_timeout_seconds}s",
+        PROFILER_SETTING: config.dashboard,
     }
     with ExitStack() as stack:
         stack.enter_context(dask.config.set(settings))

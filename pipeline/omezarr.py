@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import zarr
-from numcodecs import Zstd
-from zarr.codecs import ZstdCodec
+from numcodecs import Blosc, Zstd
+from zarr.codecs import BloscCodec, ZstdCodec
 
 from pipeline.errors import InputError
 from pipeline.geometry import ceil_div
@@ -123,6 +123,41 @@ def _create_pyramid(group: zarr.Group, prefix: str, layout: OutputLayout, dtype:
         _create_array(group, f"{prefix}s{level}", layout, layout.level_shape(level), dtype)
 
 
+def _create_scratch_labels(
+    group: zarr.Group, layout: OutputLayout, block_edges: tuple[int, int, int]
+) -> None:
+    """Local labels, one chunk per block and plane, LZ4-compressed.
+
+    Only this pipeline reads them, a block at a time, and soon: a block's
+    write, a contact slab or a relabel is one chunk per plane, and LZ4 (with a
+    byte shuffle) encodes labels 3x and decodes them 4x faster than Zstd,
+    at 11x instead of 19x smaller (measured on speckle labels).
+    """
+    _, rows, cols = block_edges
+    chunks = (1,) * (len(layout.shape) - 2) + (rows, cols)
+    if layout.zarr_format == 2:
+        group.create_array(
+            SCRATCH_LABELS,
+            shape=layout.shape,
+            dtype="uint32",
+            chunks=chunks,
+            compressors=Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE),
+            fill_value=0,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+            overwrite=True,
+        )
+        return
+    group.create_array(
+        SCRATCH_LABELS,
+        shape=layout.shape,
+        dtype="uint32",
+        chunks=chunks,
+        compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+        fill_value=0,
+        overwrite=True,
+    )
+
+
 def _create_array(
     group: zarr.Group, path: str, layout: OutputLayout, shape: tuple[int, ...], dtype: str
 ) -> None:
@@ -156,11 +191,13 @@ def create_output(
     layout: OutputLayout,
     *,
     name: str = "foreground probability",
-    scratch_labels: bool = False,
+    label_blocks: tuple[int, int, int] | None = None,
     model_grid: tuple[int, int] | None = None,
 ) -> zarr.Group:
     """Create the store with empty arrays and OME metadata; refuses an existing one.
 
+    ``label_blocks``: the block edges (ZYX voxels) of a run that labels: scratch local labels in
+    chunks of one block's plane.
     ``model_grid``: (height, width) of the model's grid (--rescale): a float32 scratch array of that
     plane size holds the foreground there until it is resampled to the output's grid.
     """
@@ -169,8 +206,8 @@ def create_output(
     except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError):
         raise InputError(f"output {url} already exists") from None
     _create_pyramid(group, "", layout, layout.dtype)
-    if scratch_labels:
-        _create_array(group, SCRATCH_LABELS, layout, layout.shape, "uint32")
+    if label_blocks is not None:
+        _create_scratch_labels(group, layout, label_blocks)
     if model_grid is not None:
         _create_array(group, SCRATCH_PROBABILITY, layout, (*layout.shape[:-2], *model_grid), "float32")
     window_end = 255 if layout.dtype == "uint8" else 1.0
@@ -231,10 +268,10 @@ def create_labels(url: str, layout: OutputLayout, name: str, dtype: str) -> None
     )
 
 
-def ensure_scratch_labels(url: str, layout: OutputLayout) -> None:
+def ensure_scratch_labels(url: str, layout: OutputLayout, block_edges: tuple[int, int, int]) -> None:
     group = zarr.open_group(store=url, mode="r+")
     if SCRATCH_LABELS not in group:
-        _create_array(group, SCRATCH_LABELS, layout, layout.shape, "uint32")
+        _create_scratch_labels(group, layout, block_edges)
 
 
 def remove_scratch(url: str) -> None:

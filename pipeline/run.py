@@ -27,12 +27,14 @@ from pipeline.blocks import (
     BlockReport,
     CheckpointRef,
     ContactTask,
+    LabelLevelTask,
     PredictTask,
     PyramidTask,
     RelabelTask,
     ResampleTask,
     contact_block,
     device_statistics,
+    label_level_block,
     predict_block,
     probe_batch_size,
     pyramid_block,
@@ -50,7 +52,7 @@ from pipeline.cluster import (
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputError, OutputWriteError
 from pipeline.geometry import BlockGrid
-from pipeline.labels import BlockLabels, contact_slabs, merge_labels
+from pipeline.labels import BlockLabels, LabelMapping, contact_slabs, merge_labels
 from pipeline.locations import is_url, join, write_whole
 from pipeline.lock import hold_lock, read_lock, refuse_if_held
 from pipeline.markers import done_blocks, read_marker, remove_markers
@@ -77,6 +79,7 @@ from pipeline.store import fingerprint, normalization_sample
 __all__ = ["SegmentRequest", "segment"]
 
 log = logging.getLogger(__name__)
+LABEL_LEVELS_FROM_LOCAL = 2  # label pyramid levels written from the local labels (see _label_pyramid_jobs)
 
 
 def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, Any]:
@@ -131,11 +134,14 @@ def _write(plan: RunPlan, client: Client, started: float) -> dict[str, Any]:
         _replace_previous(plan)
         model_grid = plan.model_grid.volume_shape[1:] if plan.model_grid else None
         create_output(
-            plan.output_url, plan.layout, scratch_labels=plan.label_rule is not None, model_grid=model_grid
+            plan.output_url,
+            plan.layout,
+            label_blocks=plan.grid.block_edges if plan.label_rule is not None else None,
+            model_grid=model_grid,
         )
     with hold_lock(plan.output_url, run_id, take_over_stale=request.resume):
-        if request.resume and plan.label_rule is not None:
-            ensure_scratch_labels(plan.output_url, plan.layout)  # gone if a run died while finishing
+        if request.resume and plan.label_rule is not None:  # gone if a run died while finishing
+            ensure_scratch_labels(plan.output_url, plan.layout, plan.grid.block_edges)
         group = open_output(plan.output_url, mode="r+")
         state = read_state(group)
         if request.resume and state["complete"]:  # finished by the run that held the lock a moment ago
@@ -389,13 +395,7 @@ def _run_stages(
         )
         for block in plan.blocks
     ]
-    _run_phase(
-        client,
-        plan,
-        [*relabel_jobs, *_pyramid_jobs(plan, f"labels/{name}/", "nearest", "relabel")],
-        run,
-        record,
-    )
+    _run_phase(client, plan, [*relabel_jobs, *_label_pyramid_jobs(plan, name, mapping)], run, record)
     save()
 
 
@@ -471,12 +471,57 @@ def _contact_jobs(plan: RunPlan, labelled: str) -> list[Job]:
     return jobs
 
 
-def _pyramid_jobs(plan: RunPlan, prefix: str, method: str, full_resolution_stage: str) -> list[Job]:
-    """Every level's shards, each needing the shards (or, under level 1, the blocks) it downsamples."""
+def _label_pyramid_jobs(plan: RunPlan, name: str, mapping: LabelMapping) -> list[Job]:
+    """The label pyramid: its first levels straight from the local labels, beside relabel; the
+    levels below them halve the level above, as the probability's do.
+
+    Level k from the local labels decodes every block once (cheap: LZ4), where halving the level
+    above decodes a quarter of the voxels per level (Zstd, and after that level is written): from
+    the local labels pays off for the first two levels.
+    """
+    prefix = f"labels/{name}/"
+    blocks = {block.block_id: block for block in plan.blocks}
+    jobs = []
+    for level in range(1, min(LABEL_LEVELS_FROM_LOCAL, plan.layout.levels) + 1):
+        step = 2**level
+        grid = _level_grid(plan, level)
+        target = plan.layout.level_shape(level)
+        shape_zyx = (plan.grid.volume_shape[0], target[-2], target[-1])
+        stage = f"pyramid {prefix}s{level}"
+        for shard in grid.blocks():
+            roi = shard.write_roi(shape_zyx, grid.tile)
+            read_stop = (
+                roi.stop[0],
+                *(min(step * r, n) for r, n in zip(roi.stop[1:], plan.grid.volume_shape[1:])),
+            )
+            under = plan.grid.block_ids_in(
+                (roi.start[0], step * roi.start[1], step * roi.start[2]), read_stop
+            )
+            task = LabelLevelTask(
+                block_id=shard.block_id,
+                stage=stage,
+                target=f"{prefix}s{level}",
+                level=level,
+                roi=roi,
+                volume_shape=plan.grid.volume_shape,
+                tile=plan.grid.tile,
+                blocks=tuple((blocks[b], mapping.block_mapping(b)) for b in under),
+                dtype=mapping.dtype,
+                output_url=plan.output_url,
+            )
+            jobs.append(Job(stage, shard.block_id, label_level_block, task, follow_up=True))
+    return [*jobs, *_pyramid_jobs(plan, prefix, "nearest", "relabel", first=LABEL_LEVELS_FROM_LOCAL + 1)]
+
+
+def _pyramid_jobs(
+    plan: RunPlan, prefix: str, method: str, full_resolution_stage: str, first: int = 1
+) -> list[Job]:
+    """Every level's shards from ``first`` on, each needing the shards (or, under level 1, the blocks)
+    it downsamples."""
     layout = plan.layout
     planes = plan.volume.shape_zyx[0]
     jobs = []
-    for level in range(1, layout.levels + 1):
+    for level in range(first, layout.levels + 1):
         source = layout.level_shape(level - 1)
         target = layout.level_shape(level)
         shape_zyx = (planes, target[-2], target[-1])

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipeline.config import _describe, _read_yaml
 from pipeline.errors import InputError
+from pipeline.worker_environment import shell_exports
 
 
 class SlurmSettings(BaseModel):
@@ -60,7 +61,7 @@ def cluster_options(settings: SlurmSettings) -> dict[str, Any]:
         "account": settings.account,
         "job_name": settings.job_name,
         "job_extra_directives": [settings.gpu_directive, *settings.extra_directives],
-        "job_script_prologue": list(settings.prologue),
+        "job_script_prologue": [*shell_exports(), *settings.prologue],
         "interface": settings.interface,
         "local_directory": settings.local_directory,
         "log_directory": settings.log_directory,

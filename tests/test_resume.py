@@ -94,22 +94,23 @@ def markers(output: Path, stage: str) -> int:
 
 
 def kill_when(
-    process: subprocess.Popen[str], output: Path, stage: str, count: int, timeout: float = 240
+    process: subprocess.Popen[str], output: Path, wanted: dict[str, int], timeout: float = 240
 ) -> int:
-    """SIGKILL the driver and its workers once ``stage`` has ``count`` markers; return the count then."""
+    """SIGKILL the driver and its workers once every stage of ``wanted`` has that many markers;
+    return the last stage's markers then."""
     deadline = time.monotonic() + timeout
-    while markers(output, stage) < count:
+    while any(markers(output, stage) < count for stage, count in wanted.items()):
         if process.poll() is not None:
             pytest.fail(
                 f"driver ended before the kill point: {process.stdout.read() if process.stdout else ''}"
             )
         if time.monotonic() > deadline:
             os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail(f"no {count} {stage} markers within {timeout} s")
+            pytest.fail(f"no {wanted} markers within {timeout} s")
         time.sleep(0.01)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
-    return markers(output, stage)
+    return markers(output, list(wanted)[-1])
 
 
 def arrays(output: Path) -> dict[str, np.ndarray]:
@@ -140,6 +141,11 @@ RUN_RECORD = "run record"  # after the last block: the cluster closes, scratch g
 PHASES = [["predict", "contacts", "pyramid s1"], ["relabel", "pyramid labels/cells/s1"]]
 STAGES = [stage for phase in PHASES for stage in phase]
 LAST_STAGE_BLOCKS = 6 * 3 * 3  # shards of 36 px on level 1 (90 x 108 px): 3 x 3 per plane
+BLOCKS = {"relabel": 6 * 5 * 6, "pyramid labels/cells/s1": LAST_STAGE_BLOCKS}
+
+
+def marker_folder(stage: str) -> str:
+    return stage.replace(" ", "-")
 
 
 def earlier_phases(stage: str) -> list[str]:
@@ -152,7 +158,7 @@ def earlier_phases(stage: str) -> list[str]:
 def killed_in_pyramid(setup: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     """An output whose driver was SIGKILLed mid-pyramid, and the markers it had; cases continue copies."""
     output = tmp_path_factory.mktemp("killed") / "out.ome.zarr"
-    return output, kill_when(start_driver(setup, output), output, "pyramid-s1", 20)
+    return output, kill_when(start_driver(setup, output), output, {"pyramid-s1": 20})
 
 
 def killed_output(
@@ -164,12 +170,13 @@ def killed_output(
     last stage has all its markers: it is then past its last block, before its record.
     """
     if stage not in ("pyramid s1", RUN_RECORD):
-        return kill_when(start_driver(setup, output), output, stage.replace(" ", "-"), count)
+        return kill_when(start_driver(setup, output), output, {marker_folder(stage): count})
     shutil.copytree(killed_in_pyramid[0], output)
     if stage == "pyramid s1":
         return killed_in_pyramid[1]
     resumed = start_driver(setup, output, "--resume")
-    return kill_when(resumed, output, STAGES[-1].replace(" ", "-"), count)
+    # relabel and the label pyramid run side by side: the run is past its last block once both are done
+    return kill_when(resumed, output, {"relabel": BLOCKS["relabel"], marker_folder(STAGES[-1]): count})
 
 
 @contextmanager
@@ -178,7 +185,7 @@ def watching_markers(output: Path) -> Iterator[list[bool]]:
     seen: list[bool] = []
     stop = threading.Event()
 
-    folders = [output / "_markers" / stage.replace(" ", "-") for stage in STAGES]
+    folders = [output / "_markers" / marker_folder(stage) for stage in STAGES]
 
     def watch() -> None:
         known: set[Path] = set()
@@ -303,7 +310,7 @@ def test_resume_refused_after_model_or_config_change(
     setup: dict[str, Path], dask_address: str, tmp_path: Path
 ) -> None:
     output = tmp_path / "out.ome.zarr"
-    kill_when(start_driver(setup, output), output, "predict", 10)
+    kill_when(start_driver(setup, output), output, {"predict": 10})
     torch.manual_seed(4)
     other = tmp_path / "other.safetensors"
     save_checkpoint(other, UNet(base_channels=2, depth=3), normalization=Normalization())
@@ -387,7 +394,7 @@ def test_second_run_on_a_locked_output_is_refused(setup: dict[str, Path], tmp_pa
 
 def test_stale_lock_is_reported(setup: dict[str, Path], tmp_path: Path) -> None:
     output = tmp_path / "out.ome.zarr"
-    kill_when(start_driver(setup, output), output, "predict", 5)
+    kill_when(start_driver(setup, output), output, {"predict": 5})
     stale = r"stale lock .* whose process is gone: continue it with --resume"
     with (
         pytest.raises(OutputLockedError, match=stale),

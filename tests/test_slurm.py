@@ -37,8 +37,11 @@ def test_the_example_renders_one_worker_with_one_gpu_per_job() -> None:
     worker = next(line for line in script.splitlines() if "distributed.cli.dask_worker" in line)
     assert "--nthreads 2" in worker and "--nworkers" not in worker  # two blocks at a time, one process
     assert cluster.scheduler_address.split(":")[-1] in worker  # it joins the driver's scheduler
+    environment = script.split(worker)[0]  # what comes before the worker
     for line in settings.prologue:
-        assert line in script.split(worker)[0]  # the environment comes before the worker
+        assert line in environment
+    assert "export MALLOC_TRIM_THRESHOLD_=1073741824" in environment
+    assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in environment
 
 
 def test_the_cli_prints_the_job_script() -> None:
