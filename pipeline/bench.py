@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import torch
 import zarr
 
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.cluster import open_client
+from pipeline.cluster import open_client, worker_cpu_seconds
 from pipeline.config import load_config
 from pipeline.demo import DEMO_MODEL
 from pipeline.errors import InputError
@@ -269,6 +270,7 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         cluster_started = time.perf_counter()
         with open_client(config.cluster) as client:
             cluster_seconds = time.perf_counter() - cluster_started
+            workers_before, driver_before = worker_cpu_seconds(client), _process_cpu_seconds()
             with gpu_utilisation(settings.device) as samples:
                 record = segment(
                     SegmentRequest(
@@ -276,9 +278,13 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
                     ),
                     client,
                 )
+            workers_after, driver_after = worker_cpu_seconds(client), _process_cpu_seconds()
         shape = zarr.open_array(f"{root}/out.ome.zarr/s0", mode="r").shape
     predict = record["stages"]["predict"]
     end_to_end = predict["pixels"] / record["wall_seconds"] / 1e6
+    cpu = {role: round(workers_after[role] - workers_before[role], 2) for role in workers_after}
+    cpu["driver (scheduler, client, merge)"] = round(driver_after - driver_before, 2)
+    host = sum(seconds for role, seconds in cpu.items() if role != "network")
     cold = predict["pixels"] / (record["wall_seconds"] + cluster_seconds) / 1e6
     return {
         "shape": list(shape),
@@ -305,11 +311,18 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
             stage: values["started_after_seconds"] for stage, values in record["stages"].items()
         },
         "predict_worker_seconds": predict["worker_seconds"],
+        "cpu_seconds": cpu,  # by role, workers summed (pipeline.cpu_time); the driver's whole process
+        "host_cpu_seconds_per_mpix": round(host / (predict["pixels"] / 1e6), 4),
         "device_batcher": predict.get("device", {}),
         "peak_worker_rss_bytes": record.get("worker_peak_rss_bytes"),
         "gpu_utilisation_percent": round(float(np.mean([u for u, _ in samples])), 1) if samples else None,
         "gpu_memory_used_peak_mib": max(m for _, m in samples) if samples else None,
     }
+
+
+def _process_cpu_seconds() -> float:
+    times = psutil.Process().cpu_times()
+    return float(times.user + times.system)
 
 
 def write_bench_volume(url: str, shape: tuple[int, int, int]) -> None:
@@ -421,6 +434,11 @@ def table(report: dict[str, Any]) -> str:
             f"{e2e['cold_fraction_of_model_only']:.0%}); "
             f"stages {json.dumps(e2e['stage_wall_seconds'])}"
         )
+        if "cpu_seconds" in e2e:
+            roles = ", ".join(f"{role} {seconds:.2f}" for role, seconds in e2e["cpu_seconds"].items())
+            lines.append(
+                f"CPU seconds: {roles}; outside the network {e2e['host_cpu_seconds_per_mpix']:.4f} per Mpix"
+            )
         device = e2e.get("device_batcher") or {}
         if device:
             steps = ", ".join(f"{step} {device.get(f'{step}_seconds', 0):.2f} s" for step in STEPS)

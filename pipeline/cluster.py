@@ -27,6 +27,7 @@ import torch
 from distributed import Client, LocalCluster, as_completed
 
 from pipeline.config import SLURM_PREFIX, ClusterConfig
+from pipeline.cpu_time import ROLES, cpu_seconds_by_role
 from pipeline.errors import InputDataError, InputError, PipelineError
 from pipeline.locations import is_url
 from pipeline.schedule import Job, JobGraph
@@ -289,6 +290,16 @@ def _peak_rss_bytes() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux, where /proc exists
+
+
+def worker_cpu_seconds(client: Client) -> dict[str, float]:
+    """CPU seconds the workers' live threads have used so far, summed over workers per role
+    (:mod:`pipeline.cpu_time`)."""
+    totals = dict.fromkeys(ROLES, 0.0)
+    for seconds in client.run(cpu_seconds_by_role).values():
+        for name, value in seconds.items():
+            totals[name] += value
+    return totals
 
 
 def worker_peak_rss(client: Client) -> dict[str, int]:
