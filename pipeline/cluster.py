@@ -31,7 +31,7 @@ from pipeline.cpu_time import ROLES, cpu_seconds_by_role
 from pipeline.errors import InputDataError, InputError, PipelineError
 from pipeline.locations import is_url
 from pipeline.schedule import Job, JobGraph
-from pipeline.worker_environment import MALLOC_ENVIRONMENT, PROFILER_SETTING
+from pipeline.worker_environment import MALLOC_ENVIRONMENT, dask_settings
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def open_client(config: ClusterConfig, *, forward_logs: bool = True) -> Iterator
     settings = {
         "distributed.nanny.pre-spawn-environ": environment,
         "distributed.scheduler.no-workers-timeout": f"{config.no_workers_timeout_seconds}s",
-        PROFILER_SETTING: config.dashboard,
+        **dask_settings(config.dashboard),
     }
     with ExitStack() as stack:
         stack.enter_context(dask.config.set(settings))

@@ -42,6 +42,7 @@ def test_the_example_renders_one_worker_with_one_gpu_per_job() -> None:
         assert line in environment
     assert "export MALLOC_TRIM_THRESHOLD_=1073741824" in environment
     assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in environment
+    assert "export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=500ms" in environment
 
 
 def test_the_cli_prints_the_job_script() -> None:
