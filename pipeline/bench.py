@@ -230,7 +230,9 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
 
     The clock runs from the call of `segment` on a started cluster to its complete record (a nightly
     run starts its cluster once for all acquisitions); the cluster's start is reported too, as the
-    cold figure a one-volume `segment` sees.
+    cold figure a one-volume `segment` sees. The model-only rate it is held against is the mean of
+    that profile's pass before the run and one more after it: a shared or virtual machine's speed
+    drifts by several per cent within a minute (measured here: 2.59 to 2.86 Mpix/s).
     """
     if settings.device == "cuda":
         torch.cuda.empty_cache()  # the model-only passes' cached memory belongs to the workers now
@@ -280,6 +282,10 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
                 )
             workers_after, driver_after = worker_cpu_seconds(client), _process_cpu_seconds()
         shape = zarr.open_array(f"{root}/out.ome.zarr/s0", mode="r").shape
+    again = measure_model(
+        settings, BenchProfile(**{name: best[name] for name in BenchProfile.__dataclass_fields__})
+    )
+    model_only = (best["mpix_per_second"] + again["mpix_per_second"]) / 2
     predict = record["stages"]["predict"]
     end_to_end = predict["pixels"] / record["wall_seconds"] / 1e6
     cpu = {role: round(workers_after[role] - workers_before[role], 2) for role in workers_after}
@@ -298,14 +304,13 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         "wall_seconds": record["wall_seconds"],
         "mpix_per_second": round(end_to_end, 3),
         "predict_stage_mpix_per_second": predict["mpix_per_second"],
-        "model_only_mpix_per_second": best["mpix_per_second"],
-        "fraction_of_model_only": round(end_to_end / best["mpix_per_second"], 3),
+        "model_only_mpix_per_second": round(model_only, 3),
+        "model_only_before_and_after": [best["mpix_per_second"], again["mpix_per_second"]],
+        "fraction_of_model_only": round(end_to_end / model_only, 3),
         "cluster_start_seconds": round(cluster_seconds, 3),
         "cold_mpix_per_second": round(cold, 3),  # with the cluster's start, as a one-volume `segment` pays it
-        "cold_fraction_of_model_only": round(cold / best["mpix_per_second"], 3),
-        "predict_stage_fraction_of_model_only": round(
-            predict["mpix_per_second"] / best["mpix_per_second"], 3
-        ),
+        "cold_fraction_of_model_only": round(cold / model_only, 3),
+        "predict_stage_fraction_of_model_only": round(predict["mpix_per_second"] / model_only, 3),
         "stage_wall_seconds": {stage: values["wall_seconds"] for stage, values in record["stages"].items()},
         "stage_started_after_seconds": {
             stage: values["started_after_seconds"] for stage, values in record["stages"].items()
