@@ -234,12 +234,14 @@ def touching_keys(u_labels: npt.NDArray[Any], w_labels: npt.NDArray[Any]) -> npt
     """Distinct ``u << 32 | w`` of the voxels where both labels are objects.
 
     A face can hold millions of touching voxels; neighbours in a row mostly
-    repeat a pair, so runs collapse before the sort.
+    repeat a pair, so only the voxels starting a run of one pair are kept
+    before the sort (found with whole-array compares, before any gather).
     """
-    touching = (u_labels != 0) & (w_labels != 0)
-    keys = (u_labels[touching].astype(np.uint64) << np.uint64(32)) | w_labels[touching].astype(np.uint64)
-    if keys.size > 1:
-        keys = keys[np.concatenate([[True], keys[1:] != keys[:-1]])]
+    u, w = np.ravel(u_labels), np.ravel(w_labels)
+    starts = (u != 0) & (w != 0)
+    starts[1:] &= (u[1:] != u[:-1]) | (w[1:] != w[:-1])
+    at = np.flatnonzero(starts)
+    keys = (u.take(at).astype(np.uint64) << np.uint64(32)) | w.take(at).astype(np.uint64)
     return np.unique(keys)
 
 

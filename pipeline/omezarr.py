@@ -333,13 +333,32 @@ def encode_probability(probability: npt.NDArray[np.float32], dtype: str) -> npt.
 
 
 def downsample_mean(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """2x2 mean over the last two axes (odd edges average what is there), same dtype."""
+    """2x2 mean over the last two axes (odd edges average what is there), same dtype; integers
+    rounded half to even (as ``np.rint``)."""
     height, width = values.shape[-2:]
-    pad = [(0, 0)] * (values.ndim - 2) + [(0, height % 2), (0, width % 2)]
-    even = np.pad(values.astype(np.float32), pad, mode="edge")
+    if height % 2 or width % 2:
+        pad = [(0, 0)] * (values.ndim - 2) + [(0, height % 2), (0, width % 2)]
+        values = np.pad(values, pad, mode="edge")
+    if values.dtype.kind == "u" and values.itemsize <= 4:
+        return _mean_of_four_unsigned(values)
+    even = values.astype(np.float32)
     mean = (even[..., 0::2, 0::2] + even[..., 1::2, 0::2] + even[..., 0::2, 1::2] + even[..., 1::2, 1::2]) / 4
     rounded = np.rint(mean) if np.issubdtype(values.dtype, np.integer) else mean
     result: npt.NDArray[Any] = rounded.astype(values.dtype)
+    return result
+
+
+def _mean_of_four_unsigned(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """``np.rint`` of the 2x2 means in integers, 5x faster than through float32 for uint8."""
+    wide = {1: np.uint16, 2: np.uint32}.get(values.itemsize, np.uint64)
+    total = values[..., 0::2, 0::2].astype(wide)
+    total += values[..., 1::2, 0::2]
+    total += values[..., 0::2, 1::2]
+    total += values[..., 1::2, 1::2]
+    up = (total & 3) + ((total >> 2) & 1) > 2  # remainder 3, or 2 with an odd quotient (half to even)
+    total >>= 2
+    total += up
+    result: npt.NDArray[Any] = total.astype(values.dtype)
     return result
 
 
