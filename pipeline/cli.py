@@ -25,6 +25,7 @@ from pipeline.cli_train import train_command
 from pipeline.config import load_config
 from pipeline.demo import run_demo
 from pipeline.errors import InputError, PipelineError
+from pipeline.locations import is_url
 from pipeline.model import UNet, count_parameters
 from pipeline.normalization import METHODS, Normalization
 from pipeline.omezarr import open_output, read_state
@@ -309,17 +310,19 @@ def inspect(output_url: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("output_root", metavar="OUTPUT_ROOT", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("output_root", metavar="OUTPUT_ROOT")
 @click.option(
     "--input-root",
-    type=click.Path(file_okay=False, path_type=Path),
     help="Where acquisitions arrive (default: that of the last nightly run): lists pending ones too.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(output_root: Path, input_root: Path | None, as_json: bool) -> None:
-    """The morning check: every acquisition of OUTPUT_ROOT, complete, failed, partial or pending."""
-    if not output_root.is_dir():
+def status(output_root: str, input_root: str | None, as_json: bool) -> None:
+    """The morning check: every acquisition of OUTPUT_ROOT (a folder or a bucket prefix such as
+    s3://bucket/segmentations), complete, failed, partial or pending."""
+    if not is_url(output_root) and not Path(output_root).is_dir():
         raise InputError(f"output root {output_root} is not a folder")
+    if input_root is not None and not is_url(input_root) and not Path(input_root).is_dir():
+        raise InputError(f"input root {input_root} is not a folder")
     rows = root_status(output_root, input_root)
     summary = read_nightly_summary(output_root)
     if as_json:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pipeline.acquisitions import OUTPUT_SUFFIX, discover_acquisitions
 from pipeline.config import RunConfig
 from pipeline.errors import InputError
-from pipeline.locations import join, read_bytes, write_whole
+from pipeline.locations import filesystem, is_url, join, read_bytes, write_whole
 from pipeline.lock import LockOwner, OutputLockedError, read_lock
 from pipeline.omezarr import open_output, output_exists, read_state
 
@@ -95,8 +95,11 @@ def decide(status: OutputStatus, checkpoint_sha256: str, config: RunConfig) -> D
     return Decision("overwrite", f"{status.state}, with another model or config: starting over")
 
 
-def find_outputs(output_root: Path) -> list[str]:
-    """Output stores (``*.ome.zarr`` folders) under ``output_root``, as names relative to it."""
+def find_outputs(output_root: Path | str) -> list[str]:
+    """Output stores (``*.ome.zarr``) under ``output_root`` (a folder or a bucket prefix), as names
+    relative to it; never looks inside a store or a hidden folder."""
+    if is_url(str(output_root)):
+        return _find_in_bucket(str(output_root))
     names = []
     for folder, subfolders, _ in os.walk(output_root):
         for sub in sorted(subfolders):
@@ -105,6 +108,25 @@ def find_outputs(output_root: Path) -> list[str]:
         subfolders[:] = sorted(
             s for s in subfolders if not s.endswith(OUTPUT_SUFFIX) and not s.startswith(".")
         )
+    return sorted(names)
+
+
+def _find_in_bucket(output_root: str) -> list[str]:
+    """One listing per prefix: a store's own objects (thousands of chunks) are never listed."""
+    fs, base = filesystem(output_root)
+    base = base.rstrip("/")
+    names, pending = [], [base]
+    while pending:
+        prefix = pending.pop()
+        for entry in fs.ls(prefix, detail=True):
+            if entry["type"] != "directory":
+                continue
+            path = entry["name"].rstrip("/")
+            name = path.rsplit("/", 1)[-1]
+            if name.endswith(OUTPUT_SUFFIX):
+                names.append(path[len(base) + 1 :])
+            elif not name.startswith("."):
+                pending.append(path)
     return sorted(names)
 
 
@@ -138,22 +160,25 @@ class AcquisitionState:
     last_run: str | None = None  # its id and end (or start) time
 
 
-def root_status(output_root: Path, input_root: Path | None = None) -> list[AcquisitionState]:
-    """Every output under ``output_root``, and (given the input root) the acquisitions still pending.
+def root_status(output_root: Path | str, input_root: Path | str | None = None) -> list[AcquisitionState]:
+    """Every output under ``output_root``, and (given the input root) the acquisitions still pending;
+    either root a folder or a bucket prefix.
 
     The input root, marker and quiet period default to those of the last nightly run.
     """
+    output_root = str(output_root)
     summary = read_nightly_summary(output_root) or {}
     if input_root is None and summary.get("input_root"):
-        input_root = Path(summary["input_root"])
+        input_root = summary["input_root"]
+    input_root = None if input_root is None else str(input_root)
     failed_before_writing = {
         row["acquisition"]: row["detail"] for row in summary.get("rows", []) if row["status"] == "failed"
     }
     states = {}
     for name in find_outputs(output_root):
-        status = read_output_status(str(output_root / name))
+        status = read_output_status(join(output_root, name))
         states[name] = _describe_output(name.removesuffix(OUTPUT_SUFFIX), status)
-    if input_root is not None and input_root.is_dir():
+    if input_root is not None and (is_url(input_root) or Path(input_root).is_dir()):
         for acquisition in discover_acquisitions(
             input_root,
             quiet_seconds=float(summary.get("quiet_seconds", 900.0)),
@@ -161,7 +186,7 @@ def root_status(output_root: Path, input_root: Path | None = None) -> list[Acqui
         ):
             if acquisition.output_name in states:
                 continue
-            output = str(output_root / acquisition.output_name)
+            output = join(output_root, acquisition.output_name)
             state, detail = ("pending" if acquisition.ready else "waiting"), acquisition.why
             if acquisition.name in failed_before_writing:  # refused before it wrote anything
                 state, detail = "failed", failed_before_writing[acquisition.name]

@@ -277,3 +277,12 @@ def test_nightly_flow_over_bucket_roots_segments_once_then_skips(
     assert not any(
         path.startswith("microscope/flow/") and ".ome.zarr" in path for path in fs.find("microscope")
     )
+
+    # the morning check over the bucket: the new acquisition waits (no .ready), the output is complete
+    write_volume(f"{input_root}/day2/larva.zarr", cell_image((1, 64, 64), seed=6), (1, 64, 64))  # type: ignore[arg-type]
+    checked = CliRunner().invoke(cli, ["status", output_root, "--json"])
+    assert checked.exit_code == 0, checked.output
+    rows = {row["name"]: row for row in json.loads(checked.output)["acquisitions"]}
+    assert rows["day1/embryo"]["state"] == "complete" and rows["day1/embryo"]["output"] == output
+    assert rows["day1/embryo"]["objects"] == int(labels.max())
+    assert rows["day2/larva"]["state"] == "waiting"
