@@ -318,6 +318,8 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         "predict_worker_seconds": predict["worker_seconds"],
         "cpu_seconds": cpu,  # by role, workers summed (pipeline.cpu_time); the driver's whole process
         "host_cpu_seconds_per_mpix": round(host / (predict["pixels"] / 1e6), 4),
+        # the cores all that needs to keep pace with the network at its model-only rate
+        "host_cores_at_model_only_rate": round(host / (predict["pixels"] / 1e6) * model_only, 2),
         "device_batcher": predict.get("device", {}),
         "peak_worker_rss_bytes": record.get("worker_peak_rss_bytes"),
         "gpu_utilisation_percent": round(float(np.mean([u for u, _ in samples])), 1) if samples else None,
@@ -442,7 +444,8 @@ def table(report: dict[str, Any]) -> str:
         if "cpu_seconds" in e2e:
             roles = ", ".join(f"{role} {seconds:.2f}" for role, seconds in e2e["cpu_seconds"].items())
             lines.append(
-                f"CPU seconds: {roles}; outside the network {e2e['host_cpu_seconds_per_mpix']:.4f} per Mpix"
+                f"CPU seconds: {roles}; outside the network {e2e['host_cpu_seconds_per_mpix']:.4f} per Mpix, "
+                f"{e2e['host_cores_at_model_only_rate']:.2f} cores at the model-only rate"
             )
         device = e2e.get("device_batcher") or {}
         if device:
