@@ -9,6 +9,8 @@ before anything is written.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +45,21 @@ def test_the_example_renders_one_worker_with_one_gpu_per_job() -> None:
     assert "export MALLOC_TRIM_THRESHOLD_=1073741824" in environment
     assert "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" in environment
     assert "export DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=500ms" in environment
+
+
+def test_the_cli_prints_the_environment_for_workers_started_by_hand() -> None:
+    result = CliRunner().invoke(cli, ["cluster", "worker-env"])
+    assert result.exit_code == 0, result.output
+    assert "export MALLOC_MMAP_THRESHOLD_=1073741824" in result.output.splitlines()
+    read = "import dask, distributed; c = dask.config.get; "
+    read += "print(c('distributed.admin.tick.interval'), c('distributed.worker.profile.enabled'))"
+    shown = subprocess.run(
+        ["bash", "-c", f'{result.output}\nexec "$0" -c "{read}"', sys.executable],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.split() == ["500ms", "False"]  # what a worker's Dask reads from them
 
 
 def test_the_cli_prints_the_job_script() -> None:
