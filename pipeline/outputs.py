@@ -116,6 +116,8 @@ def _find_in_bucket(output_root: str) -> list[str]:
     fs, base = filesystem(output_root)
     base = base.rstrip("/")
     names, pending = [], [base]
+    if not fs.exists(base):
+        raise InputError(f"output root {output_root}: nothing is stored there")
     while pending:
         prefix = pending.pop()
         for entry in fs.ls(prefix, detail=True):

@@ -286,3 +286,6 @@ def test_nightly_flow_over_bucket_roots_segments_once_then_skips(
     assert rows["day1/embryo"]["state"] == "complete" and rows["day1/embryo"]["output"] == output
     assert rows["day1/embryo"]["objects"] == int(labels.max())
     assert rows["day2/larva"]["state"] == "waiting"
+    missing = CliRunner().invoke(cli, ["status", "s3://segmentations/nothing-here"])
+    assert missing.exit_code == 2
+    assert "output root s3://segmentations/nothing-here: nothing is stored there" in missing.output
