@@ -12,7 +12,8 @@ MALLOC_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRES
 
 # Dask's housekeeping, slower than its defaults. An idle 2-worker local cluster used 0.093
 # CPU-s per second with the defaults (4.7 % of a core, the driver and the workers
-# together) and 0.034 with these; a 17 s bench run used 2 CPU-s on it. The event loop's
+# together) and 0.022 with these; with the defaults, a 17 s bench run spent about 2 CPU-s
+# on it. The event loop's
 # tick (20 ms) only measures the loop's responsiveness, the system monitor (500 ms) and
 # the sampling profiler (every thread's stack every 10 ms) only feed the dashboard, and
 # work stealing has little to move when the run submits a few blocks per worker at a time.
