@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# One lent-GPU session (docs/benchmarks.md, "One H100"): install the carried wheels, then
+# One lent-GPU session (docs/benchmarks.md, "One H100"): install the carried wheels, then run STEPS in
+# the order given:
+#   0. one core's speed at the pipeline's host work (benchmarks/host_calibration.py),
 #   1. whether a window's bits depend on its batch (benchmarks/gpu_determinism.py),
 #   2. the exactness invariant on the GPU (benchmarks/gpu_exactness.py),
 #   3. model only: naive, eager and compiled profiles, 388 and 900 px tiles,
-#   4. end to end on 1.39 Gpix: 8 GPU-sharing workers, then one worker of 12 threads (bf16 eager).
+#   4. end to end on 1.39 Gpix with 8 GPU-sharing workers x 2 tasks (bf16 eager),
+#   5. the same with one worker of 12 threads (one CUDA context, its threads feeding one batcher),
+#   6. model-only variants aimed at 220 Mpix/s and a kernel-time table (benchmarks/gpu_model_variants.py;
+#      VARIANTS=baseline,fused picks variants by name),
+#   7. the same with inductor's max-autotune (minutes of compiling),
+#   8. step 4 with 3 tasks per worker and Zarr's codec pool at 4 threads per worker (default: cores + 4).
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
-# About 7 minutes on an H100 after the machine starts; set STEPS to run fewer (e.g. STEPS="3 4").
+# About 9 minutes on an H100 for the default steps after the machine starts.
 # Run from the repository root with the wheels in .whl (the list: docs/benchmarks.md).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
-STEPS=${STEPS:-1 2 3 4}
+STEPS=${STEPS:-0 1 2 3 4 5 6}
+VARIANTS=${VARIANTS:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -18,31 +26,62 @@ export PYTHONPATH=/tmp/site:$PWD
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, zarr, dask; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version(), zarr.__version__, dask.__version__)" | tee -a "$OUT/gpu.txt"
 bench=(python3 -c "from pipeline.cli import main; main()" bench --device cuda)
-step() { [[ " $STEPS " == *" $1 "* ]]; }
-if step 1; then
-  echo "== 1. a window's bits in its batch"
-  timeout 90 python3 benchmarks/gpu_determinism.py --json "$OUT/determinism-gpu.json" 2>&1 | tail -8
-fi
-if step 2; then
-  echo "== 2. exactness"
-  timeout 120 python3 benchmarks/gpu_exactness.py --json "$OUT/exactness-gpu.json" 2>&1 | grep -v INFO | tail -20
-fi
-if step 3; then
-  echo "== 3. model only"
-  timeout 150 "${bench[@]}" --seconds 3 --no-e2e \
-    --profiles bf16:nchw:eager:8,bf16:cl:eager:16,bf16:cl:eager:32:benchmark,fp16:cl:eager:32,bf16:cl:compiled:16,bf16:cl:compiled:32 \
-    --json "$OUT/bench-gpu-model.json" 2>&1 | grep -v INFO | tail -10
-  timeout 90 "${bench[@]}" --seconds 3 --no-e2e --tile 900 --profiles bf16:cl:eager:8,bf16:cl:compiled:8 \
-    --json "$OUT/bench-gpu-tile900.json" 2>&1 | grep -v INFO | tail -4
-fi
-if step 4; then
-  echo "== 4. end to end"
-  timeout 150 "${bench[@]}" --seconds 2 --profiles bf16:cl:eager:16 --e2e-shape 64x4656x4656 \
-    --workers 8 --tasks-per-worker 2 --block-tiles 4 --block-planes 4 \
-    --json "$OUT/bench-gpu-e2e.json" 2>&1 | grep -v INFO | tail -5
-  # one worker per GPU (one CUDA context), its threads feeding one batcher
-  timeout 150 "${bench[@]}" --seconds 2 --profiles bf16:cl:eager:16 --e2e-shape 64x4656x4656 \
-    --workers 1 --tasks-per-worker 12 --block-tiles 4 --block-planes 4 \
-    --json "$OUT/bench-gpu-e2e-one-worker.json" 2>&1 | grep -v INFO | tail -5
-fi
+e2e=(--seconds 2 --profiles bf16:cl:eager:16 --e2e-shape 64x4656x4656 --block-tiles 4 --block-planes 4)
+
+for step in $STEPS; do
+  case $step in
+  0)
+    echo "== 0. host calibration"
+    timeout 60 python3 benchmarks/host_calibration.py --json "$OUT/host-gpu-machine.json" | tail -8
+    ;;
+  1)
+    echo "== 1. a window's bits in its batch"
+    timeout 90 python3 benchmarks/gpu_determinism.py --json "$OUT/determinism-gpu.json" 2>&1 | tail -8
+    ;;
+  2)
+    echo "== 2. exactness"
+    timeout 120 python3 benchmarks/gpu_exactness.py --json "$OUT/exactness-gpu.json" 2>&1 | grep -v INFO | tail -20
+    ;;
+  3)
+    echo "== 3. model only"
+    timeout 150 "${bench[@]}" --seconds 3 --no-e2e \
+      --profiles bf16:nchw:eager:8,bf16:cl:eager:16,bf16:cl:eager:32:benchmark,fp16:cl:eager:32,bf16:cl:compiled:16,bf16:cl:compiled:32 \
+      --json "$OUT/bench-gpu-model.json" 2>&1 | grep -v INFO | tail -10
+    timeout 90 "${bench[@]}" --seconds 3 --no-e2e --tile 900 --profiles bf16:cl:eager:8,bf16:cl:compiled:8 \
+      --json "$OUT/bench-gpu-tile900.json" 2>&1 | grep -v INFO | tail -4
+    ;;
+  4)
+    echo "== 4. end to end, 8 workers x 2 tasks"
+    timeout 150 "${bench[@]}" "${e2e[@]}" --workers 8 --tasks-per-worker 2 \
+      --json "$OUT/bench-gpu-e2e.json" 2>&1 | grep -v INFO | tail -5
+    ;;
+  5)
+    echo "== 5. end to end, one worker of 12 threads"
+    timeout 150 "${bench[@]}" "${e2e[@]}" --workers 1 --tasks-per-worker 12 \
+      --json "$OUT/bench-gpu-e2e-one-worker.json" 2>&1 | grep -v INFO | tail -5
+    ;;
+  6)
+    echo "== 6. model-only variants"
+    if [[ -n "$VARIANTS" ]]; then
+      timeout 200 python3 benchmarks/gpu_model_variants.py --json "$OUT/variants-gpu.json" --only "$VARIANTS" \
+        2>&1 | grep -v INFO | tail -12
+    else
+      timeout 200 python3 benchmarks/gpu_model_variants.py --json "$OUT/variants-gpu.json" \
+        --profile "$OUT/kernels-gpu.txt" 2>&1 | grep -v INFO | tail -12
+      head -30 "$OUT/kernels-gpu.txt"
+    fi
+    ;;
+  7)
+    echo "== 7. max-autotune"
+    timeout 200 python3 benchmarks/gpu_model_variants.py --json "$OUT/autotune-gpu.json" --autotune --only autotune \
+      2>&1 | grep -v INFO | tail -4
+    ;;
+  8)
+    echo "== 8. end to end, 8 workers x 3 tasks, Zarr's codec pool at 4 threads per worker"
+    ZARR_THREADING__MAX_WORKERS=4 timeout 150 "${bench[@]}" "${e2e[@]}" --workers 8 --tasks-per-worker 3 \
+      --json "$OUT/bench-gpu-e2e-8x3.json" 2>&1 | grep -v INFO | tail -5
+    ;;
+  *) echo "no step $step" ;;
+  esac
+done
 ls -la "$OUT"

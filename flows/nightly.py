@@ -21,7 +21,7 @@ from flows.prefect_context import quiet_dask
 from flows.report import ReportRow, markdown_report, row_from_record
 from flows.segment_volume import segment_volume
 from pipeline.acquisitions import Acquisition, check_roots, discover_acquisitions
-from pipeline.checkpoint import load_checkpoint
+from pipeline.checkpoint import read_checkpoint_info
 from pipeline.cluster import open_client
 from pipeline.config import NightlyConfig, RunConfig, load_config, load_nightly_config
 from pipeline.errors import PipelineError
@@ -63,7 +63,7 @@ def nightly_segmentation(
     ).absolute()
     check_roots(nightly.input_root, nightly.output_root)
     run_config = load_config(nightly.config)
-    checkpoint_sha256 = load_checkpoint(nightly.model).sha256
+    checkpoint_sha256 = read_checkpoint_info(nightly.model).sha256
     acquisitions = discover_acquisitions(
         nightly.input_root, quiet_seconds=nightly.quiet_seconds, ready_marker=nightly.ready_marker
     )
@@ -114,7 +114,10 @@ def _segment_all(
     attempt = segment_volume.with_options(
         retries=nightly.retries, retry_delay_seconds=nightly.retry_delay_seconds
     )
-    with quiet_dask(), open_client(run_config.cluster, forward_logs=False) as client:
+    with (
+        quiet_dask(),
+        open_client(run_config.cluster, device=run_config.profile.device, forward_logs=False) as client,
+    ):
         address = client.scheduler.address if client.scheduler else None
         for acquisition, decision in todo:
             output = join(str(nightly.output_root), acquisition.output_name)

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_image_artifact
 
 from flows.prefect_context import attempt_run_id, flow_run_fields, pipeline_logs_to, quiet_dask
-from pipeline.checkpoint import load_checkpoint
+from pipeline.checkpoint import read_checkpoint_info
 from pipeline.config import load_config
 from pipeline.locations import join, write_whole
 from pipeline.lock import OutputLockedError
@@ -49,7 +49,7 @@ def segment_volume(
     logger = get_run_logger()
     overrides = {"cluster.address": dask_address} if dask_address else {}
     run_config = load_config(Path(config) if config else None, overrides)
-    checkpoint = load_checkpoint(model)
+    checkpoint = read_checkpoint_info(model)
     decision = decide(read_output_status(output_url), checkpoint.sha256, run_config)
     logger.info("%s: %s", acquisition, decision.why)
     if decision.action == "skip":

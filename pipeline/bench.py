@@ -270,7 +270,7 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         )
         # like a nightly run, whose one cluster serves every acquisition: started before the volume's clock
         cluster_started = time.perf_counter()
-        with open_client(config.cluster) as client:
+        with open_client(config.cluster, device=settings.device) as client:
             cluster_seconds = time.perf_counter() - cluster_started
             workers_before, driver_before = worker_cpu_seconds(client), _process_cpu_seconds()
             with gpu_utilisation(settings.device) as samples:
@@ -311,6 +311,7 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         "cold_mpix_per_second": round(cold, 3),  # with the cluster's start, as a one-volume `segment` pays it
         "cold_fraction_of_model_only": round(cold / model_only, 3),
         "predict_stage_fraction_of_model_only": round(predict["mpix_per_second"] / model_only, 3),
+        "setup_seconds": record.get("setup_seconds"),
         "stage_wall_seconds": {stage: values["wall_seconds"] for stage, values in record["stages"].items()},
         "stage_started_after_seconds": {
             stage: values["started_after_seconds"] for stage, values in record["stages"].items()

@@ -349,6 +349,21 @@ def plane_index(shape: tuple[int, ...], roi: Roi) -> tuple[slice | int, ...]:
     return timepoint, slice(first, first + roi.shape[0]), rows, cols
 
 
+def prepare_worker(device: str) -> int:
+    """Get this worker ready for blocks as its cluster opens, not in the first run it serves.
+
+    Unpickling the call imports this module and what blocks use (Zarr,
+    SciPy, torch); for ``cuda``, CUDA starts too (the driver and the primary
+    context: about 6 CPU-s per worker, measured with 8 workers starting at
+    once on an H100 host). Returns the CUDA devices this process sees (0 on
+    CPU, or with a CPU build of torch).
+    """
+    if device != "cuda" or not torch.cuda.is_available():
+        return 0
+    torch.zeros(1, device="cuda")
+    return torch.cuda.device_count()
+
+
 def configure_torch(profile: ProfileConfig) -> None:
     """Threads and kernel choices of the execution profile, set in every process that predicts."""
     if torch.get_num_threads() != profile.threads:

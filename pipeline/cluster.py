@@ -17,15 +17,17 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 import dask
 import fsspec
-import torch
 from distributed import Client, LocalCluster, as_completed
 
+from pipeline.blocks import prepare_worker
 from pipeline.config import SLURM_PREFIX, ClusterConfig
 from pipeline.cpu_time import ROLES, cpu_seconds_by_role
 from pipeline.errors import InputDataError, InputError, PipelineError
@@ -48,11 +50,14 @@ class BadInputBlockError(BlockFailedError, InputError):
 
 
 @contextmanager
-def open_client(config: ClusterConfig, *, forward_logs: bool = True) -> Iterator[Client]:
+def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: bool = True) -> Iterator[Client]:
     """A connected client for the configured cluster, closed (and the cluster stopped) on exit.
 
-    ``forward_logs``: workers' ``pipeline`` logs are re-emitted here (one client per
-    process should ask, or each record arrives once per client).
+    ``device``: the runs' device; every worker gets ready for blocks here, once, rather than in
+    the first run it serves (:func:`pipeline.blocks.prepare_worker`), and for ``cuda`` says so if
+    it has no GPU. ``forward_logs``: workers'
+    ``pipeline`` logs are re-emitted here (one client per process should ask, or each record
+    arrives once per client).
     """
     # the scheduler's HTTP server (metrics, and the dashboard when asked) stays on a free local port
     local_options: dict[str, Any] = {
@@ -106,6 +111,12 @@ def open_client(config: ClusterConfig, *, forward_logs: bool = True) -> Iterator
             client.forward_logging("pipeline", level=logging.INFO)
         if client.dashboard_link and config.dashboard:
             log.info("Dask dashboard: %s", client.dashboard_link)
+        started = time.perf_counter()
+        if device == "cuda":
+            check_workers_have_gpus(client)
+        else:
+            on_each_worker(client, partial(prepare_worker, device))
+        log.info("workers ready for blocks in %.1f s", time.perf_counter() - started)
         yield client
 
 
@@ -247,14 +258,20 @@ def check_workers_see(client: Client, locations: list[str]) -> None:
             )
 
 
-def cuda_device_count() -> int:
-    """CUDA devices this process can use (0 with a CPU build of torch)."""
-    return torch.cuda.device_count()
+def on_each_worker(client: Client, function: Callable[[], T]) -> dict[str, T]:
+    """``function()`` on every worker as a task (in its thread pool, not its event loop), by address."""
+    futures = {
+        address: client.submit(function, workers=[address], allow_other_workers=False, pure=False)
+        for address in client.scheduler_info(n_workers=-1)["workers"]
+    }
+    return {address: future.result() for address, future in futures.items()}
 
 
 def check_workers_have_gpus(client: Client) -> None:
-    """InputError naming the workers that see no CUDA device, for a run whose profile asks for one."""
-    counts = client.run(cuda_device_count)
+    """InputError naming the workers that see no CUDA device, for a run whose profile asks for one.
+
+    Starts CUDA on each worker that has not yet: quick on a cluster that did (open_client)."""
+    counts = on_each_worker(client, partial(prepare_worker, "cuda"))
     without = sorted(address for address, count in counts.items() if count == 0)
     if without:
         raise InputError(

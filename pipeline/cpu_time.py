@@ -23,7 +23,8 @@ def role(thread_name: str) -> str:
         return "block tasks"
     if thread_name == "zarr_io":
         return "zarr event loop"
-    if thread_name.startswith("asyncio_"):  # zarr's codec pipeline runs in asyncio.to_thread's pool
+    if thread_name.startswith(("asyncio_", "zarr_pool")):
+        # zarr's codec pipeline runs in asyncio.to_thread's pool: zarr's own when threading.max_workers is set
         return "zarr codecs"
     if thread_name == "MainThread":  # a worker process's main thread runs Dask's event loop
         return "dask event loop"

@@ -144,6 +144,32 @@ class UNet(nn.Module):
         return logits
 
 
+def parameter_shapes(config: UNetConfig) -> dict[str, list[int]]:
+    """The shape of every tensor in the state dict of ``build_model(config)``, without building it."""
+    widths = [config.base_channels * 2**level for level in range(config.depth)]
+    shapes: dict[str, list[int]] = {}
+
+    def double_conv(prefix: str, inputs: int, outputs: int) -> None:
+        shapes.update(
+            {
+                f"{prefix}.0.weight": [outputs, inputs, 3, 3],
+                f"{prefix}.0.bias": [outputs],
+                f"{prefix}.2.weight": [outputs, outputs, 3, 3],
+                f"{prefix}.2.bias": [outputs],
+            }
+        )
+
+    for level, width in enumerate(widths):
+        double_conv(f"encoder.{level}", widths[level - 1] if level else config.in_channels, width)
+    for index, level in enumerate(reversed(range(config.depth - 1))):
+        shapes[f"decoder.{index}.upconv.weight"] = [widths[level + 1], widths[level], 2, 2]
+        shapes[f"decoder.{index}.upconv.bias"] = [widths[level]]
+        double_conv(f"decoder.{index}.conv", 2 * widths[level], widths[level])
+    shapes["head.weight"] = [config.n_classes, widths[0], 1, 1]
+    shapes["head.bias"] = [config.n_classes]
+    return shapes
+
+
 def build_model(config: UNetConfig) -> UNet:
     return UNet(config.in_channels, config.n_classes, config.base_channels, config.depth)
 

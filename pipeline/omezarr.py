@@ -114,6 +114,7 @@ def multiscales(layout: OutputLayout, name: str, method: str = "mean") -> dict[s
     }
 
 
+SCRATCH = "_scratch"  # the pipeline's own working arrays, removed when the run completes
 SCRATCH_LABELS = "_scratch/local_labels"  # per-block labels before the global merge; removed at the end
 SCRATCH_PROBABILITY = "_scratch/model_grid_probability"  # --rescale: foreground on the model's grid
 
@@ -272,8 +273,8 @@ def ensure_scratch_labels(url: str, layout: OutputLayout, block_edges: tuple[int
 def remove_scratch(url: str) -> None:
     """Drop the per-block scratch labels (and --rescale's scratch probability) once every stage is done."""
     fs, path = filesystem(url)
-    if fs.exists(f"{path}/_scratch"):
-        fs.rm(f"{path}/_scratch", recursive=True)
+    if fs.exists(f"{path}/{SCRATCH}"):
+        fs.rm(f"{path}/{SCRATCH}", recursive=True)
 
 
 def open_output(url: str, mode: str = "r") -> zarr.Group:
@@ -312,10 +313,15 @@ def output_array(url: str, path: str) -> zarr.Array[Any]:
     """An array of the output (``s0``, ``labels/cells/s1``, ...), opened for writing.
 
     Not cached: a long-lived worker may see the same URL recreated by a later
-    run, and one metadata read is nothing next to a block's work.
+    run, and one metadata read is nothing next to a block's work. Scratch
+    arrays store every chunk as written: they are read back whole and soon
+    deleted, so checking each chunk for emptiness first (a pass over its
+    voxels) buys nothing.
     """
     array = zarr.open_group(store=url, mode="r+")[path]
     assert isinstance(array, zarr.Array)
+    if path.startswith(f"{SCRATCH}/"):
+        return array.with_config({"write_empty_chunks": True})
     return array
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.blocks import LabelRule
-from pipeline.checkpoint import Checkpoint, load_checkpoint
+from pipeline.checkpoint import CheckpointInfo, read_checkpoint_info
 from pipeline.config import LabelsConfig, RunConfig
 from pipeline.errors import InputError
 from pipeline.geometry import Block, BlockGrid
@@ -46,7 +46,7 @@ class SegmentRequest:
 class RunPlan:
     request: SegmentRequest
     volume: InputVolume
-    checkpoint: Checkpoint
+    checkpoint: CheckpointInfo
     layout: OutputLayout
     grid: BlockGrid
     blocks: list[Block]
@@ -75,7 +75,7 @@ def plan_run(request: SegmentRequest) -> RunPlan:
     config = request.config
     if request.resume and request.overwrite:
         raise InputError("--resume continues an output and --overwrite replaces it: pass one of them")
-    checkpoint = load_checkpoint(request.checkpoint_path)
+    checkpoint = read_checkpoint_info(request.checkpoint_path)
     volume = open_input(
         request.input_url,
         channel=config.input.channel,
@@ -94,7 +94,7 @@ def plan_run(request: SegmentRequest) -> RunPlan:
         model_sizes = {axis: PixelSize(scale.model_um[axis], "micrometer") for axis in PLANE_AXES}
         volume = resampled_input(volume, (scale.factors["y"], scale.factors["x"]), model_sizes)
     try:
-        checkpoint.model.geometry.input_size(config.tiling.tile)
+        checkpoint.config.geometry.input_size(config.tiling.tile)
     except ValueError as error:
         raise InputError(
             f"tiling.tile {config.tiling.tile} does not fit checkpoint {request.checkpoint_path}: {error}"

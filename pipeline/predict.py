@@ -124,10 +124,8 @@ def predict_padded(
 
     for plane in range(values.shape[0]):
         for tiles in shard_tiles_order(rows, cols, shard_tiles):
-            windows = np.stack(
-                [values[plane, :, i * tile : i * tile + size, j * tile : j * tile + size] for i, j in tiles]
-            )
-            queued.append((plane, tiles, batcher.submit(windows)))
+            origins = [(i * tile, j * tile) for i, j in tiles]
+            queued.append((plane, tiles, batcher.submit_cut(values[plane], origins, size)))
             if len(queued) > GROUPS_AHEAD:
                 place_oldest()
     while queued:

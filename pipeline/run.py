@@ -98,13 +98,30 @@ def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, 
         ) from error
 
 
+class Laps:
+    """Seconds between named moments of a run's set-up, in order: where the time before the first block goes."""
+
+    def __init__(self, started: float) -> None:
+        self._last = started
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
+
+
 def _segment(request: SegmentRequest, client: Client | None) -> dict[str, Any]:
     started = time.perf_counter()
+    laps = Laps(started)
     plan = plan_run(request)
     _refuse_if_running(plan)
+    laps("plan")
     with _client(request, client) as active:
+        laps("cluster")  # started or connected here, or handed in
         _check_cluster(active, plan)
-        return _write(plan, active, started)
+        laps("cluster checks")
+        return _write(plan, active, started, laps)
 
 
 def _check_cluster(client: Client, plan: RunPlan) -> None:
@@ -114,12 +131,13 @@ def _check_cluster(client: Client, plan: RunPlan) -> None:
     check_workers_see(client, [plan.volume.ref.url, str(plan.checkpoint.path.resolve())])
 
 
-def _write(plan: RunPlan, client: Client, started: float) -> dict[str, Any]:
+def _write(plan: RunPlan, client: Client, started: float, laps: Laps) -> dict[str, Any]:
     """Create (or continue) the output and run every stage on ``client``; return the run record."""
     request = plan.request
     run_id = request.run_id or str(uuid.uuid4())
     input_fingerprint = fingerprint(plan.volume)
     read_amplification = _warn_on_read_amplification(plan)
+    laps("input fingerprint")
     if request.resume:
         stats, previous_id = _resumable(plan, input_fingerprint)
     else:
@@ -130,6 +148,7 @@ def _write(plan: RunPlan, client: Client, started: float) -> dict[str, Any]:
             )
             for channel in plan.volume.channels
         )
+        laps("normalisation sample")
         previous_id = None
         _replace_previous(plan)
         model_grid = plan.model_grid.volume_shape[1:] if plan.model_grid else None
@@ -139,6 +158,7 @@ def _write(plan: RunPlan, client: Client, started: float) -> dict[str, Any]:
             label_blocks=plan.grid.block_edges if plan.label_rule is not None else None,
             model_grid=model_grid,
         )
+    laps("output created")
     with hold_lock(plan.output_url, run_id, take_over_stale=request.resume):
         if request.resume and plan.label_rule is not None:  # gone if a run died while finishing
             ensure_scratch_labels(plan.output_url, plan.layout, plan.grid.block_edges)
@@ -191,6 +211,8 @@ def _write(plan: RunPlan, client: Client, started: float) -> dict[str, Any]:
                 check_workers_see(client, [plan.output_url])
                 profile = _fixed_profile(client, plan, state["runs"][0] if request.resume else None)
                 record["execution_profile"] = profile.model_dump()
+                laps("run record, execution profile")
+                record["setup_seconds"] = laps.seconds
                 save()
                 _run_stages(client, plan, profile, stats, Clock(run_id, started), record, save)
                 record["worker_peak_rss_bytes"] = worker_peak_rss(client)
@@ -231,7 +253,7 @@ def _drop_markers(output_url: str, run_id: str) -> None:
 
 def _warn_on_read_amplification(plan: RunPlan) -> float:
     """How many voxels a block decodes per voxel it uses; a warning naming the fix when it is high."""
-    halo = plan.checkpoint.model.geometry.halo
+    halo = plan.checkpoint.config.geometry.halo
     planes, rows, cols = plan.grid.block_edges
     ratio = block_read_amplification(plan.volume, (planes, rows + 2 * halo, cols + 2 * halo))
     if ratio > READ_AMPLIFICATION_WARNING:
@@ -634,7 +656,7 @@ def _client(request: SegmentRequest, client: Client | None) -> Iterator[Client]:
     if client is not None:
         yield client
         return
-    with open_client(request.config.cluster) as opened:
+    with open_client(request.config.cluster, device=request.config.profile.device) as opened:
         yield opened
 
 

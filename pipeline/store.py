@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import math
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ from pipeline.tiff import is_tiff, open_tiff, reopen_tiff
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32")
 SAMPLE_EDGE = 256  # normalisation sample regions: SAMPLE_EDGE x SAMPLE_EDGE px of one plane
+SAMPLE_READERS = 16  # normalisation sample regions read at once (Zarr inputs)
 LABEL_DTYPES = ("uint8", "uint16", "uint32", "uint64", "int32", "int64")
 
 
@@ -373,14 +375,18 @@ def normalization_sample(volume: InputVolume, regions: int, max_values: int) -> 
     """
     planes, height, width = volume.shape_zyx
     grid = (planes, math.ceil(height / SAMPLE_EDGE), math.ceil(width / SAMPLE_EDGE))
-    samples = []
-    for flat in spread_indices(math.prod(grid), regions):
+
+    def read(flat: int) -> npt.NDArray[Any]:
         plane, row, col = (int(i) for i in np.unravel_index(flat, grid))
         rows = (row * SAMPLE_EDGE, min(height, (row + 1) * SAMPLE_EDGE))
         cols = (col * SAMPLE_EDGE, min(width, (col + 1) * SAMPLE_EDGE))
         with naming_damage(volume.ref, volume.array, range(plane, plane + 1), rows, cols):
-            samples.append(volume.read_window(range(plane, plane + 1), rows, cols).ravel())
-    values = np.concatenate(samples)
+            return volume.read_window(range(plane, plane + 1), rows, cols).ravel()
+
+    # Zarr reads side by side (in a bucket each waits on its own round trip); a TIFF's one file handle, in turn
+    readers = 1 if is_tiff(volume.ref.url) else SAMPLE_READERS
+    with ThreadPoolExecutor(readers, thread_name_prefix="normalisation-sample") as pool:
+        values = np.concatenate(list(pool.map(read, spread_indices(math.prod(grid), regions))))
     if values.dtype.kind == "f" and not np.isfinite(values).all():
         raise InputError(
             f"{volume.ref.url}: NaN or Inf values in the input (seen in the normalisation sample); "

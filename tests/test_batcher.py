@@ -74,6 +74,21 @@ def test_a_failed_batch_fails_its_tasks_and_the_batcher_goes_on(rng: np.random.G
         assert np.array_equal(batcher.predict(again), DeviceBatcher(model, batch_size=2).predict(again))
 
 
+def test_windows_cut_from_a_plane_get_the_bits_of_their_stack(
+    narrow_model: UNet, rng: np.random.Generator
+) -> None:
+    plane = rng.normal(size=(1, 300, 420)).astype(np.float32)
+    origins = [(0, 0), (112, 232), (7, 100), (112, 0), (50, 9)]
+    stack = np.stack([plane[:, top : top + 188, left : left + 188] for top, left in origins])
+    with DeviceBatcher(narrow_model, batch_size=2) as batcher:
+        cut = batcher.submit_cut(plane, origins, 188).result()
+        assert np.array_equal(cut, batcher.predict(stack))
+        with pytest.raises(ValueError, match=r"window at one of \[\(113, 0\)\] leaves the 300 x 420 plane"):
+            batcher.submit_cut(plane, [(113, 0)], 188)
+        with pytest.raises(ValueError, match=r"plane must be float32 \(1, H, W\)"):
+            batcher.submit_cut(plane.astype(np.float64), origins, 188)
+
+
 def test_wrong_channel_count_is_refused(narrow_model: UNet, rng: np.random.Generator) -> None:
     with (
         DeviceBatcher(narrow_model, batch_size=2) as batcher,

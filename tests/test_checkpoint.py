@@ -3,6 +3,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.checkpoint import convert_state_dict, load_checkpoint, save_checkpoint
+from pipeline.checkpoint import (
+    CheckpointInfo,
+    convert_state_dict,
+    load_checkpoint,
+    read_checkpoint_info,
+    save_checkpoint,
+)
 from pipeline.errors import CheckpointError
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
@@ -38,6 +45,12 @@ def test_round_trip_predicts_bitwise_identically(
     assert loaded.classes == ("background", "foreground")
     assert loaded.training == {"epochs": 0}
     assert not loaded.model.training
+
+
+def test_info_is_the_loaded_checkpoint_without_its_model(saved: Path) -> None:
+    info, loaded = read_checkpoint_info(saved), load_checkpoint(saved)
+    assert not hasattr(info, "model")
+    assert all(getattr(info, name) == getattr(loaded, name) for name in CheckpointInfo.__slots__)
 
 
 def test_save_returns_file_sha256_and_is_deterministic(tmp_path: Path, narrow_model: UNet) -> None:
@@ -79,12 +92,13 @@ def test_truncated_inside_header(saved: Path) -> None:
         load_checkpoint(saved)
 
 
-def test_tampered_weights_are_refused(saved: Path) -> None:
+@pytest.mark.parametrize("read", [load_checkpoint, read_checkpoint_info])
+def test_tampered_weights_are_refused(saved: Path, read: Callable[[Path], object]) -> None:
     blob = bytearray(saved.read_bytes())
     blob[-5] ^= 0x01  # one bit of the last tensor
     saved.write_bytes(bytes(blob))
     with pytest.raises(CheckpointError, match="modified or corrupted"):
-        load_checkpoint(saved)
+        read(saved)
 
 
 def _rewrite_metadata(path: Path, **changes: str) -> None:
@@ -97,7 +111,8 @@ def _rewrite_metadata(path: Path, **changes: str) -> None:
     path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + blob[8 + size :])
 
 
-def test_wrong_architecture(saved: Path) -> None:
+@pytest.mark.parametrize("read", [load_checkpoint, read_checkpoint_info])
+def test_wrong_architecture(saved: Path, read: Callable[[Path], object]) -> None:
     _rewrite_metadata(
         saved,
         architecture=json.dumps(
@@ -108,7 +123,7 @@ def test_wrong_architecture(saved: Path) -> None:
         CheckpointError,
         match=r"wrong architecture.*base_channels=8.*has shape \[\d+\], the architecture needs",
     ):
-        load_checkpoint(saved)
+        read(saved)
 
 
 def test_unknown_format_version(saved: Path) -> None:

@@ -6,6 +6,7 @@ as an operator starts them on several nodes; the run only gets the address.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import time
@@ -23,6 +24,7 @@ from distributed import Client
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import cli
+from pipeline.cluster import on_each_worker
 from pipeline.normalization import NormalizationStats
 from pipeline.synthetic import cell_image
 from tests.canonical import canonical_prediction
@@ -116,6 +118,14 @@ def test_device_cuda_without_a_gpu_worker_is_refused_before_writing(
     )
     assert "--device cpu" in last_line(text)
     assert not output.exists()
+
+
+def test_on_each_worker_runs_once_in_every_worker(separate_cluster: DaskProcesses) -> None:
+    with Client(separate_cluster.address) as client:
+        workers = set(client.scheduler_info(n_workers=-1)["workers"])
+        processes = on_each_worker(client, os.getpid)
+    assert set(processes) == workers and len(workers) == 2
+    assert len(set(processes.values())) == 2 and os.getpid() not in processes.values()
 
 
 def test_a_scheduler_without_workers_is_refused_in_time(

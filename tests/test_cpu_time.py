@@ -18,6 +18,7 @@ from pipeline.cpu_time import ROLES, cpu_seconds_by_role, role
         ("0-Dask-Default-Threads-1234-1", "block tasks"),
         ("zarr_io", "zarr event loop"),
         ("asyncio_3", "zarr codecs"),
+        ("zarr_pool_1", "zarr codecs"),  # threading.max_workers set
         ("MainThread", "dask event loop"),
         ("Profile", "other"),
     ],

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.geometry import UNetGeometry
-from pipeline.model import UNet, UNetConfig, center_crop, count_parameters
+from pipeline.model import UNet, UNetConfig, build_model, center_crop, count_parameters, parameter_shapes
 
 
 def test_paper_configuration_parameters_and_shape() -> None:
@@ -42,6 +42,14 @@ def test_narrow_model_runs_for_real(narrow_model: UNet) -> None:
 def test_invalid_input_size_names_nearest_valid_sizes(narrow_model: UNet) -> None:
     with pytest.raises(ValueError, match="nearest are 556 or 572"):
         narrow_model(torch.zeros(1, 1, 570, 572))
+
+
+@pytest.mark.parametrize(
+    "config", [UNetConfig(), UNetConfig(3, 4, 8, 3), UNetConfig(1, 2, 4, 1), UNetConfig(2, 2, 6, 2)]
+)
+def test_parameter_shapes_are_the_built_models(config: UNetConfig) -> None:
+    built = {name: list(tensor.shape) for name, tensor in build_model(config).state_dict().items()}
+    assert parameter_shapes(config) == built
 
 
 def test_center_crop_is_centred() -> None:

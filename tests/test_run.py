@@ -251,6 +251,18 @@ def test_run_record(
     predict_ended = predict["started_after_seconds"] + predict["wall_seconds"]
     assert contacts["started_after_seconds"] < predict_ended  # streamed behind the network
     assert pyramid["started_after_seconds"] < predict_ended
+    setup = stored["setup_seconds"]  # where the time before the first block went, in order
+    assert list(setup) == [
+        "plan",
+        "cluster",
+        "cluster checks",
+        "input fingerprint",
+        "normalisation sample",
+        "output created",
+        "run record, execution profile",
+    ]
+    assert min(setup.values()) >= 0
+    assert sum(setup.values()) <= predict["started_after_seconds"] + 0.002  # laps rounded to 1 ms
     assert stored["labels"]["objects"] > 0
     assert stored["execution_profile"]["threads"] == 1
     assert stored["config"]["profile"]["batch_size"] == "auto"
