@@ -33,7 +33,7 @@ from pipeline.cpu_time import ROLES, cpu_seconds_by_role
 from pipeline.errors import InputDataError, InputError, PipelineError
 from pipeline.locations import is_url
 from pipeline.schedule import Job, JobGraph
-from pipeline.worker_environment import MALLOC_ENVIRONMENT, dask_settings
+from pipeline.worker_environment import MALLOC_ENVIRONMENT, dask_settings, zarr_pool_environment
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
         "silence_logs": logging.ERROR,
     }
     environment = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **MALLOC_ENVIRONMENT}
+    if config.address == "local":
+        environment.update(zarr_pool_environment(config.workers, os.cpu_count() or 1))
     # a SIGKILLed worker now and then takes its nanny down with it (measured: benchmarks/soak.py), so a
     # cluster we start can end with no worker at all: its blocks then fail instead of waiting forever
     settings = {

@@ -24,9 +24,11 @@ from distributed import Client
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import cli
-from pipeline.cluster import on_each_worker
+from pipeline.cluster import on_each_worker, open_client
+from pipeline.config import ClusterConfig
 from pipeline.normalization import NormalizationStats
 from pipeline.synthetic import cell_image
+from pipeline.worker_environment import ZARR_CODEC_POOL, zarr_pool_environment
 from tests.canonical import canonical_prediction
 from tests.conftest import write_volume
 from tests.processes import DaskProcesses, dask_cluster, start_worker
@@ -126,6 +128,17 @@ def test_on_each_worker_runs_once_in_every_worker(separate_cluster: DaskProcesse
         processes = on_each_worker(client, os.getpid)
     assert set(processes) == workers and len(workers) == 2
     assert len(set(processes.values())) == 2 and os.getpid() not in processes.values()
+
+
+def test_local_workers_get_a_zarr_codec_pool_for_their_share_of_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ZARR_CODEC_POOL, raising=False)
+    with open_client(ClusterConfig(workers=2, threads_per_worker=1), forward_logs=False) as client:
+        pools = client.run(lambda: zarr.config.get("threading.max_workers"))
+    assert [int(pool) for pool in pools.values()] == [max(2, (os.cpu_count() or 1))] * 2
+    monkeypatch.setenv(ZARR_CODEC_POOL, "3")
+    assert zarr_pool_environment(2, 16) == {}  # the operator's setting stands
 
 
 def test_a_scheduler_without_workers_is_refused_in_time(
