@@ -47,6 +47,7 @@ from pipeline.omezarr import (
     downsample_mean,
     encode_probability,
     output_array,
+    scratch_labels_path,
 )
 from pipeline.predict import predict_padded, prepare_model
 from pipeline.resample import ResampledArray, SpatialArray
@@ -61,10 +62,12 @@ class CheckpointRef:
 
 @dataclass(frozen=True, slots=True)
 class LabelRule:
-    """How a block turns probabilities into local labels."""
+    """How a block turns probabilities into local labels, and how many subsampled levels of them it
+    keeps beside them (for the label pyramid: see :func:`pipeline.omezarr.scratch_labels_path`)."""
 
     threshold: float
     connectivity: Connectivity
+    scratch_levels: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,7 @@ class LabelLevelTask:
     blocks: tuple[tuple[Block, npt.NDArray[np.uint64]], ...]  # each block under the shard, its mapping
     dtype: str
     output_url: str
+    subsampled: bool = False  # read the local labels' own copy of this level, not every voxel
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +234,9 @@ def _label(
         return {}
     written = time.perf_counter()
     local, summary = label_block(foreground >= rule.threshold, write.start, volume_shape, rule.connectivity)
-    write_region(output_url, SCRATCH_LABELS, write, local)
+    for level in range(rule.scratch_levels + 1):
+        step = 2**level
+        write_region(output_url, scratch_labels_path(level), level_roi(write, step), local[:, ::step, ::step])
     seconds["label"] = time.perf_counter() - written
     seconds["write"] = written - since
     return summary.to_arrays()
@@ -275,7 +281,7 @@ def label_level_block(task: LabelLevelTask) -> BlockReport:
     started = time.perf_counter()
     step = 2**task.level
     roi = task.roi
-    scratch = output_array(task.output_url, SCRATCH_LABELS)
+    scratch = output_array(task.output_url, scratch_labels_path(task.level if task.subsampled else 0))
     level = np.zeros(roi.shape, task.dtype)
     for block, mapping in task.blocks:
         write = block.write_roi(task.volume_shape, task.tile)
@@ -289,7 +295,10 @@ def label_level_block(task: LabelLevelTask) -> BlockReport:
         )
         if any(a >= b for a, b in zip(start, stop)):
             continue
-        local = read_region(scratch, Roi(start, stop))[:, ::step, ::step]
+        if task.subsampled:
+            local = read_region(scratch, level_roi(Roi(start, stop), step))
+        else:
+            local = read_region(scratch, Roi(start, stop))[:, ::step, ::step]
         at = (start[0] - roi.start[0], start[1] // step - roi.start[1], start[2] // step - roi.start[2])
         level[tuple(slice(a, a + n) for a, n in zip(at, local.shape))] = relabel(local, mapping, task.dtype)
     write_region(task.output_url, task.target, roi, level)
@@ -315,6 +324,15 @@ def pyramid_block(task: PyramidTask) -> BlockReport:
     write_marker(task.output_url, task.stage, task.block_id)
     seconds = {"downsample": time.perf_counter() - started}
     return BlockReport(task.stage, task.block_id, roi.size, seconds, worker_name())
+
+
+def level_roi(roi: Roi, step: int) -> Roi:
+    """The voxels of every ``step``-th row and column of a full-resolution region, at that level (YX
+    divided, rounding up; Z kept)."""
+    return Roi(
+        (roi.start[0], ceil_div(roi.start[1], step), ceil_div(roi.start[2], step)),
+        (roi.stop[0], ceil_div(roi.stop[1], step), ceil_div(roi.stop[2], step)),
+    )
 
 
 def read_region(array: Any, roi: Roi) -> npt.NDArray[Any]:

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,7 @@ from pipeline.omezarr import (
     read_state,
     remove_output,
     remove_scratch,
+    scratch_label_levels,
     write_state,
 )
 from pipeline.plan import RunPlan, SegmentRequest, plan_run, resume_differences
@@ -364,6 +365,9 @@ def _run_stages(
     """Two phases, each streaming its stages: predict (or resample) with contacts and the probability
     pyramid behind it; after the label merge, relabel with the label pyramid behind it."""
     config = plan.request.config
+    if plan.label_rule is not None:  # an output of an older run keeps no subsampled local labels
+        kept = replace(plan.label_rule, scratch_levels=scratch_label_levels(plan.output_url))
+        plan = replace(plan, label_rule=kept)
     resampled = plan.model_grid is not None
     labelled = "resample" if resampled else "predict"  # the stage that writes s0 and the local labels
     before = client.run(device_statistics)
@@ -396,6 +400,7 @@ def _run_stages(
         "objects": mapping.objects,
         "dtype": mapping.dtype,
         "local_labels": int(mapping.offsets[-1]),
+        "local_label_levels_kept": plan.label_rule.scratch_levels,  # label pyramid levels read from them
         "min_size_voxels": plan.min_size_voxels,
         "merge_seconds": round(time.perf_counter() - started, 3),
     }
@@ -502,6 +507,7 @@ def _label_pyramid_jobs(plan: RunPlan, name: str, mapping: LabelMapping) -> list
     the local labels pays off for the first two levels.
     """
     prefix = f"labels/{name}/"
+    assert plan.label_rule is not None
     blocks = {block.block_id: block for block in plan.blocks}
     jobs = []
     for level in range(1, min(LABEL_LEVELS_FROM_LOCAL, plan.layout.levels) + 1):
@@ -530,6 +536,7 @@ def _label_pyramid_jobs(plan: RunPlan, name: str, mapping: LabelMapping) -> list
                 blocks=tuple((blocks[b], mapping.block_mapping(b)) for b in under),
                 dtype=mapping.dtype,
                 output_url=plan.output_url,
+                subsampled=level <= plan.label_rule.scratch_levels,
             )
             jobs.append(Job(stage, shard.block_id, label_level_block, task, follow_up=True))
     return [*jobs, *_pyramid_jobs(plan, prefix, "nearest", "relabel", first=LABEL_LEVELS_FROM_LOCAL + 1)]

@@ -16,6 +16,7 @@ import scipy.ndimage
 import torch
 import zarr
 
+from pipeline import omezarr
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import load_config
 from pipeline.labels import Connectivity
@@ -76,16 +77,30 @@ def expected_labels(output: Path, mode: str, threshold: float = 0.5) -> tuple[np
     return labels, int(count)
 
 
-@pytest.mark.parametrize("mode", ["3d", "2d"])
-@pytest.mark.parametrize("block_tiles", [(1, 1), (2, 3), (3, 3)])  # one shard, 2 x 3 shards, a whole plane
+@pytest.mark.parametrize(
+    ("mode", "block_tiles", "subsampled"),
+    [
+        ("3d", (1, 1), True),  # one shard
+        ("3d", (2, 3), True),  # 2 x 3 shards
+        ("3d", (3, 3), True),  # a whole plane
+        ("2d", (1, 1), True),
+        ("2d", (2, 3), True),
+        ("2d", (3, 3), True),
+        ("3d", (2, 3), False),  # an output of an older run: no subsampled local labels to read
+    ],
+)
 def test_labels_equal_whole_volume_components(
     volume: str,
     checkpoint: Path,
     dask_address: str,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     mode: str,
     block_tiles: tuple[int, int],
+    subsampled: bool,
 ) -> None:
+    if not subsampled:
+        monkeypatch.setattr(omezarr, "SCRATCH_LABEL_LEVELS", 0)  # decided by the driver, this process
     output = tmp_path / "out.ome.zarr"
     record = run(
         volume,
@@ -98,6 +113,7 @@ def test_labels_equal_whole_volume_components(
     stored = zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")
     assert stored.dtype == np.uint32
     assert record["labels"]["objects"] == count > 100  # the untrained net gives many small objects
+    assert record["labels"]["local_label_levels_kept"] == (2 if subsampled else 0)
     if (mode, block_tiles) != ("2d", (3, 3)):  # there each block holds whole planar objects
         assert record["labels"]["local_labels"] > count  # objects cut by block faces were merged
     assert np.array_equal(stored[...], expected)  # same partition, same canonical IDs
