@@ -266,7 +266,12 @@ def on_each_worker(client: Client, function: Callable[[], T]) -> dict[str, T]:
         address: client.submit(function, workers=[address], allow_other_workers=False, pure=False)
         for address in client.scheduler_info(n_workers=-1)["workers"]
     }
-    return {address: future.result() for address, future in futures.items()}
+    try:
+        return {address: future.result() for address, future in futures.items()}
+    finally:
+        # forgotten by the scheduler before this returns: a worker holding a result it still
+        # counts could not be retired (nowhere to move the result to)
+        client.cancel(list(futures.values()))
 
 
 def check_workers_have_gpus(client: Client) -> None:
