@@ -55,9 +55,8 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
 
     ``device``: the runs' device; every worker gets ready for blocks here, once, rather than in
     the first run it serves (:func:`pipeline.blocks.prepare_worker`), and for ``cuda`` says so if
-    it has no GPU. ``forward_logs``: workers'
-    ``pipeline`` logs are re-emitted here (one client per process should ask, or each record
-    arrives once per client).
+    it has no GPU. ``forward_logs``: workers' ``pipeline`` logs are re-emitted here (one client
+    per process should ask, or each record arrives once per client).
     """
     # the scheduler's HTTP server (metrics, and the dashboard when asked) stays on a free local port
     local_options: dict[str, Any] = {
