@@ -65,10 +65,10 @@ class Windows:
 
     @classmethod
     def of_stack(cls, windows: npt.NDArray[np.float32]) -> Windows:
-        return cls(None, [(0, 0)] * len(windows), windows.shape[-1], windows)
+        return cls(None, [], windows.shape[-1], windows)
 
     def __len__(self) -> int:
-        return len(self.origins)
+        return len(self.stacked) if self.stacked is not None else len(self.origins)
 
     def copy_into(self, destination: npt.NDArray[np.float32], start: int, stop: int) -> None:
         """Windows start:stop into ``destination[: stop - start]``."""
