@@ -58,6 +58,7 @@ from pipeline.lock import hold_lock, read_lock, refuse_if_held
 from pipeline.markers import done_blocks, read_marker, remove_markers
 from pipeline.normalization import NormalizationStats, stats_from_record, stats_to_record
 from pipeline.omezarr import (
+    SCRATCH_LABEL_LEVELS,
     SCRATCH_PROBABILITY,
     create_labels,
     create_output,
@@ -80,7 +81,9 @@ from pipeline.store import fingerprint, normalization_sample
 __all__ = ["SegmentRequest", "segment"]
 
 log = logging.getLogger(__name__)
-LABEL_LEVELS_FROM_LOCAL = 2  # label pyramid levels written from the local labels (see _label_pyramid_jobs)
+# label pyramid levels written from the local labels (see _label_pyramid_jobs): the levels the output keeps
+# subsampled copies of them for, read from the full-resolution ones in outputs of older runs
+LABEL_LEVELS_FROM_LOCAL = SCRATCH_LABEL_LEVELS
 
 
 def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, Any]:
