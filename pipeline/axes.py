@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.errors import InputError
+from pipeline.zarr_direct import read_region
 
 SELECTABLE = {"t": "timepoint", "c": "channel"}
 SPATIAL = ("yx", "zyx")
@@ -87,7 +88,7 @@ class VolumeArray:
         full = tuple(
             held[axis] if axis in held else next(free, slice(None)) for axis in range(len(self.source.shape))
         )
-        return np.asarray(self.source[full])
+        return read_region(self.source, full)
 
 
 @dataclass(frozen=True, slots=True)

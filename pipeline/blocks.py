@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from pipeline import zarr_direct
 from pipeline.axes import VolumeArray
 from pipeline.batch_size import fitting_batch_size
 from pipeline.batcher import DeviceBatcher
@@ -169,20 +170,27 @@ def predict_block(task: PredictTask) -> BlockReport:
         stats.apply(read_input(task.input, array, block.planes, rows, cols))
         for stats, array in zip(task.stats, reopen_input(task.input), strict=True)
     ]
-    normalised = np.stack(channels, axis=1)  # (P, C, H + 2h, W + 2h)
+    normalised = (
+        channels[0][:, np.newaxis] if len(channels) == 1 else np.stack(channels, axis=1)
+    )  # (P, C, H+2h, W+2h)
     loaded = time.perf_counter()
     probabilities = predict_padded(
         batcher, normalised, tile, shard_tiles=task.shard_tiles
     )  # all but background
     write = block.write_roi(task.volume_shape, tile)
     height, width = write.shape[1:]
-    foreground = probabilities.sum(axis=1)[:, :height, :width]  # p(not background)
+    foreground = _foreground(probabilities)[:, :height, :width]
     predicted = time.perf_counter()
     write_region(task.output_url, task.target, write, encode_probability(foreground, task.output_dtype))
     seconds = {"model": started - waited, "read": loaded - started, "predict": predicted - loaded}
     payload = _label(task.output_url, task.labels, foreground, write, task.volume_shape, seconds, predicted)
     write_marker(task.output_url, "predict", block.block_id, payload)
     return BlockReport("predict", block.block_id, write.size, seconds, worker_name(), payload)
+
+
+def _foreground(probabilities: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """p(not background): the one foreground class as it is, or the sum of several."""
+    return probabilities[:, 0] if probabilities.shape[1] == 1 else probabilities.sum(axis=1)
 
 
 def read_input(
@@ -337,7 +345,7 @@ def level_roi(roi: Roi, step: int) -> Roi:
 
 def read_region(array: Any, roi: Roi) -> npt.NDArray[Any]:
     """A region of an output array in plane coordinates (see :func:`plane_index`), as (P, Y, X)."""
-    values = np.asarray(array[plane_index(array.shape, roi)])
+    values = zarr_direct.read_region(array, plane_index(array.shape, roi))
     return values[np.newaxis] if array.ndim == 2 else values
 
 
@@ -346,7 +354,7 @@ def write_region(url: str, path: str, roi: Roi, values: npt.NDArray[Any]) -> Non
     array = output_array(url, path)
     if values.shape != roi.shape:
         raise PipelineError(f"internal: block data {values.shape} does not fit its region {roi}")
-    array[plane_index(array.shape, roi)] = values[0] if array.ndim == 2 else values
+    zarr_direct.write_region(array, plane_index(array.shape, roi), values[0] if array.ndim == 2 else values)
 
 
 def plane_index(shape: tuple[int, ...], roi: Roi) -> tuple[slice | int, ...]:

@@ -362,7 +362,8 @@ def encode_probability(probability: npt.NDArray[np.float32], dtype: str) -> npt.
     if dtype == "float32":
         return probability.astype(np.float32, copy=False)
     scaled: npt.NDArray[np.float32] = probability * np.float32(255)
-    return np.rint(scaled).astype(np.uint8)
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.uint8)
 
 
 def downsample_mean(values: npt.NDArray[Any]) -> npt.NDArray[Any]:
