@@ -10,14 +10,15 @@
 #   6. model-only variants aimed at 220 Mpix/s and a kernel-time table (benchmarks/gpu_model_variants.py;
 #      VARIANTS=baseline,fused picks variants by name),
 #   7. the same with inductor's max-autotune (minutes of compiling),
-#   8. step 4 with 3 tasks per worker and Zarr's codec pool at 4 threads per worker (default: cores + 4).
+#   8. step 4 with 3 tasks per worker and Zarr's codec pool at 4 threads per worker (default: cores + 4),
+#   9. end to end with fewer CUDA contexts: 2 workers x 8 tasks and 4 x 4.
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
-# The default steps (0 4 8 2 6: what the last session changed after its GPU runs, then exactness and the
-# model-only variants) take about 7 minutes on an H100 after the machine starts.
+# The default steps (0 4 8 5 9 2: host work after zarr_direct, with 8, 4, 2 and 1 GPU-sharing workers, then
+# exactness) take about 6 minutes on an H100 after the machine starts; step 7 fits a second call.
 # Run from the repository root with the wheels in .whl (the list: docs/benchmarks.md).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
-STEPS=${STEPS:-0 4 8 2 6}
+STEPS=${STEPS:-0 4 8 5 9 2}
 VARIANTS=${VARIANTS:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -81,6 +82,14 @@ for step in $STEPS; do
     echo "== 8. end to end, 8 workers x 3 tasks, Zarr's codec pool at 4 threads per worker"
     ZARR_THREADING__MAX_WORKERS=4 timeout 150 "${bench[@]}" "${e2e[@]}" --workers 8 --tasks-per-worker 3 \
       --json "$OUT/bench-gpu-e2e-8x3.json" 2>&1 | grep -v INFO | tail -5
+    ;;
+  9)
+    for shape in "2 8" "4 4"; do
+      set -- $shape
+      echo "== 9. end to end, $1 workers x $2 tasks"
+      timeout 150 "${bench[@]}" "${e2e[@]}" --workers "$1" --tasks-per-worker "$2" \
+        --json "$OUT/bench-gpu-e2e-${1}x${2}.json" 2>&1 | grep -v INFO | tail -5
+    done
     ;;
   *) echo "no step $step" ;;
   esac
