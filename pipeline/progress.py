@@ -46,15 +46,30 @@ def stage_progress(
     On a terminal a progress bar; otherwise (a nightly job's log) a line at
     every tenth of the blocks or every minute, whichever comes first.
     """
-    with stages_progress({description: total_blocks}, enabled=enabled, unit=unit) as advance:
-        yield lambda pixels: advance(description, pixels)
+    with stages_progress({description: total_blocks}, enabled=enabled, unit=unit) as stages:
+        yield lambda pixels: stages.advance(description, pixels)
+
+
+class StageBars:
+    """What :func:`stages_progress` yields: ``advance(stage, pixels)``, and ``add`` for stages that
+    join later (a run's relabel, once the label merge is done)."""
+
+    def __init__(self, progress: Progress, unit: str, *, log_lines: bool) -> None:
+        self.progress, self.unit, self.log_lines = progress, unit, log_lines
+        self.counters: dict[str, _StageCounter] = {}
+
+    def add(self, totals: dict[str, int]) -> None:
+        for stage, total in totals.items():
+            task = self.progress.add_task(stage, total=total, pixels=0)
+            self.counters[stage] = _StageCounter(stage, total, self.unit, self.progress, task)
+
+    def advance(self, stage: str, pixels: int) -> None:
+        self.counters[stage].advance(pixels, log_lines=self.log_lines)
 
 
 @contextmanager
-def stages_progress(
-    totals: dict[str, int], *, enabled: bool, unit: str = "blocks"
-) -> Iterator[Callable[[str, int], None]]:
-    """Stages that run at the same time: a bar (or log lines) each; ``advance(stage, pixels)``."""
+def stages_progress(totals: dict[str, int], *, enabled: bool, unit: str = "blocks") -> Iterator[StageBars]:
+    """Stages that run at the same time: a bar (or log lines) each."""
     console = Console(stderr=True)
     bar = enabled and console.is_terminal
     with Progress(
@@ -69,18 +84,10 @@ def stages_progress(
         console=console,
         disable=not bar,
     ) as progress:
-        counters = {
-            stage: _StageCounter(
-                stage, total, unit, progress, progress.add_task(stage, total=total, pixels=0)
-            )
-            for stage, total in totals.items()
-        }
-
-        def advance(stage: str, pixels: int) -> None:
-            counters[stage].advance(pixels, log_lines=not bar)
-
-        yield advance
-    for counter in counters.values():
+        stages = StageBars(progress, unit, log_lines=not bar)
+        stages.add(totals)
+        yield stages
+    for counter in stages.counters.values():
         counter.summary()
 
 

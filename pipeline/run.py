@@ -365,9 +365,9 @@ def _run_stages(
     record: dict[str, Any],
     save: Callable[[], None],
 ) -> None:
-    """Two phases, each streaming its stages: predict (or resample) with contacts and the probability
-    pyramid behind it; after the label merge, relabel with the label pyramid behind it."""
-    config = plan.request.config
+    """Predict (or resample) with contacts and the probability pyramid behind it; once the blocks'
+    labels and contacts are in (not the pyramid), the label merge, then relabel with the label
+    pyramid behind it, beside the probability pyramid's last levels."""
     if plan.label_rule is not None:  # an output of an older run keeps no subsampled local labels
         kept = replace(plan.label_rule, scratch_levels=scratch_label_levels(plan.output_url))
         plan = replace(plan, label_rule=kept)
@@ -382,14 +382,31 @@ def _run_stages(
     else:
         first = _predict_jobs(plan, profile, stats)
     contacts = _contact_jobs(plan, labelled) if plan.label_rule is not None else []
-    reports = _run_phase(
-        client, plan, [*first, *contacts, *_pyramid_jobs(plan, "", "mean", labelled)], run, record
+    merge = (
+        None
+        if plan.label_rule is None
+        else Later((labelled, "contacts"), lambda reports: _merge_labels(plan, labelled, reports, record))
+    )
+    _run_phase(
+        client, plan, [*first, *contacts, *_pyramid_jobs(plan, "", "mean", labelled)], run, record, merge
     )
     if not resampled:
         record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
     save()
-    if plan.label_rule is None:
-        return
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """Jobs that join a phase once ``after``'s stages are finished, made from their reports."""
+
+    after: tuple[str, ...]
+    jobs: Callable[[Reports], list[Job]]
+
+
+def _merge_labels(plan: RunPlan, labelled: str, reports: Reports, record: dict[str, Any]) -> list[Job]:
+    """The global label merge (here, on the driver), then the relabel and label pyramid jobs."""
+    assert plan.label_rule is not None
+    config = plan.request.config
     summaries = _payloads(plan, labelled, reports[labelled])
     pairs = _payloads(plan, "contacts", reports["contacts"])
     started = time.perf_counter()
@@ -425,8 +442,7 @@ def _run_stages(
         )
         for block in plan.blocks
     ]
-    _run_phase(client, plan, [*relabel_jobs, *_label_pyramid_jobs(plan, name, mapping)], run, record)
-    save()
+    return [*relabel_jobs, *_label_pyramid_jobs(plan, name, mapping)]
 
 
 def _predict_jobs(plan: RunPlan, profile: ProfileConfig, stats: tuple[NormalizationStats, ...]) -> list[Job]:
@@ -603,24 +619,46 @@ def _payloads(plan: RunPlan, stage: str, reports: dict[int, BlockReport]) -> dic
     }
 
 
-def _run_phase(client: Client, plan: RunPlan, jobs: list[Job], run: Clock, record: dict[str, Any]) -> Reports:
-    """Run the unmarked jobs of some stages as their needs are met; record counts and timings per stage."""
+def _run_phase(
+    client: Client,
+    plan: RunPlan,
+    jobs: list[Job],
+    run: Clock,
+    record: dict[str, Any],
+    later: Later | None = None,
+) -> Reports:
+    """Run the unmarked jobs of some stages as their needs are met, and ``later``'s once its stages are
+    finished; record counts and timings per stage."""
     config = plan.request.config
     stages = list(dict.fromkeys(job.stage for job in jobs))
-    done = {(stage, block_id) for stage in stages for block_id in done_blocks(plan.output_url, stage)}
-    graph = JobGraph(jobs, done)
+    graph = JobGraph(jobs, _marked(plan, stages))
     workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     reports: Reports = {stage: {} for stage in stages}
     seconds: dict[str, dict[str, float]] = {stage: {} for stage in stages}
     totals = {stage: graph.stages[stage].computed for stage in stages}
-    with stages_progress(totals, enabled=plan.request.show_progress) as advance:
+    with stages_progress(totals, enabled=plan.request.show_progress) as bars:
+
+        def join_later() -> None:
+            nonlocal later
+            if later is None or not all(graph.finished(stage) for stage in later.after):
+                return
+            added = later.jobs(reports)
+            later = None
+            new = [stage for stage in dict.fromkeys(job.stage for job in added) if stage not in stages]
+            graph.add(added, _marked(plan, new))
+            stages.extend(new)
+            reports.update({stage: {} for stage in new})
+            seconds.update({stage: {} for stage in new})
+            bars.add({stage: graph.stages[stage].computed for stage in new})
 
         def collect(job: Job, report: BlockReport) -> None:
             reports[job.stage][report.block_id] = report
             for name, value in report.seconds.items():
                 seconds[job.stage][name] = seconds[job.stage].get(name, 0.0) + value
-            advance(job.stage, report.pixels)
+            bars.advance(job.stage, report.pixels)
+            join_later()
 
+        join_later()  # a resumed run may have finished those stages before
         run_jobs(
             client,
             graph,
@@ -631,6 +669,7 @@ def _run_phase(client: Client, plan: RunPlan, jobs: list[Job], run: Clock, recor
             describe=lambda job: _describe(plan, job.stage, job.block_id),
             on_result=collect,
         )
+    assert later is None, f"stages {later.after} never finished"
     for stage in stages:
         times = graph.stages[stage]
         wall = times.last_done - times.first_sent if times.first_sent and times.last_done else 0.0
@@ -649,6 +688,11 @@ def _run_phase(client: Client, plan: RunPlan, jobs: list[Job], run: Clock, recor
     if "predict" in stages:
         record["blocks"]["done"] = graph.stages["predict"].blocks
     return reports
+
+
+def _marked(plan: RunPlan, stages: list[str]) -> set[tuple[str, int]]:
+    """The jobs of these stages an earlier attempt finished (their markers)."""
+    return {(stage, block_id) for stage in stages for block_id in done_blocks(plan.output_url, stage)}
 
 
 def _describe(plan: RunPlan, stage: str, block_id: int) -> str:

@@ -36,6 +36,7 @@ class Job:
 class StageTimes:
     blocks: int = 0
     computed: int = 0
+    finished: int = 0  # of the computed ones
     first_sent: float | None = None
     last_done: float | None = None
 
@@ -45,7 +46,8 @@ class JobGraph:
     """The jobs of one phase of a run, released in the order given as what they need gets done.
 
     ``done``: jobs finished before (the markers of an interrupted run); they never run and count as
-    finished. A need outside the graph belongs to an earlier phase, which is complete.
+    finished. A need outside the graph belongs to an earlier phase, which is complete. Jobs may
+    join later (:meth:`add`), e.g. once the stages they wait for are finished.
     """
 
     jobs: Iterable[Job]
@@ -53,26 +55,38 @@ class JobGraph:
     stages: dict[str, StageTimes] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        listed = list(self.jobs)
-        names = {job.name for job in listed}
+        self._names: set[JobName] = set()
+        self._finished: set[JobName] = set(self.done)
         self._unmet: dict[JobName, int] = {}
         self._dependants: dict[JobName, list[Job]] = {}
         self._ready: dict[bool, deque[Job]] = {False: deque(), True: deque()}
         self.unfinished = 0
+        self.add(self.jobs, set())
+
+    def add(self, jobs: Iterable[Job], done: set[JobName]) -> None:
+        """More jobs, ``done`` among them (markers); their needs may be jobs of the graph already."""
+        listed = list(jobs)
+        self._finished |= done
+        self._names |= {job.name for job in listed}
         for job in listed:
             times = self.stages.setdefault(job.stage, StageTimes())
             times.blocks += 1
-            if job.name in self.done:
+            if job.name in self._finished:
                 continue
             times.computed += 1
             self.unfinished += 1
-            unmet = {need for need in job.needs if need in names and need not in self.done}
+            unmet = {need for need in job.needs if need in self._names and need not in self._finished}
             for need in unmet:
                 self._dependants.setdefault(need, []).append(job)
             if unmet:
                 self._unmet[job.name] = len(unmet)
             else:
                 self._ready[job.follow_up].append(job)
+
+    def finished(self, stage: str) -> bool:
+        """Whether every job of ``stage`` is done (true of a stage with none)."""
+        times = self.stages.get(stage)
+        return times is None or times.finished == times.computed
 
     def take(self, follow_up: bool) -> Job | None:
         """A job whose needs are met (a follow-up or a main one), or None if none is ready now."""
@@ -87,7 +101,10 @@ class JobGraph:
 
     def finish(self, job: Job) -> None:
         self.unfinished -= 1
-        self.stages[job.stage].last_done = time.perf_counter()
+        self._finished.add(job.name)
+        times = self.stages[job.stage]
+        times.finished += 1
+        times.last_done = time.perf_counter()
         for dependant in self._dependants.pop(job.name, []):
             self._unmet[dependant.name] -= 1
             if not self._unmet[dependant.name]:

@@ -47,6 +47,27 @@ def test_needs_outside_the_graph_belong_to_a_finished_phase() -> None:
     assert drain(graph, follow_up=False) == [("relabel", 0)]
 
 
+def test_jobs_that_join_later_wait_only_for_unfinished_needs() -> None:
+    """The relabel joins once labels and contacts are in, while the pyramid still runs."""
+    predicts = [job("predict", b) for b in range(2)]
+    pyramid = job("pyramid s1", 0, ("predict", 0), ("predict", 1), follow_up=True)
+    graph = JobGraph([*predicts, pyramid])
+    drain(graph, follow_up=False)
+    assert not graph.finished("predict") and graph.finished("relabel")  # a stage with no jobs
+    for predict in predicts:
+        graph.finish(predict)
+    assert graph.finished("predict") and not graph.finished("pyramid s1")
+    relabels = [job("relabel", b, ("predict", b)) for b in range(2)]
+    level = job("pyramid labels/s1", 0, ("relabel", 0), ("relabel", 1), follow_up=True)
+    graph.add([*relabels, level], done={("relabel", 1)})
+    assert graph.unfinished == 3  # the probability pyramid, relabel 0, the label level
+    assert drain(graph, follow_up=False) == [("relabel", 0)]  # its predict finished before it joined
+    assert drain(graph, follow_up=True) == [("pyramid s1", 0)]
+    graph.finish(relabels[0])
+    assert drain(graph, follow_up=True) == [("pyramid labels/s1", 0)]
+    assert (graph.stages["relabel"].blocks, graph.stages["relabel"].computed) == (2, 1)
+
+
 def test_block_ids_in_a_box_are_the_blocks_it_touches() -> None:
     grid = BlockGrid((4, 100, 100), 10, (2, 3), block_planes=2)  # blocks 2 x 20 x 30 voxels
     assert grid.shape == (2, 5, 4)
