@@ -30,8 +30,14 @@ import zarr
 from numcodecs import Blosc, Zstd
 from numcodecs.abc import Codec
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+
+try:  # Zarr's internals for one batch of store calls from this thread; a release without them: Zarr's path
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover
+    AVAILABLE = False
 
 EMPTY = np.uint64(2**64 - 1)  # offset and length of an inner chunk the shard does not hold
 BLOSC_SHUFFLES = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
@@ -62,7 +68,17 @@ class Encoding:
 def encoding(array: zarr.Array[Any]) -> Encoding | None:
     """The array's encoding where this module reads and writes it exactly: C order, a numeric fill;
     Zarr v3: little endian, no compressor or one Zstd or Blosc, in shards indexed by little-endian
-    offsets and a CRC32C, or not; Zarr v2: any compressor and no filters."""
+    offsets and a CRC32C, or not; Zarr v2: any compressor and no filters. None for anything else,
+    and for a Zarr release whose arrays do not show these as 3.1 does."""
+    if not AVAILABLE:
+        return None
+    try:
+        return _encoding(array)
+    except AttributeError:
+        return None
+
+
+def _encoding(array: zarr.Array[Any]) -> Encoding | None:
     metadata = array.metadata
     fill = metadata.fill_value
     if array.order != "C" or not isinstance(fill, (int, float, np.number)) or np.isnan(fill):

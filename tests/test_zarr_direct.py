@@ -11,6 +11,7 @@ from numcodecs import Blosc, Zstd
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from pipeline import zarr_direct
+from pipeline.omezarr import OutputLayout, create_labels, create_output, output_array
 from pipeline.zarr_direct import encoding, morton_order, read_region, write_region
 
 
@@ -205,3 +206,18 @@ def test_one_store_batch_a_region(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     write_region(array, (slice(0, 2), slice(0, 32), slice(0, 32)), np.ones((2, 32, 32), np.uint8))
     assert read_region(array, (slice(0, 2), slice(0, 32), slice(0, 32))).min() == 1
     assert batches == [8, 8]
+
+
+@pytest.mark.parametrize("ngff", ["0.5", "0.4"])
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_every_array_of_an_output_is_written_here(tmp_path: Path, ngff: str, dtype: str) -> None:
+    """The pipeline's own arrays never fall back to Zarr's path (which would cost twice the CPU)."""
+    layout = OutputLayout((2, 100, 130), "zyx", tile=20, shard_tiles=2, dtype=dtype, levels=2, ngff=ngff)
+    url = str(tmp_path / "out.ome.zarr")
+    create_output(url, layout, label_blocks=(1, 40, 40), model_grid=(50, 65))
+    create_labels(url, layout, "cells", "uint32")
+    group = zarr.open_group(url, mode="r")
+    paths = [path for path, node in group.members(max_depth=None) if isinstance(node, zarr.Array)]
+    assert len(paths) == 3 + 3 + 3 + 1  # probability and label levels, scratch labels (3 levels), model grid
+    for path in paths:
+        assert encoding(output_array(url, path)) is not None, path
