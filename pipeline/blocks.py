@@ -166,10 +166,10 @@ def predict_block(task: PredictTask) -> BlockReport:
     block, tile = task.block, task.tile
     read = block.read_roi(tile, model.geometry.halo)
     rows, cols = (read.start[1], read.stop[1]), (read.start[2], read.stop[2])
-    channels = [
-        stats.apply(read_input(task.input, array, block.planes, rows, cols))
-        for stats, array in zip(task.stats, reopen_input(task.input), strict=True)
-    ]
+    windows = [read_input(task.input, array, block.planes, rows, cols) for array in reopen_input(task.input)]
+    read_done = time.perf_counter()
+    channels = [stats.apply(window) for stats, window in zip(task.stats, windows, strict=True)]
+    del windows
     normalised = (
         channels[0][:, np.newaxis] if len(channels) == 1 else np.stack(channels, axis=1)
     )  # (P, C, H+2h, W+2h)
@@ -182,7 +182,12 @@ def predict_block(task: PredictTask) -> BlockReport:
     foreground = _foreground(probabilities)[:, :height, :width]
     predicted = time.perf_counter()
     write_region(task.output_url, task.target, write, encode_probability(foreground, task.output_dtype))
-    seconds = {"model": started - waited, "read": loaded - started, "predict": predicted - loaded}
+    seconds = {
+        "model": started - waited,
+        "read": read_done - started,
+        "normalise": loaded - read_done,
+        "predict": predicted - loaded,
+    }
     payload = _label(task.output_url, task.labels, foreground, write, task.volume_shape, seconds, predicted)
     write_marker(task.output_url, "predict", block.block_id, payload)
     return BlockReport("predict", block.block_id, write.size, seconds, worker_name(), payload)

@@ -50,7 +50,7 @@ def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> No
     end_to_end = 200 * 200 / e2e["wall_seconds"] / 1e6  # from the least rounded figures
     assert e2e["fraction_of_model_only"] == pytest.approx(end_to_end / ((before + after) / 2), abs=6e-4)
     assert e2e["cold_mpix_per_second"] < e2e["mpix_per_second"] and e2e["cluster_start_seconds"] > 0
-    assert set(e2e["predict_worker_seconds"]) >= {"read", "predict", "write", "label"}
+    assert set(e2e["predict_worker_seconds"]) >= {"read", "normalise", "predict", "write", "label"}
     cpu = e2e["cpu_seconds"]
     # a run this small can stay under one clock tick in a role (tests/test_cpu_time.py counts one)
     assert set(cpu) == {*ROLES, "driver (scheduler, client, merge)"} and sum(cpu.values()) > 0
