@@ -11,14 +11,16 @@
 #      VARIANTS=baseline,fused picks variants by name),
 #   7. the same with inductor's max-autotune (minutes of compiling),
 #   8. step 4 with 3 tasks per worker and Zarr's codec pool at 4 threads per worker (default: cores + 4),
-#   9. end to end with fewer CUDA contexts: 2 workers x 8 tasks and 4 x 4.
+#   9. end to end with fewer CUDA contexts: 2 workers x 8 tasks and 4 x 4,
+#  10. `segment --cluster cuda --workers-per-gpu 4` (GPU-sharing workers pinned per GPU) on the demo model.
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
-# The default steps (0 4 8 5 9 2: host work after zarr_direct, with 8, 4, 2 and 1 GPU-sharing workers, then
-# exactness) take about 6 minutes on an H100 after the machine starts; step 7 fits a second call.
+# The default steps (0 4 8 5 9 2 10: host work after zarr_direct, with 8, 4, 2 and 1 GPU-sharing workers, then
+# exactness and the pinned cluster) take about 7 minutes on an H100 after the machine starts; step 7 fits a
+# second call.
 # Run from the repository root with the wheels in .whl (the list: docs/benchmarks.md).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
-STEPS=${STEPS:-0 4 8 5 9 2}
+STEPS=${STEPS:-0 4 8 5 9 2 10}
 VARIANTS=${VARIANTS:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -90,6 +92,15 @@ for step in $STEPS; do
       timeout 150 "${bench[@]}" "${e2e[@]}" --workers "$1" --tasks-per-worker "$2" \
         --json "$OUT/bench-gpu-e2e-${1}x${2}.json" 2>&1 | grep -v INFO | tail -5
     done
+    ;;
+  10)
+    echo "== 10. segment on a cuda cluster of 4 workers per GPU"
+    cli=(python3 -c "from pipeline.cli import main; main()")
+    rm -rf /tmp/pinned-in.zarr /tmp/pinned-out.ome.zarr
+    "${cli[@]}" synth /tmp/pinned-in.zarr --shape 8x3104x3104 --chunks 1x512x512 --seed 3 > /dev/null
+    timeout 150 "${cli[@]}" segment /tmp/pinned-in.zarr /tmp/pinned-out.ome.zarr --model models/demo-unet.safetensors \
+      --cluster cuda --workers-per-gpu 4 --device cuda --no-progress 2>&1 | grep -v INFO | tail -6
+    cp /tmp/pinned-out.ome.zarr/zarr.json "$OUT/pinned-run-record.json" 2>/dev/null
     ;;
   *) echo "no step $step" ;;
   esac

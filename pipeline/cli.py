@@ -184,6 +184,7 @@ def model_convert(source: Path, target: Path, normalization: str, pixel_size: fl
 )
 @click.option("--cluster", help="local | cuda | tcp://HOST:PORT of a running scheduler | slurm:FILE.")
 @click.option("--workers", type=int, help="Worker processes of a local cluster.")
+@click.option("--workers-per-gpu", type=int, help="Worker processes on each GPU of a cuda cluster.")
 @click.option("--block-tiles", type=int, help="Block edge in tiles (a multiple of the shard edge).")
 @click.option("--threads", type=int, help="Intra-op threads per worker (execution profile).")
 @click.option(
@@ -221,6 +222,7 @@ def segment(
     rescale: bool | None,
     cluster: str | None,
     workers: int | None,
+    workers_per_gpu: int | None,
     block_tiles: int | None,
     threads: int | None,
     batch_size: int | str | None,
@@ -240,6 +242,7 @@ def segment(
         "input.rescale": rescale,
         "cluster.address": cluster,
         "cluster.workers": workers,
+        "cluster.workers_per_gpu": workers_per_gpu,
         "tiling.block_tiles": None if block_tiles is None else [block_tiles, block_tiles],
         "profile.threads": threads,
         "profile.batch_size": batch_size,

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 
 import dask
 import fsspec
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, as_completed
+from distributed.system import MEMORY_LIMIT
 
 from pipeline.blocks import prepare_worker
 from pipeline.config import SLURM_PREFIX, ClusterConfig
@@ -68,8 +69,11 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
         "silence_logs": logging.ERROR,
     }
     environment = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **MALLOC_ENVIRONMENT}
+    gpus = visible_gpus() if config.address == "cuda" and config.workers_per_gpu > 1 else []
     if config.address == "local":
         environment.update(zarr_pool_environment(config.workers, os.cpu_count() or 1))
+    elif gpus:
+        environment.update(zarr_pool_environment(len(gpus) * config.workers_per_gpu, os.cpu_count() or 1))
     # a SIGKILLed worker now and then takes its nanny down with it (measured: benchmarks/soak.py), so a
     # cluster we start can end with no worker at all: its blocks then fail instead of waiting forever
     settings = {
@@ -83,6 +87,9 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
             cluster: Any = stack.enter_context(
                 LocalCluster(n_workers=config.workers, processes=True, **local_options)
             )
+            client = stack.enter_context(Client(cluster))
+        elif gpus:
+            cluster = stack.enter_context(gpu_sharing_cluster(gpus, config.workers_per_gpu, local_options))
             client = stack.enter_context(Client(cluster))
         elif config.address == "cuda":
             try:
@@ -119,6 +126,59 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
             on_each_worker(client, partial(prepare_worker, device))
         log.info("workers ready for blocks in %.1f s", time.perf_counter() - started)
         yield client
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` as it is, or every one the driver finds."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        gpus = [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
+    else:
+        import torch
+
+        gpus = [str(index) for index in range(torch.cuda.device_count())]
+    if not gpus:
+        raise InputError(
+            "--cluster cuda found no GPU (CUDA_VISIBLE_DEVICES="
+            f"{listed!r}): run on a GPU node, or use --cluster local for the CPU"
+        )
+    return gpus
+
+
+def gpu_sharing_cluster(gpus: list[str], per_gpu: int, options: dict[str, Any]) -> SpecCluster:
+    """``per_gpu`` worker processes on each GPU, each seeing only its own (``CUDA_VISIBLE_DEVICES``).
+
+    One worker's host side (reading, labelling, encoding, under one GIL) cannot keep a fast GPU
+    busy: 8 workers sharing one H100 ran twice as fast end to end as one (docs/benchmarks.md).
+    dask-cuda's LocalCUDACluster starts one worker per GPU; this is the same with several.
+    """
+    workers = len(gpus) * per_gpu
+    memory = options["memory_limit"]
+    worker_options = {
+        "host": options["host"],
+        "nthreads": options["threads_per_worker"],
+        "memory_limit": int(MEMORY_LIMIT / workers) if memory == "auto" else memory,
+        "silence_logs": options["silence_logs"],
+    }
+    return SpecCluster(
+        scheduler={
+            "cls": Scheduler,
+            "options": {
+                "host": options["host"],
+                "dashboard_address": options["dashboard_address"],
+                **options["scheduler_kwargs"],
+            },
+        },
+        workers={
+            f"gpu{gpu}-{index}": {
+                "cls": Nanny,
+                "options": {**worker_options, "env": {"CUDA_VISIBLE_DEVICES": gpu}},
+            }
+            for gpu in gpus
+            for index in range(per_gpu)
+        },
+        silence_logs=options["silence_logs"],
+    )
 
 
 def _wait_for_workers(client: Client, address: str, seconds: float) -> None:

@@ -92,7 +92,15 @@ class ClusterConfig(_Strict):
         "local",
         description="local | cuda | tcp://HOST:PORT of a running scheduler | slurm:FILE (dask-jobqueue)",
     )
-    workers: int = Field(2, ge=1, description="worker processes for local; ignored by cuda (one per GPU)")
+    workers: int = Field(
+        2, ge=1, description="worker processes for local; ignored by cuda (see workers_per_gpu)"
+    )
+    workers_per_gpu: int = Field(
+        1,
+        ge=1,
+        description="cuda: worker processes on each visible GPU, each pinned to it (1: dask-cuda's "
+        "LocalCUDACluster); several keep a GPU busy where one worker's host side cannot",
+    )
     threads_per_worker: int = Field(
         2, ge=1, description="blocks a worker runs at once: one on the device, the others reading and writing"
     )

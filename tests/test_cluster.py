@@ -26,6 +26,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import cli
 from pipeline.cluster import on_each_worker, open_client
 from pipeline.config import ClusterConfig
+from pipeline.errors import InputError
 from pipeline.normalization import NormalizationStats
 from pipeline.synthetic import cell_image
 from pipeline.worker_environment import ZARR_CODEC_POOL, zarr_pool_environment
@@ -139,6 +140,31 @@ def test_local_workers_get_a_zarr_codec_pool_for_their_share_of_cores(
     assert [int(pool) for pool in pools.values()] == [max(2, (os.cpu_count() or 1))] * 2
     monkeypatch.setenv(ZARR_CODEC_POOL, "3")
     assert zarr_pool_environment(2, 16) == {}  # the operator's setting stands
+
+
+def test_workers_per_gpu_are_pinned_each_to_its_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--cluster cuda --workers-per-gpu 2 on GPUs 3 and 5 (CPU torch ignores the variable; the pinning
+    and the cluster's shape are what is checked)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    monkeypatch.delenv(ZARR_CODEC_POOL, raising=False)
+    config = ClusterConfig(address="cuda", workers_per_gpu=2, threads_per_worker=1, memory_limit="1GiB")
+    with open_client(config, forward_logs=False) as client:
+        seen = client.run(
+            lambda: (os.environ["CUDA_VISIBLE_DEVICES"], zarr.config.get("threading.max_workers"))
+        )
+        limits = {
+            worker["memory_limit"] for worker in client.scheduler_info(n_workers=-1)["workers"].values()
+        }
+    assert sorted(gpu for gpu, _ in seen.values()) == ["3", "3", "5", "5"]
+    assert {int(pool) for _, pool in seen.values()} == {max(2, 2 * (os.cpu_count() or 1) // 4)}
+    assert limits == {2**30}
+
+
+def test_a_cuda_cluster_without_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    config = ClusterConfig(address="cuda", workers_per_gpu=4)
+    with pytest.raises(InputError, match="found no GPU"), open_client(config, forward_logs=False):
+        pass
 
 
 def test_a_scheduler_without_workers_is_refused_in_time(
