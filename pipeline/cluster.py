@@ -345,6 +345,15 @@ def check_workers_have_gpus(client: Client) -> None:
             f"CUDA device ({', '.join(without[:4])}): start the workers on GPU nodes with a CUDA build "
             "of torch (`dask cuda worker ADDRESS`, or --cluster cuda on one machine), or run with --device cpu"
         )
+    crowded = [count for count in counts.values() if count > 1]
+    if crowded:  # each uses its first (cuda:0): the node's other GPUs would idle
+        log.warning(
+            "%d of %d Dask workers see %d GPUs each and use only the first: on a node of several GPUs use "
+            "--cluster cuda (with --workers-per-gpu K for several workers on each)",
+            len(crowded),
+            len(counts),
+            max(crowded),
+        )
 
 
 def cluster_shape(client: Client) -> dict[str, Any]:

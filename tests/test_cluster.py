@@ -6,6 +6,7 @@ as an operator starts them on several nodes; the run only gets the address.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -22,9 +23,10 @@ import zarr
 from click.testing import CliRunner
 from distributed import Client
 
+from pipeline import cluster
 from pipeline.checkpoint import load_checkpoint
 from pipeline.cli import cli
-from pipeline.cluster import on_each_worker, open_client
+from pipeline.cluster import check_workers_have_gpus, on_each_worker, open_client
 from pipeline.config import ClusterConfig
 from pipeline.errors import InputError
 from pipeline.normalization import NormalizationStats
@@ -158,6 +160,17 @@ def test_workers_per_gpu_are_pinned_each_to_its_gpu(monkeypatch: pytest.MonkeyPa
     assert sorted(gpu for gpu, _ in seen.values()) == ["3", "3", "5", "5"]
     assert {int(pool) for _, pool in seen.values()} == {max(2, 2 * (os.cpu_count() or 1) // 4)}
     assert limits == {2**30}
+
+
+def test_workers_that_see_several_gpus_are_told_they_use_one(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local cluster on a node of 4 GPUs: every worker would predict on the first."""
+    monkeypatch.setattr(cluster, "on_each_worker", lambda client, function: {"tcp://a": 4, "tcp://b": 4})
+    with caplog.at_level(logging.WARNING, logger="pipeline.cluster"):
+        check_workers_have_gpus(None)  # type: ignore[arg-type]
+    assert "2 of 2 Dask workers see 4 GPUs each and use only the first" in caplog.text
+    assert "--workers-per-gpu" in caplog.text
 
 
 def test_a_cuda_cluster_without_gpus_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
