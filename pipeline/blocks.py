@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputDataError, PipelineError
 from pipeline.geometry import Block, BlockGrid, Roi, ceil_div
+from pipeline.label_edges import Box, edge_lines, slab_from_edges
 from pipeline.labels import (
     Connectivity,
     contact_slabs,
@@ -43,6 +45,7 @@ from pipeline.markers import write_marker
 from pipeline.model import UNet
 from pipeline.normalization import NormalizationStats
 from pipeline.omezarr import (
+    SCRATCH_LABEL_EDGES,
     SCRATCH_LABELS,
     SCRATCH_PROBABILITY,
     downsample_mean,
@@ -69,6 +72,7 @@ class LabelRule:
     threshold: float
     connectivity: Connectivity
     scratch_levels: int = 0
+    edges: tuple[int, int] | None = None  # block rows and columns, where the output keeps edge lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,7 @@ class ContactTask:
     grid: BlockGrid
     output_url: str
     connectivity: Connectivity
+    edges: bool = False  # read Y and X faces from the blocks' edge lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,9 +255,27 @@ def _label(
     for level in range(rule.scratch_levels + 1):
         step = 2**level
         write_region(output_url, scratch_labels_path(level), level_roi(write, step), local[:, ::step, ::step])
+    if rule.edges is not None:
+        _write_edge_lines(output_url, local, write, rule.edges)
     seconds["label"] = time.perf_counter() - written
     seconds["write"] = written - since
     return summary.to_arrays()
+
+
+def _write_edge_lines(
+    output_url: str, local: npt.NDArray[np.uint32], write: Roi, edges: tuple[int, int]
+) -> None:
+    array = output_array(output_url, SCRATCH_LABEL_EDGES)
+    lines = edge_lines(local, array.shape[-1])
+    by, bx = write.start[1] // edges[0], write.start[2] // edges[1]
+    index = (
+        slice(write.start[0], write.stop[0]),
+        slice(by, by + 1),
+        slice(bx, bx + 1),
+        slice(0, 4),
+        slice(None),
+    )
+    zarr_direct.write_region(array, index, lines[:, np.newaxis, np.newaxis])
 
 
 def contact_block(task: ContactTask) -> BlockReport:
@@ -261,9 +284,10 @@ def contact_block(task: ContactTask) -> BlockReport:
     shape = task.grid.volume_shape
     write = task.block.write_roi(shape, task.grid.tile)
     scratch = output_array(task.output_url, SCRATCH_LABELS)
+    read = _slab_reader(task, scratch)
     found = [np.empty((0, 4), np.int64)]
     for axis, side, box in contact_slabs(task.grid, write.start, write.stop, task.connectivity):
-        slab = read_region(scratch, Roi(*box))
+        slab = read((box[0], box[1]))
         found.append(
             slab_contacts(slab, box[0], write.start, write.stop, axis, side, task.grid, task.connectivity)
         )
@@ -271,6 +295,27 @@ def contact_block(task: ContactTask) -> BlockReport:
     write_marker(task.output_url, "contacts", task.block.block_id, {"pairs": pairs})
     seconds = {"contacts": time.perf_counter() - started}
     return BlockReport("contacts", task.block.block_id, 0, seconds, worker_name(), {"pairs": pairs})
+
+
+def _slab_reader(task: ContactTask, scratch: Any) -> Callable[[Box], npt.NDArray[np.uint32]]:
+    """Face slabs of the local labels: from the blocks' edge lines where the output keeps them."""
+
+    def whole(box: Box) -> npt.NDArray[np.uint32]:
+        return read_region(scratch, Roi(*box))
+
+    if not task.edges:
+        return whole
+    lines = output_array(task.output_url, SCRATCH_LABEL_EDGES)
+    _, blocks_y, blocks_x = task.grid.shape
+
+    def lines_of(block_id: int, planes: range) -> npt.NDArray[np.uint32]:
+        rest, bx = divmod(block_id, blocks_x)
+        by = rest % blocks_y
+        return zarr_direct.read_region(
+            lines, (slice(planes.start, planes.stop), by, bx, slice(None), slice(None))
+        )
+
+    return lambda box: slab_from_edges(box, task.grid, lines_of, whole)
 
 
 def relabel_block(task: RelabelTask) -> BlockReport:

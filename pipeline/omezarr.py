@@ -118,6 +118,7 @@ SCRATCH = "_scratch"  # the pipeline's own working arrays, removed when the run 
 SCRATCH_LABELS = "_scratch/local_labels"  # per-block labels before the global merge; removed at the end
 SCRATCH_LABEL_LEVELS = 2  # label pyramid levels kept beside the local labels (see _create_scratch_labels)
 SCRATCH_PROBABILITY = "_scratch/model_grid_probability"  # --rescale: foreground on the model's grid
+SCRATCH_LABEL_EDGES = "_scratch/local_label_edges"  # each block plane's first and last rows and columns
 
 
 LZ4 = (
@@ -135,7 +136,8 @@ def _create_scratch_labels(
     group: zarr.Group, layout: OutputLayout, block_edges: tuple[int, int, int]
 ) -> None:
     """Local labels, one chunk per block and plane, LZ4-compressed, and every 2^k-th voxel of them
-    in Y and X for the first label pyramid levels (one chunk per block and plane too).
+    in Y and X for the first label pyramid levels (one chunk per block and plane too); the edge
+    lines of each block plane (:mod:`pipeline.label_edges`), a chunk each.
 
     Only this pipeline reads them, a block at a time, and soon: a block's
     write, a contact slab or a relabel is one chunk per plane, and LZ4 (with a
@@ -145,6 +147,19 @@ def _create_scratch_labels(
     """
     _, rows, cols = block_edges
     planes = (1,) * (len(layout.shape) - 2)
+    height, width = layout.shape[-2:]
+    length = max(rows, cols)
+    _new_array(
+        group,
+        SCRATCH_LABEL_EDGES,
+        layout,
+        (int(np.prod(layout.shape[:-2])), ceil_div(height, rows), ceil_div(width, cols), 4, length),
+        "uint32",
+        chunks=(1, 1, 1, 4, length),
+        shards=None,
+        codec=LZ4,
+        dimensions=("plane", "block_y", "block_x", "line", "voxel"),
+    )
     for level in range(min(SCRATCH_LABEL_LEVELS, layout.levels) + 1):
         step = 2**level
         if rows % step or cols % step:  # a block's voxels at this level would not fill whole chunks
@@ -164,6 +179,11 @@ def _create_scratch_labels(
 def scratch_labels_path(level: int) -> str:
     """The scratch local labels at a level: every ``2**level``-th voxel in Y and X."""
     return SCRATCH_LABELS if level == 0 else f"{SCRATCH_LABELS}_s{level}"
+
+
+def scratch_label_edges(url: str) -> bool:
+    """Whether the output keeps the edge lines of the local labels (outputs of older runs do not)."""
+    return SCRATCH_LABEL_EDGES in zarr.open_group(store=url, mode="r")
 
 
 def scratch_label_levels(url: str) -> int:
@@ -192,6 +212,7 @@ def _new_array(
     chunks: tuple[int, ...],
     shards: tuple[int, ...] | None,
     codec: tuple[Any, Any],
+    dimensions: tuple[str, ...] | None = None,
 ) -> None:
     """An empty array in the output's Zarr format; ``codec``: its compressor for Zarr v2 and for v3.
 
@@ -210,7 +231,7 @@ def _new_array(
         )
         return
     group.create_array(
-        path, compressors=codec[1], shards=shards, dimension_names=tuple(layout.axes), **common
+        path, compressors=codec[1], shards=shards, dimension_names=dimensions or tuple(layout.axes), **common
     )
 
 

@@ -68,6 +68,7 @@ from pipeline.omezarr import (
     read_state,
     remove_output,
     remove_scratch,
+    scratch_label_edges,
     scratch_label_levels,
     write_state,
 )
@@ -368,8 +369,12 @@ def _run_stages(
     """Predict (or resample) with contacts and the probability pyramid behind it; once the blocks'
     labels and contacts are in (not the pyramid), the label merge, then relabel with the label
     pyramid behind it, beside the probability pyramid's last levels."""
-    if plan.label_rule is not None:  # an output of an older run keeps no subsampled local labels
-        kept = replace(plan.label_rule, scratch_levels=scratch_label_levels(plan.output_url))
+    if plan.label_rule is not None:  # an output of an older run keeps no subsampled labels or edge lines
+        kept = replace(
+            plan.label_rule,
+            scratch_levels=scratch_label_levels(plan.output_url),
+            edges=plan.grid.block_edges[1:] if scratch_label_edges(plan.output_url) else None,
+        )
         plan = replace(plan, label_rule=kept)
     resampled = plan.model_grid is not None
     labelled = "resample" if resampled else "predict"  # the stage that writes s0 and the local labels
@@ -421,6 +426,7 @@ def _merge_labels(plan: RunPlan, labelled: str, reports: Reports, record: dict[s
         "dtype": mapping.dtype,
         "local_labels": int(mapping.offsets[-1]),
         "local_label_levels_kept": plan.label_rule.scratch_levels,  # label pyramid levels read from them
+        "local_label_edges_kept": plan.label_rule.edges is not None,  # contacts read Y and X faces from them
         "min_size_voxels": plan.min_size_voxels,
         "merge_seconds": round(time.perf_counter() - started, 3),
     }
@@ -509,7 +515,9 @@ def _contact_jobs(plan: RunPlan, labelled: str) -> list[Job]:
                 "contacts",
                 block.block_id,
                 contact_block,
-                ContactTask(block, plan.grid, plan.output_url, connectivity),
+                ContactTask(
+                    block, plan.grid, plan.output_url, connectivity, plan.label_rule.edges is not None
+                ),
                 needs=tuple((labelled, b) for b in sorted(needs)),
                 follow_up=True,
             )

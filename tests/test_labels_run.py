@@ -17,6 +17,7 @@ import torch
 import zarr
 
 from pipeline import omezarr
+from pipeline import run as run_module
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import load_config
 from pipeline.labels import Connectivity
@@ -86,7 +87,7 @@ def expected_labels(output: Path, mode: str, threshold: float = 0.5) -> tuple[np
         ("2d", (1, 1), True),
         ("2d", (2, 3), True),
         ("2d", (3, 3), True),
-        ("3d", (2, 3), False),  # an output of an older run: no subsampled local labels to read
+        ("3d", (2, 3), False),  # an output of an older run: no subsampled local labels or edge lines
     ],
 )
 def test_labels_equal_whole_volume_components(
@@ -99,8 +100,9 @@ def test_labels_equal_whole_volume_components(
     block_tiles: tuple[int, int],
     subsampled: bool,
 ) -> None:
-    if not subsampled:
-        monkeypatch.setattr(omezarr, "SCRATCH_LABEL_LEVELS", 0)  # decided by the driver, this process
+    if not subsampled:  # decided by the driver, this process
+        monkeypatch.setattr(omezarr, "SCRATCH_LABEL_LEVELS", 0)
+        monkeypatch.setattr(run_module, "scratch_label_edges", lambda url: False)
     output = tmp_path / "out.ome.zarr"
     record = run(
         volume,
@@ -114,6 +116,7 @@ def test_labels_equal_whole_volume_components(
     assert stored.dtype == np.uint32
     assert record["labels"]["objects"] == count > 100  # the untrained net gives many small objects
     assert record["labels"]["local_label_levels_kept"] == (2 if subsampled else 0)
+    assert record["labels"]["local_label_edges_kept"] == subsampled
     if (mode, block_tiles) != ("2d", (3, 3)):  # there each block holds whole planar objects
         assert record["labels"]["local_labels"] > count  # objects cut by block faces were merged
     assert np.array_equal(stored[...], expected)  # same partition, same canonical IDs

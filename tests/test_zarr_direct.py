@@ -218,6 +218,8 @@ def test_every_array_of_an_output_is_written_here(tmp_path: Path, ngff: str, dty
     create_labels(url, layout, "cells", "uint32")
     group = zarr.open_group(url, mode="r")
     paths = [path for path, node in group.members(max_depth=None) if isinstance(node, zarr.Array)]
-    assert len(paths) == 3 + 3 + 3 + 1  # probability and label levels, scratch labels (3 levels), model grid
+    assert (
+        len(paths) == 3 + 3 + 3 + 1 + 1
+    )  # probability, labels, scratch labels (3 levels each), edges, model grid
     for path in paths:
         assert encoding(output_array(url, path)) is not None, path
