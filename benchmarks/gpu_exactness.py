@@ -24,7 +24,6 @@ import numpy as np
 import torch
 import zarr
 
-from pipeline.blocks import configure_torch
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import load_config
 from pipeline.model import UNet
@@ -32,6 +31,7 @@ from pipeline.normalization import Normalization, NormalizationStats
 from pipeline.omezarr import encode_probability
 from pipeline.predict import predict_plane
 from pipeline.run import SegmentRequest, segment
+from pipeline.worker_device import configure_torch
 
 SHAPE = (2, 1552, 1940)
 

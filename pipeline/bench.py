@@ -358,7 +358,7 @@ def tf32(enabled: bool) -> Iterator[None]:
 
 @contextlib.contextmanager
 def cudnn_mode(deterministic: bool) -> Iterator[None]:
-    """cuDNN as the execution profile sets it (pipeline.blocks.configure_torch)."""
+    """cuDNN as the execution profile sets it (pipeline.worker_device.configure_torch)."""
     before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = not deterministic, deterministic
     try:

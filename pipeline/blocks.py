@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,9 +24,6 @@ import torch
 
 from pipeline import zarr_direct
 from pipeline.axes import VolumeArray
-from pipeline.batch_size import fitting_batch_size
-from pipeline.batcher import DeviceBatcher
-from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputDataError, PipelineError
 from pipeline.geometry import Block, BlockGrid, Roi, ceil_div
@@ -42,7 +38,6 @@ from pipeline.labels import (
     unique_rows,
 )
 from pipeline.markers import write_marker
-from pipeline.model import UNet
 from pipeline.normalization import NormalizationStats
 from pipeline.omezarr import (
     SCRATCH_LABEL_EDGES,
@@ -53,15 +48,10 @@ from pipeline.omezarr import (
     output_array,
     scratch_labels_path,
 )
-from pipeline.predict import predict_padded, prepare_model
+from pipeline.predict import predict_padded
 from pipeline.resample import ResampledArray, SpatialArray
 from pipeline.store import InputRef, describe_chunks, naming_damage, read_mirrored, reopen_input
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointRef:
-    path: str
-    sha256: str
+from pipeline.worker_device import CheckpointRef, worker_batcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,90 +428,6 @@ def prepare_worker(device: str) -> int:
         return 0
     torch.zeros(1, device="cuda")
     return torch.cuda.device_count()
-
-
-def configure_torch(profile: ProfileConfig) -> None:
-    """Threads and kernel choices of the execution profile, set in every process that predicts."""
-    if torch.get_num_threads() != profile.threads:
-        torch.set_num_threads(profile.threads)
-    if profile.device == "cuda":
-        torch.backends.cudnn.benchmark = not profile.deterministic
-        torch.backends.cudnn.deterministic = profile.deterministic
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-
-
-def _load_model(checkpoint: CheckpointRef, profile: ProfileConfig) -> UNet:
-    loaded = load_checkpoint(checkpoint.path)
-    if loaded.sha256 != checkpoint.sha256:
-        raise PipelineError(
-            f"checkpoint {checkpoint.path} changed during the run: sha256 {loaded.sha256}, the run started "
-            f"with {checkpoint.sha256}"
-        )
-    return prepare_model(
-        loaded.model, device=profile.device, dtype=profile.dtype, channels_last=profile.channels_last
-    )
-
-
-_BATCHERS: dict[tuple[CheckpointRef, ProfileConfig], DeviceBatcher] = {}
-_BATCHERS_LOCK = threading.Lock()
-_RETIRED: dict[str, float] = {}  # statistics of the batchers closed so far
-
-
-def worker_batcher(checkpoint: CheckpointRef, profile: ProfileConfig) -> DeviceBatcher:
-    """This process's device batcher for a checkpoint and profile, made once and shared by its tasks.
-
-    A worker keeps the two most recent (a nightly run moves from one model to
-    another); older ones are closed and their models freed.
-    """
-    configure_torch(profile)
-    key = (checkpoint, profile)
-    with _BATCHERS_LOCK:
-        batcher = _BATCHERS.get(key)
-        if batcher is None:
-            if not isinstance(profile.batch_size, int):
-                raise PipelineError("internal: batch_size auto reached a worker unresolved")
-            while len(_BATCHERS) >= 2:
-                retired = _BATCHERS.pop(next(iter(_BATCHERS)))
-                retired.close()
-                _add(_RETIRED, retired.statistics)
-            batcher = DeviceBatcher(
-                _load_model(checkpoint, profile),
-                batch_size=profile.batch_size,
-                channels_last=profile.channels_last,
-                compiled=profile.compile,
-                classes=slice(1, None),
-            )
-            _BATCHERS[key] = batcher
-    return batcher
-
-
-def device_statistics() -> dict[str, float]:
-    """Running totals of this process's device batchers: batches, windows, padding, seconds per step."""
-    with _BATCHERS_LOCK:
-        totals = dict(_RETIRED)  # never decreasing: a run reads the difference before and after
-        for batcher in _BATCHERS.values():
-            _add(totals, batcher.statistics)
-    return totals
-
-
-def _add(totals: dict[str, float], counts: dict[str, float]) -> None:
-    for name, value in dict(counts).items():
-        totals[name] = totals.get(name, 0) + value
-
-
-def probe_batch_size(checkpoint: CheckpointRef, profile: ProfileConfig, tile: int, shard_tiles: int) -> int:
-    """batch_size auto, run on a worker: the largest batch its device fits, at most one shard of windows
-    (a batch never holds two shards' windows: see :mod:`pipeline.batcher`)."""
-    configure_torch(profile)
-    model = _load_model(checkpoint, profile)
-    try:
-        window = model.geometry.input_size(tile)
-        return fitting_batch_size(model, window, channels_last=profile.channels_last, ceiling=shard_tiles**2)
-    finally:
-        del model
-        if profile.device == "cuda":
-            torch.cuda.empty_cache()
 
 
 def worker_name() -> str:

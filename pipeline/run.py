@@ -25,7 +25,6 @@ from distributed import Client
 
 from pipeline.blocks import (
     BlockReport,
-    CheckpointRef,
     ContactTask,
     LabelLevelTask,
     PredictTask,
@@ -33,10 +32,8 @@ from pipeline.blocks import (
     RelabelTask,
     ResampleTask,
     contact_block,
-    device_statistics,
     label_level_block,
     predict_block,
-    probe_batch_size,
     pyramid_block,
     relabel_block,
     resample_block,
@@ -78,6 +75,7 @@ from pipeline.provenance import new_run_record, now
 from pipeline.rechunk import READ_AMPLIFICATION_WARNING, block_read_amplification, ratio_text
 from pipeline.schedule import Job, JobGraph
 from pipeline.store import fingerprint, normalization_sample
+from pipeline.worker_device import CheckpointRef, device_statistics, probe_batch_size
 
 __all__ = ["SegmentRequest", "segment"]
 
