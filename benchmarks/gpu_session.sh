@@ -12,15 +12,16 @@
 #   7. the same with inductor's max-autotune (minutes of compiling),
 #   8. step 4 with 3 tasks per worker and Zarr's codec pool at 4 threads per worker (default: cores + 4),
 #   9. end to end with fewer CUDA contexts: 2 workers x 8 tasks and 4 x 4,
-#  10. `segment --cluster cuda --workers-per-gpu 4` (GPU-sharing workers pinned per GPU) on the demo model.
+#  10. `segment --cluster cuda --workers-per-gpu 4` (GPU-sharing workers pinned per GPU) on the demo model,
+#  11. step 4 with the demo model zero-padded to the paper's width (its cells instead of speckle, the same cost).
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
-# The default steps (0 4 8 5 9 2 10: host work after zarr_direct, with 8, 4, 2 and 1 GPU-sharing workers, then
-# exactness and the pinned cluster) take about 7 minutes on an H100 after the machine starts; step 7 fits a
-# second call.
+# The default steps (0 4 11 8 9 2: host work after zarr_direct with speckle and with cells, with 8, 4 and 2
+# GPU-sharing workers, then exactness) take about 6 minutes on an H100 after the machine starts; a second
+# call fits STEPS="5 10 7" (one worker, the pinned cluster, max-autotune).
 # Run from the repository root with the wheels in .whl (the list: docs/benchmarks.md).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
-STEPS=${STEPS:-0 4 8 5 9 2 10}
+STEPS=${STEPS:-0 4 11 8 9 2}
 VARIANTS=${VARIANTS:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -101,6 +102,11 @@ for step in $STEPS; do
     timeout 150 "${cli[@]}" segment /tmp/pinned-in.zarr /tmp/pinned-out.ome.zarr --model models/demo-unet.safetensors \
       --cluster cuda --workers-per-gpu 4 --device cuda --no-progress 2>&1 | grep -v INFO | tail -6
     cp /tmp/pinned-out.ome.zarr/zarr.json "$OUT/pinned-run-record.json" 2>/dev/null
+    ;;
+  11)
+    echo "== 11. end to end, 8 workers x 2 tasks, the demo model at paper width (cells)"
+    timeout 150 "${bench[@]}" "${e2e[@]}" --workers 8 --tasks-per-worker 2 --e2e-weights demo \
+      --json "$OUT/bench-gpu-e2e-demo-weights.json" 2>&1 | grep -v INFO | tail -5
     ;;
   *) echo "no step $step" ;;
   esac

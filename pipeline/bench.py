@@ -31,7 +31,7 @@ from pipeline.cluster import open_client, worker_cpu_seconds
 from pipeline.config import load_config
 from pipeline.demo import DEMO_MODEL
 from pipeline.errors import InputError
-from pipeline.model import UNet
+from pipeline.model import UNet, widen
 from pipeline.normalization import Normalization
 from pipeline.predict import predict_plane, prepare_model
 from pipeline.run import SegmentRequest, segment
@@ -92,7 +92,9 @@ class BenchSettings:
     e2e_tasks_per_worker: int = 2  # blocks a worker runs at once (Dask threads)
     e2e_block_tiles: int = 4
     e2e_block_planes: int = 1
-    e2e_weights: str = "random"  # random | demo (the shipped model: cells, not speckle; 8 base channels)
+    e2e_weights: str = (
+        "random"  # random | demo (the shipped model: cells, not speckle; widened to base_channels)
+    )
     profiles: tuple[BenchProfile, ...] = ()  # explicit list instead of the matrix (the naive one is added)
 
 
@@ -117,11 +119,12 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> dict[str, Any]:
         raise RuntimeError("--device cuda asked, but torch sees no CUDA device")
     if settings.e2e_weights == "demo":
         demo = load_checkpoint(DEMO_MODEL).config
-        if (demo.base_channels, demo.depth) != (settings.base_channels, settings.depth):
+        if demo.depth != settings.depth or settings.base_channels < demo.base_channels:
             raise InputError(
                 f"--e2e-weights demo: the demo model has {demo.base_channels} base channels and depth "
-                f"{demo.depth}; bench with --base-channels {demo.base_channels} --depth {demo.depth}, so the "
-                "model-only figures are of the same network"
+                f"{demo.depth}; bench with --depth {demo.depth} and --base-channels {demo.base_channels} or "
+                "more (wider: the demo's weights in the first channels), so the model-only figures are of "
+                "the same network"
             )
     torch.set_num_threads(settings.threads)
     report: dict[str, Any] = {"settings": asdict(settings), "machine": machine()}
@@ -245,7 +248,13 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         write_bench_volume(source, settings.e2e_shape)
         checkpoint = root / "bench.safetensors"
         if settings.e2e_weights == "demo":
-            checkpoint.write_bytes(DEMO_MODEL.read_bytes())
+            demo = load_checkpoint(DEMO_MODEL)
+            save_checkpoint(
+                checkpoint,
+                widen(demo.model, settings.base_channels),
+                normalization=demo.normalization,
+                classes=demo.classes,
+            )
         else:
             save_checkpoint(
                 checkpoint, bench_model(settings), normalization=Normalization("percentile", 1.0, 99.8)

@@ -513,7 +513,8 @@ def demo(out_dir: Path, model: Path | None) -> None:
     type=click.Choice(["random", "demo"]),
     default="random",
     show_default=True,
-    help="End-to-end model: random weights (speckle) or the shipped demo model (cells; --base-channels 8).",
+    help="End-to-end model: random weights (speckle), or the shipped demo model (cells), zero-padded "
+    "to --base-channels (the same function at that width's cost).",
 )
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."

@@ -170,6 +170,32 @@ def parameter_shapes(config: UNetConfig) -> dict[str, list[int]]:
     return shapes
 
 
+def widen(model: UNet, base_channels: int) -> UNet:
+    """The same function in a network of ``base_channels``: each layer's weights in its first channels,
+    zeros elsewhere (the extra channels stay zero through every layer).
+
+    A trained narrow model then costs what a wide one does: the bench runs the shipped demo model
+    (cells, not an untrained network's speckle) at the paper's width this way.
+    """
+    narrow = model.config
+    if base_channels < narrow.base_channels:
+        raise ValueError(f"cannot widen {narrow.base_channels} base channels to {base_channels}")
+    wide = build_model(UNetConfig(narrow.in_channels, narrow.n_classes, base_channels, narrow.depth))
+    widths = {narrow.base_channels * 2**level: base_channels * 2**level for level in range(narrow.depth)}
+    state = wide.state_dict()
+    with torch.no_grad():
+        for name, values in model.state_dict().items():
+            target = state[name].zero_()
+            if ".conv.0.weight" in name:  # input: the cropped skip, then the up-convolution (torch.cat)
+                half, wide_half = values.shape[1] // 2, widths[values.shape[1] // 2]
+                target[: values.shape[0], :half] = values[:, :half]
+                target[: values.shape[0], wide_half : wide_half + half] = values[:, half:]
+            else:
+                target[tuple(slice(0, n) for n in values.shape)] = values
+    wide.load_state_dict(state)
+    return wide
+
+
 def build_model(config: UNetConfig) -> UNet:
     return UNet(config.in_channels, config.n_classes, config.base_channels, config.depth)
 

@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from pipeline.geometry import UNetGeometry
-from pipeline.model import UNet, UNetConfig, build_model, center_crop, count_parameters, parameter_shapes
+from pipeline.model import (
+    UNet,
+    UNetConfig,
+    build_model,
+    center_crop,
+    count_parameters,
+    parameter_shapes,
+    widen,
+)
 
 
 def test_paper_configuration_parameters_and_shape() -> None:
@@ -74,3 +82,22 @@ def test_he_normal_initialisation() -> None:
 def test_config_rejects_bad_values(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="UNetConfig"):
         UNetConfig(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_a_widened_model_computes_the_narrow_ones_function(depth: int) -> None:
+    """Zero-padded to 3x the width: the same logits (up to summation order), 3x the channels."""
+    torch.manual_seed(0)
+    narrow = UNet(in_channels=1, n_classes=3, base_channels=4, depth=depth).eval()
+    for parameter in narrow.parameters():  # non-zero biases too, so a misplaced channel shows
+        torch.nn.init.normal_(parameter, std=0.3)
+    wide = widen(narrow, 12).eval()
+    assert wide.config.base_channels == 12
+    assert count_parameters(wide) > 8 * count_parameters(narrow)
+    window = narrow.geometry.input_size(20)
+    x = torch.randn(2, 1, window, window)
+    with torch.no_grad():
+        expected, got = narrow(x), wide(x)
+    assert torch.allclose(got, expected, atol=1e-4, rtol=1e-5), (got - expected).abs().max()
+    with pytest.raises(ValueError, match="cannot widen 4 base channels to 2"):
+        widen(narrow, 2)
