@@ -147,10 +147,11 @@ def write_region(array: zarr.Array[Any], index: tuple[slice | int, ...], values:
     stored objects (shards, or chunks) of an array whose codecs :func:`encoding` knows."""
     region = _region(array, index)
     encoding = None if region is None else _encoding_for(array, region, whole=True)
-    if region is None or encoding is None or values.dtype != array.dtype:
-        array[index] = values
+    shape = () if region is None else tuple(stop - start for start, stop in region)
+    if region is None or encoding is None or values.dtype != array.dtype or values.size != np.prod(shape):
+        array[index] = values  # and what Zarr broadcasts
         return
-    values = values.reshape(tuple(stop - start for start, stop in region))
+    values = values.reshape(shape)
     stored: list[tuple[str, bytes]] = []
     removed: list[str] = []
     for coords, box in _objects(region, encoding.unit):
@@ -248,8 +249,9 @@ def _store_all(array: zarr.Array[Any], stored: list[tuple[str, bytes]], removed:
 
 
 def read_region(array: Any, index: tuple[Any, ...]) -> npt.NDArray[Any]:
-    """``array[index]``; for a Zarr array and integers and slices of step 1: in the calling thread and one store batch
-    where :func:`encoding` knows the codecs and, for a sharded array, ``index`` is whole shards."""
+    """``array[index]``; for a Zarr array and integers and slices of step 1: in the calling thread and
+    one store batch where :func:`encoding` knows the codecs and, for a sharded array, ``index`` is whole
+    shards."""
     if not isinstance(array, zarr.Array):  # a TIFF's pages, or another array-like
         return np.asarray(array[index])
     region = _region(array, index)

@@ -223,3 +223,11 @@ def test_every_array_of_an_output_is_written_here(tmp_path: Path, ngff: str, dty
     )  # probability, labels, scratch labels (3 levels each), edges, model grid
     for path in paths:
         assert encoding(output_array(url, path)) is not None, path
+
+
+def test_a_broadcast_value_is_left_to_zarr(tmp_path: Path) -> None:
+    array = Layout((1, 32, 32), (1, 8, 8), (1, 16, 16), compressor=ZSTD).create(tmp_path / "a")
+    write_region(array, (slice(0, 1), slice(0, 16), slice(0, 32)), np.array(4, np.uint8))
+    expected = np.zeros((32, 32), np.uint8)
+    expected[:16] = 4
+    assert np.array_equal(read_region(array, (0, slice(0, 32), slice(0, 32))), expected)
