@@ -642,57 +642,63 @@ def _run_phase(
     reports: Reports = {stage: {} for stage in stages}
     seconds: dict[str, dict[str, float]] = {stage: {} for stage in stages}
     totals = {stage: graph.stages[stage].computed for stage in stages}
-    with stages_progress(totals, enabled=plan.request.show_progress) as bars:
+    try:
+        with stages_progress(totals, enabled=plan.request.show_progress) as bars:
 
-        def join_later() -> None:
-            nonlocal later
-            if later is None or not all(graph.finished(stage) for stage in later.after):
-                return
-            added = later.jobs(reports)
-            later = None
-            new = [stage for stage in dict.fromkeys(job.stage for job in added) if stage not in stages]
-            graph.add(added, _marked(plan, new))
-            stages.extend(new)
-            reports.update({stage: {} for stage in new})
-            seconds.update({stage: {} for stage in new})
-            bars.add({stage: graph.stages[stage].computed for stage in new})
+            def join_later() -> None:
+                nonlocal later
+                if later is None or not all(graph.finished(stage) for stage in later.after):
+                    return
+                added = later.jobs(reports)
+                later = None
+                new = [stage for stage in dict.fromkeys(job.stage for job in added) if stage not in stages]
+                graph.add(added, _marked(plan, new))
+                stages.extend(new)
+                reports.update({stage: {} for stage in new})
+                seconds.update({stage: {} for stage in new})
+                bars.add({stage: graph.stages[stage].computed for stage in new})
 
-        def collect(job: Job, report: BlockReport) -> None:
-            reports[job.stage][report.block_id] = report
-            for name, value in report.seconds.items():
-                seconds[job.stage][name] = seconds[job.stage].get(name, 0.0) + value
-            bars.advance(job.stage, report.pixels)
-            join_later()
+            def collect(job: Job, report: BlockReport) -> None:
+                reports[job.stage][report.block_id] = report
+                for name, value in report.seconds.items():
+                    seconds[job.stage][name] = seconds[job.stage].get(name, 0.0) + value
+                bars.advance(job.stage, report.pixels)
+                join_later()
 
-        join_later()  # a resumed run may have finished those stages before
-        run_jobs(
-            client,
-            graph,
-            in_flight=workers * config.cluster.in_flight_per_worker,
-            follow_ups_in_flight=workers,
-            retries=config.retries,
-            key=lambda job: f"{job.stage.replace(' ', '-').replace('/', '-')}-{job.block_id}-{run.run_id}",
-            describe=lambda job: _describe(plan, job.stage, job.block_id),
-            on_result=collect,
-        )
+            join_later()  # a resumed run may have finished those stages before
+            run_jobs(
+                client,
+                graph,
+                in_flight=workers * config.cluster.in_flight_per_worker,
+                follow_ups_in_flight=workers,
+                retries=config.retries,
+                key=lambda job: (
+                    f"{job.stage.replace(' ', '-').replace('/', '-')}-{job.block_id}-{run.run_id}"
+                ),
+                describe=lambda job: _describe(plan, job.stage, job.block_id),
+                on_result=collect,
+            )
+    finally:  # a failed run's record shows how far each stage got
+        for stage in stages:
+            times = graph.stages[stage]
+            wall = times.last_done - times.first_sent if times.first_sent and times.last_done else 0.0
+            pixels = sum(report.pixels for report in reports[stage].values())
+            record["stages"][stage] = {
+                "blocks": times.blocks,
+                "computed": times.computed,
+                # stages of one phase run together: when this one's first block was sent, from the run's start
+                "started_after_seconds": round(times.first_sent - run.started, 3)
+                if times.first_sent
+                else None,
+                "skipped_done": times.blocks - times.computed,
+                "wall_seconds": round(wall, 3),
+                "pixels": pixels,
+                "mpix_per_second": round(pixels / 1e6 / wall, 3) if wall > 0 and pixels else None,
+                "worker_seconds": {name: round(value, 3) for name, value in seconds[stage].items()},
+            }
+        if "predict" in stages:
+            record["blocks"]["done"] = graph.stages["predict"].blocks
     assert later is None, f"stages {later.after} never finished"
-    for stage in stages:
-        times = graph.stages[stage]
-        wall = times.last_done - times.first_sent if times.first_sent and times.last_done else 0.0
-        pixels = sum(report.pixels for report in reports[stage].values())
-        record["stages"][stage] = {
-            "blocks": times.blocks,
-            "computed": times.computed,
-            # stages of one phase run together: when this one's first block was sent, from the run's start
-            "started_after_seconds": round(times.first_sent - run.started, 3) if times.first_sent else None,
-            "skipped_done": times.blocks - times.computed,
-            "wall_seconds": round(wall, 3),
-            "pixels": pixels,
-            "mpix_per_second": round(pixels / 1e6 / wall, 3) if wall > 0 and pixels else None,
-            "worker_seconds": {name: round(value, 3) for name, value in seconds[stage].items()},
-        }
-    if "predict" in stages:
-        record["blocks"]["done"] = graph.stages["predict"].blocks
     return reports
 
 

@@ -367,6 +367,8 @@ def test_block_that_always_fails(setup: dict[str, Path], dask_address: str, tmp_
     assert after["complete"] is False
     assert after["runs"][0]["status"] == "failed"
     assert re.search(r"predict of block \d+ .* failed after 2 attempt", after["runs"][0]["error"])
+    predicted = after["runs"][0]["stages"]["predict"]  # how far it got, for the morning's reader
+    assert predicted["computed"] == predicted["blocks"] > 0
     assert not (output / "_run.lock").exists()
 
 
