@@ -25,18 +25,6 @@ from distributed import Client
 
 from pipeline.blocks import (
     BlockReport,
-    ContactTask,
-    LabelLevelTask,
-    PredictTask,
-    PyramidTask,
-    RelabelTask,
-    ResampleTask,
-    contact_block,
-    label_level_block,
-    predict_block,
-    pyramid_block,
-    relabel_block,
-    resample_block,
 )
 from pipeline.cluster import (
     check_workers_have_gpus,
@@ -48,15 +36,12 @@ from pipeline.cluster import (
 )
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputError, OutputWriteError
-from pipeline.geometry import BlockGrid
-from pipeline.labels import BlockLabels, LabelMapping, contact_slabs, merge_labels
+from pipeline.labels import BlockLabels, merge_labels
 from pipeline.locations import is_url, join, write_whole
 from pipeline.lock import hold_lock, read_lock, refuse_if_held
 from pipeline.markers import done_blocks, read_marker, remove_markers
 from pipeline.normalization import NormalizationStats, stats_from_record, stats_to_record
 from pipeline.omezarr import (
-    SCRATCH_LABEL_LEVELS,
-    SCRATCH_PROBABILITY,
     create_labels,
     create_output,
     ensure_scratch_labels,
@@ -74,15 +59,20 @@ from pipeline.progress import stages_progress
 from pipeline.provenance import new_run_record, now
 from pipeline.rechunk import READ_AMPLIFICATION_WARNING, block_read_amplification, ratio_text
 from pipeline.schedule import Job, JobGraph
+from pipeline.stage_jobs import (
+    contact_jobs,
+    label_pyramid_jobs,
+    predict_jobs,
+    pyramid_jobs,
+    relabel_jobs,
+    resample_jobs,
+)
 from pipeline.store import fingerprint, normalization_sample
 from pipeline.worker_device import CheckpointRef, device_statistics, probe_batch_size
 
 __all__ = ["SegmentRequest", "segment"]
 
 log = logging.getLogger(__name__)
-# label pyramid levels written from the local labels (see _label_pyramid_jobs): the levels the output keeps
-# subsampled copies of them for, read from the full-resolution ones in outputs of older runs
-LABEL_LEVELS_FROM_LOCAL = SCRATCH_LABEL_LEVELS
 
 
 def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, Any]:
@@ -378,20 +368,20 @@ def _run_stages(
     labelled = "resample" if resampled else "predict"  # the stage that writes s0 and the local labels
     before = client.run(device_statistics)
     if resampled:
-        _run_phase(client, plan, _predict_jobs(plan, profile, stats), run, record)
+        _run_phase(client, plan, predict_jobs(plan, profile, stats), run, record)
         record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
         save()
-        first = _resample_jobs(plan)
+        first = resample_jobs(plan)
     else:
-        first = _predict_jobs(plan, profile, stats)
-    contacts = _contact_jobs(plan, labelled) if plan.label_rule is not None else []
+        first = predict_jobs(plan, profile, stats)
+    contacts = contact_jobs(plan, labelled) if plan.label_rule is not None else []
     merge = (
         None
         if plan.label_rule is None
         else Later((labelled, "contacts"), lambda reports: _merge_labels(plan, labelled, reports, record))
     )
     _run_phase(
-        client, plan, [*first, *contacts, *_pyramid_jobs(plan, "", "mean", labelled)], run, record, merge
+        client, plan, [*first, *contacts, *pyramid_jobs(plan, "", "mean", labelled)], run, record, merge
     )
     if not resampled:
         record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
@@ -428,191 +418,8 @@ def _merge_labels(plan: RunPlan, labelled: str, reports: Reports, record: dict[s
         "min_size_voxels": plan.min_size_voxels,
         "merge_seconds": round(time.perf_counter() - started, 3),
     }
-    name = config.labels.name
-    create_labels(plan.output_url, plan.layout, name, mapping.dtype)
-    relabel_jobs = [
-        Job(
-            "relabel",
-            block.block_id,
-            relabel_block,
-            RelabelTask(
-                block,
-                plan.grid,
-                plan.output_url,
-                f"labels/{name}/s0",
-                mapping.block_mapping(block.block_id),
-                mapping.dtype,
-            ),
-        )
-        for block in plan.blocks
-    ]
-    return [*relabel_jobs, *_label_pyramid_jobs(plan, name, mapping)]
-
-
-def _predict_jobs(plan: RunPlan, profile: ProfileConfig, stats: tuple[NormalizationStats, ...]) -> list[Job]:
-    config = plan.request.config
-    checkpoint = CheckpointRef(str(plan.checkpoint.path.resolve()), plan.checkpoint.sha256)
-    resampled = plan.model_grid is not None
-    return [
-        Job(
-            "predict",
-            block.block_id,
-            predict_block,
-            PredictTask(
-                block=block,
-                volume_shape=plan.predict_grid.volume_shape,
-                input=plan.volume.ref,
-                output_url=plan.output_url,
-                checkpoint=checkpoint,
-                stats=stats,
-                profile=profile,
-                tile=config.tiling.tile,
-                shard_tiles=config.tiling.shard_tiles,
-                output_dtype="float32" if resampled else config.output.dtype,
-                labels=None if resampled else plan.label_rule,
-                target=SCRATCH_PROBABILITY if resampled else "s0",
-            ),
-        )
-        for block in plan.predict_blocks
-    ]
-
-
-def _resample_jobs(plan: RunPlan) -> list[Job]:
-    config = plan.request.config
-    factors = (plan.scale.factors["y"], plan.scale.factors["x"])
-    return [
-        Job(
-            "resample",
-            block.block_id,
-            resample_block,
-            ResampleTask(
-                block,
-                plan.grid.volume_shape,
-                factors,
-                plan.output_url,
-                config.tiling.tile,
-                config.output.dtype,
-                plan.label_rule,
-            ),
-        )
-        for block in plan.blocks
-    ]
-
-
-def _contact_jobs(plan: RunPlan, labelled: str) -> list[Job]:
-    """A block's contacts need every block its face slabs touch to be labelled."""
-    assert plan.label_rule is not None
-    connectivity = plan.label_rule.connectivity
-    jobs = []
-    for block in plan.blocks:
-        write = block.write_roi(plan.grid.volume_shape, plan.grid.tile)
-        slabs = contact_slabs(plan.grid, write.start, write.stop, connectivity)
-        needs = {block.block_id} | {b for _, _, box in slabs for b in plan.grid.block_ids_in(*box)}
-        jobs.append(
-            Job(
-                "contacts",
-                block.block_id,
-                contact_block,
-                ContactTask(
-                    block, plan.grid, plan.output_url, connectivity, plan.label_rule.edges is not None
-                ),
-                needs=tuple((labelled, b) for b in sorted(needs)),
-                follow_up=True,
-            )
-        )
-    return jobs
-
-
-def _label_pyramid_jobs(plan: RunPlan, name: str, mapping: LabelMapping) -> list[Job]:
-    """The label pyramid: its first levels straight from the local labels, beside relabel; the
-    levels below them halve the level above, as the probability's do.
-
-    Level k from the local labels decodes every block once (cheap: LZ4), where halving the level
-    above decodes a quarter of the voxels per level (Zstd, and after that level is written): from
-    the local labels pays off for the first two levels.
-    """
-    prefix = f"labels/{name}/"
-    assert plan.label_rule is not None
-    blocks = {block.block_id: block for block in plan.blocks}
-    jobs = []
-    for level in range(1, min(LABEL_LEVELS_FROM_LOCAL, plan.layout.levels) + 1):
-        step = 2**level
-        grid = _level_grid(plan, level)
-        target = plan.layout.level_shape(level)
-        shape_zyx = (plan.grid.volume_shape[0], target[-2], target[-1])
-        stage = f"pyramid {prefix}s{level}"
-        for shard in grid.blocks():
-            roi = shard.write_roi(shape_zyx, grid.tile)
-            read_stop = (
-                roi.stop[0],
-                *(min(step * r, n) for r, n in zip(roi.stop[1:], plan.grid.volume_shape[1:])),
-            )
-            under = plan.grid.block_ids_in(
-                (roi.start[0], step * roi.start[1], step * roi.start[2]), read_stop
-            )
-            task = LabelLevelTask(
-                block_id=shard.block_id,
-                stage=stage,
-                target=f"{prefix}s{level}",
-                level=level,
-                roi=roi,
-                volume_shape=plan.grid.volume_shape,
-                tile=plan.grid.tile,
-                blocks=tuple((blocks[b], mapping.block_mapping(b)) for b in under),
-                dtype=mapping.dtype,
-                output_url=plan.output_url,
-                subsampled=level <= plan.label_rule.scratch_levels,
-            )
-            jobs.append(Job(stage, shard.block_id, label_level_block, task, follow_up=True))
-    return [*jobs, *_pyramid_jobs(plan, prefix, "nearest", "relabel", first=LABEL_LEVELS_FROM_LOCAL + 1)]
-
-
-def _pyramid_jobs(
-    plan: RunPlan, prefix: str, method: str, full_resolution_stage: str, first: int = 1
-) -> list[Job]:
-    """Every level's shards from ``first`` on, each needing the shards (or, under level 1, the blocks)
-    it downsamples."""
-    layout = plan.layout
-    planes = plan.volume.shape_zyx[0]
-    jobs = []
-    for level in range(first, layout.levels + 1):
-        source = layout.level_shape(level - 1)
-        target = layout.level_shape(level)
-        shape_zyx = (planes, target[-2], target[-1])
-        grid = _level_grid(plan, level)
-        below = (
-            (full_resolution_stage, plan.grid)
-            if level == 1
-            else (f"pyramid {prefix}s{level - 1}", _level_grid(plan, level - 1))
-        )
-        stage = f"pyramid {prefix}s{level}"
-        for block in grid.blocks():
-            roi = block.write_roi(shape_zyx, grid.tile)
-            read_start = (roi.start[0], 2 * roi.start[1], 2 * roi.start[2])
-            read_stop = (roi.stop[0], min(2 * roi.stop[1], source[-2]), min(2 * roi.stop[2], source[-1]))
-            task = PyramidTask(
-                block_id=block.block_id,
-                stage=stage,
-                source=f"{prefix}s{level - 1}",
-                target=f"{prefix}s{level}",
-                method=method,
-                roi=roi,
-                source_shape=(planes, source[-2], source[-1]),
-                output_url=plan.output_url,
-            )
-            needs = tuple((below[0], b) for b in below[1].block_ids_in(read_start, read_stop))
-            jobs.append(Job(stage, block.block_id, pyramid_block, task, needs=needs, follow_up=True))
-    return jobs
-
-
-def _level_grid(plan: RunPlan, level: int) -> BlockGrid:
-    """Blocks of one shard each at a pyramid level: levels do not align with tiles."""
-    layout = plan.layout
-    target = layout.level_shape(level)
-    shape_zyx = (plan.volume.shape_zyx[0], target[-2], target[-1])
-    return BlockGrid(
-        shape_zyx, layout.tile * layout.shard_tiles, (1, 1), plan.grid.block_planes, plan.grid.plane_period
-    )
+    create_labels(plan.output_url, plan.layout, config.labels.name, mapping.dtype)
+    return [*relabel_jobs(plan, mapping), *label_pyramid_jobs(plan, mapping)]
 
 
 def _payloads(plan: RunPlan, stage: str, reports: dict[int, BlockReport]) -> dict[int, dict[str, Any]]:
