@@ -92,9 +92,7 @@ class BenchSettings:
     e2e_tasks_per_worker: int = 2  # blocks a worker runs at once (Dask threads)
     e2e_block_tiles: int = 4
     e2e_block_planes: int = 1
-    e2e_weights: str = (
-        "random"  # random | demo (the shipped model: cells, not speckle; widened to base_channels)
-    )
+    e2e_weights: str = "random"  # random | demo (the shipped model, cells: widened to base_channels)
     profiles: tuple[BenchProfile, ...] = ()  # explicit list instead of the matrix (the naive one is added)
 
 

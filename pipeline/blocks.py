@@ -277,7 +277,7 @@ def contact_block(task: ContactTask) -> BlockReport:
     read = _slab_reader(task, scratch)
     found = [np.empty((0, 4), np.int64)]
     for axis, side, box in contact_slabs(task.grid, write.start, write.stop, task.connectivity):
-        slab = read((box[0], box[1]))
+        slab = read(box)
         found.append(
             slab_contacts(slab, box[0], write.start, write.stop, axis, side, task.grid, task.connectivity)
         )
@@ -296,11 +296,9 @@ def _slab_reader(task: ContactTask, scratch: Any) -> Callable[[Box], npt.NDArray
     if not task.edges:
         return whole
     lines = output_array(task.output_url, SCRATCH_LABEL_EDGES)
-    _, blocks_y, blocks_x = task.grid.shape
 
     def lines_of(block_id: int, planes: range) -> npt.NDArray[np.uint32]:
-        rest, bx = divmod(block_id, blocks_x)
-        by = rest % blocks_y
+        _, by, bx = task.grid.block_position(block_id)
         return zarr_direct.read_region(
             lines, (slice(planes.start, planes.stop), by, bx, slice(None), slice(None))
         )

@@ -346,6 +346,13 @@ class BlockGrid:
         _, blocks_y, blocks_x = self.shape
         return ((z // edge_z) * blocks_y + y // edge_y) * blocks_x + x // edge_x
 
+    def block_position(self, block_id: int) -> tuple[int, int, int]:
+        """(z, y, x) index of a block in the grid: the inverse of the raster numbering."""
+        _, blocks_y, blocks_x = self.shape
+        rest, x = divmod(block_id, blocks_x)
+        z, y = divmod(rest, blocks_y)
+        return z, y, x
+
     def block_ids_in(self, start: tuple[int, ...], stop: tuple[int, ...]) -> list[int]:
         """The blocks holding any voxel of the box [start, stop) (ZYX), in raster order."""
         edges = self.block_edges

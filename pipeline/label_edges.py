@@ -49,11 +49,8 @@ def slab_from_edges(
     start, stop = box
     slab = np.empty(tuple(b - a for a, b in zip(start, stop)), np.uint32)
     edges = grid.block_edges
-    _, blocks_y, blocks_x = grid.shape
     for block_id in grid.block_ids_in(start, stop):
-        rest, bx = divmod(block_id, blocks_x)
-        bz, by = divmod(rest, blocks_y)
-        low = (bz * edges[0], by * edges[1], bx * edges[2])
+        low = tuple(index * edge for index, edge in zip(grid.block_position(block_id), edges))
         high = tuple(min(lo + e, n) for lo, e, n in zip(low, edges, grid.volume_shape))
         a = tuple(max(s, lo) for s, lo in zip(start, low))
         b = tuple(min(s, hi) for s, hi in zip(stop, high))

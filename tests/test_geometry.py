@@ -203,3 +203,20 @@ def test_block_id_at_finds_the_owner(
     z, y, x = np.indices(shape)
     assert (grid.block_id_at(z, y, x) == owner).all()
     assert len(grid.blocks()) == int(np.prod(grid.shape))
+
+
+@settings(max_examples=40)
+@given(
+    shape=st.tuples(st.integers(1, 7), st.integers(1, 90), st.integers(1, 90)),
+    tile=st.integers(3, 20),
+    block_tiles=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    block_planes=st.integers(1, 3),
+)
+def test_block_position_inverts_the_numbering(
+    shape: tuple[int, int, int], tile: int, block_tiles: tuple[int, int], block_planes: int
+) -> None:
+    grid = BlockGrid(shape, tile, block_tiles, block_planes)
+    for block in grid.blocks():
+        start = block.write_roi(shape, tile).start
+        assert grid.block_id_at(*start) == block.block_id
+        assert tuple(n * e for n, e in zip(grid.block_position(block.block_id), grid.block_edges)) == start
