@@ -179,7 +179,7 @@ def test_a_plane_stored_as_one_strip_is_named_and_rechunk_fixes_it(
         tmp_path, {**SETTINGS, "tiling": {"tile": 100, "shard_tiles": 1, "block_tiles": [2, 2]}}, seed=8
     )
     config = load_config(config_path, overrides={"cluster.address": dask_address})
-    with caplog.at_level(logging.WARNING, logger="pipeline.run"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.run_checks"):
         record = segment(
             SegmentRequest(
                 str(one_strip), str(tmp_path / "a.ome.zarr"), checkpoint, config, show_progress=False
@@ -198,7 +198,7 @@ def test_a_plane_stored_as_one_strip_is_named_and_rechunk_fixes_it(
     assert sizes == {"y": PixelSize(0.5, "micrometer"), "x": PixelSize(0.5, "micrometer")}
     assert {axis: rechunked.pixel_sizes[axis] for axis in "yx"} == sizes
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pipeline.run"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.run_checks"):
         again = segment(
             SegmentRequest(str(copy), str(tmp_path / "b.ome.zarr"), checkpoint, config, show_progress=False)
         )

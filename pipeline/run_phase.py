@@ -1,0 +1,131 @@
+"""A phase of a run: its stages' block jobs sent to Dask as their needs are met, with progress bars,
+and jobs that join once some stages are finished (the label merge's relabel and label pyramid).
+
+Jobs a previous attempt finished (their markers) are skipped; each stage's counts and timings go into
+the run record, also when the phase fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Client
+
+from pipeline.blocks import BlockReport
+from pipeline.cluster import run_jobs
+from pipeline.markers import done_blocks
+from pipeline.plan import RunPlan
+from pipeline.progress import stages_progress
+from pipeline.schedule import Job, JobGraph
+
+Reports = dict[str, dict[int, BlockReport]]  # stage -> block id -> this run's report
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """The run's id (in every job's Dask key) and its start (when each stage began, from it)."""
+
+    run_id: str
+    started: float  # time.perf_counter() when the run began
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """Jobs that join a phase once ``after``'s stages are finished, made from their reports."""
+
+    after: tuple[str, ...]
+    jobs: Callable[[Reports], list[Job]]
+
+
+def run_phase(
+    client: Client,
+    plan: RunPlan,
+    jobs: list[Job],
+    run: Clock,
+    record: dict[str, Any],
+    later: Later | None = None,
+) -> Reports:
+    """Run the unmarked jobs of some stages as their needs are met, and ``later``'s once its stages are
+    finished; record counts and timings per stage."""
+    config = plan.request.config
+    stages = list(dict.fromkeys(job.stage for job in jobs))
+    graph = JobGraph(jobs, _marked(plan, stages))
+    workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
+    reports: Reports = {stage: {} for stage in stages}
+    seconds: dict[str, dict[str, float]] = {stage: {} for stage in stages}
+    totals = {stage: graph.stages[stage].computed for stage in stages}
+    try:
+        with stages_progress(totals, enabled=plan.request.show_progress) as bars:
+
+            def join_later() -> None:
+                nonlocal later
+                if later is None or not all(graph.finished(stage) for stage in later.after):
+                    return
+                added = later.jobs(reports)
+                later = None
+                new = [stage for stage in dict.fromkeys(job.stage for job in added) if stage not in stages]
+                graph.add(added, _marked(plan, new))
+                stages.extend(new)
+                reports.update({stage: {} for stage in new})
+                seconds.update({stage: {} for stage in new})
+                bars.add({stage: graph.stages[stage].computed for stage in new})
+
+            def collect(job: Job, report: BlockReport) -> None:
+                reports[job.stage][report.block_id] = report
+                for name, value in report.seconds.items():
+                    seconds[job.stage][name] = seconds[job.stage].get(name, 0.0) + value
+                bars.advance(job.stage, report.pixels)
+                join_later()
+
+            join_later()  # a resumed run may have finished those stages before
+            run_jobs(
+                client,
+                graph,
+                in_flight=workers * config.cluster.in_flight_per_worker,
+                follow_ups_in_flight=workers,
+                retries=config.retries,
+                key=lambda job: (
+                    f"{job.stage.replace(' ', '-').replace('/', '-')}-{job.block_id}-{run.run_id}"
+                ),
+                describe=lambda job: _describe(plan, job.stage, job.block_id),
+                on_result=collect,
+            )
+    finally:  # a failed run's record shows how far each stage got
+        for stage in stages:
+            times = graph.stages[stage]
+            wall = times.last_done - times.first_sent if times.first_sent and times.last_done else 0.0
+            pixels = sum(report.pixels for report in reports[stage].values())
+            record["stages"][stage] = {
+                "blocks": times.blocks,
+                "computed": times.computed,
+                # stages of one phase run together: when this one's first block was sent, from the run's start
+                "started_after_seconds": round(times.first_sent - run.started, 3)
+                if times.first_sent
+                else None,
+                "skipped_done": times.blocks - times.computed,
+                "wall_seconds": round(wall, 3),
+                "pixels": pixels,
+                "mpix_per_second": round(pixels / 1e6 / wall, 3) if wall > 0 and pixels else None,
+                "worker_seconds": {name: round(value, 3) for name, value in seconds[stage].items()},
+            }
+        if "predict" in stages:
+            record["blocks"]["done"] = graph.stages["predict"].blocks
+    assert later is None, f"stages {later.after} never finished"
+    return reports
+
+
+def _marked(plan: RunPlan, stages: list[str]) -> set[tuple[str, int]]:
+    """The jobs of these stages an earlier attempt finished (their markers)."""
+    return {(stage, block_id) for stage in stages for block_id in done_blocks(plan.output_url, stage)}
+
+
+def _describe(plan: RunPlan, stage: str, block_id: int) -> str:
+    if stage.startswith("pyramid"):
+        return f"{stage} shard block {block_id}"
+    grid, blocks = (
+        (plan.predict_grid, plan.predict_blocks) if stage == "predict" else (plan.grid, plan.blocks)
+    )
+    roi = blocks[block_id].write_roi(grid.volume_shape, grid.tile)
+    return f"{stage} of block {block_id} (z, y, x from {roi.start} to {roi.stop})"
