@@ -8,29 +8,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import click
-import torch
 
 from pipeline import __version__
-from pipeline.bench import DTYPE_NAMES, BenchProfile, BenchSettings, run_bench
-from pipeline.bench import table as bench_table
-from pipeline.checkpoint import convert_state_dict, load_checkpoint, save_checkpoint
+from pipeline.cli_bench import bench_command
 from pipeline.cli_cluster import cluster_command
+from pipeline.cli_model import model_command
 from pipeline.cli_train import train_command
+from pipeline.cli_values import parse_batch_size, parse_channels, parse_shape
 from pipeline.config import load_config
 from pipeline.demo import run_demo
 from pipeline.errors import InputError, PipelineError
 from pipeline.locations import is_url
-from pipeline.model import UNet, count_parameters
-from pipeline.normalization import METHODS, Normalization
 from pipeline.omezarr import open_output, read_state
 from pipeline.outputs import read_nightly_summary, root_status
-from pipeline.predict import PAPER_TILE
 from pipeline.rechunk import rechunk
 from pipeline.run import SegmentRequest
 from pipeline.run import segment as run_segment
@@ -65,105 +60,6 @@ def cli(debug: bool, quiet: bool) -> None:
         logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
-@cli.group()
-def model() -> None:
-    """Create, inspect and convert model checkpoints."""
-
-
-normalization_option = click.option(
-    "--normalization",
-    type=click.Choice(METHODS),
-    default="percentile",
-    show_default=True,
-    help="Input normalisation recorded in the checkpoint (percentile: 1 to 99.8).",
-)
-
-
-@model.command("init")
-@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--base-channels", default=64, show_default=True, help="Channels at full resolution.")
-@click.option("--depth", default=5, show_default=True, help="Resolution levels, bottleneck included.")
-@click.option("--in-channels", default=1, show_default=True)
-@click.option("--classes", "n_classes", default=2, show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Seed of the He-normal initialisation.")
-@normalization_option
-@click.option("--overwrite", is_flag=True, help="Replace an existing file.")
-def model_init(
-    path: Path,
-    base_channels: int,
-    depth: int,
-    in_channels: int,
-    n_classes: int,
-    seed: int,
-    normalization: str,
-    overwrite: bool,
-) -> None:
-    """Write an initialised, untrained checkpoint to PATH."""
-    if path.exists() and not overwrite:
-        raise InputError(f"{path} already exists; pass --overwrite to replace it")
-    torch.manual_seed(seed)
-    try:
-        net = UNet(in_channels, n_classes, base_channels, depth)
-    except ValueError as error:
-        raise InputError(str(error)) from error
-    classes = ("background", "foreground") if n_classes == 2 else tuple(f"class{i}" for i in range(n_classes))
-    sha256 = save_checkpoint(
-        path,
-        net,
-        normalization=Normalization(normalization),
-        classes=classes,
-        training={"status": "untrained", "seed": seed},
-    )
-    click.echo(f"wrote untrained {net.config} ({count_parameters(net):,} parameters) to {path}")
-    click.echo(f"sha256 {sha256}")
-
-
-@model.command("info")
-@click.argument("path", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def model_info(path: Path, as_json: bool) -> None:
-    """Architecture, parameter count, geometry and sha256 of a checkpoint."""
-    checkpoint = load_checkpoint(path)
-    geometry = checkpoint.model.geometry
-    tile = PAPER_TILE if geometry.is_valid_input(PAPER_TILE + 2 * geometry.halo) else None
-    info = {
-        "path": str(path),
-        "sha256": checkpoint.sha256,
-        "architecture": checkpoint.config.to_dict(),
-        "parameters": count_parameters(checkpoint.model),
-        "halo": geometry.halo,
-        "valid_input_sizes": f"{geometry.pool_factor}k + {geometry.min_input_size % geometry.pool_factor}"
-        f" from {geometry.min_input_size}",
-        "default_tile": tile,
-        "normalization": checkpoint.normalization.to_dict(),
-        "classes": list(checkpoint.classes),
-        "training": checkpoint.training,
-        "package_version": checkpoint.package_version,
-    }
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
-        return
-    for key, value in info.items():
-        click.echo(f"{key:>18}: {value}")
-
-
-@model.command("convert")
-@click.argument("source", type=click.Path(path_type=Path))
-@click.argument("target", type=click.Path(dir_okay=False, path_type=Path))
-@normalization_option
-@click.option(
-    "--pixel-size",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Y, X pixel size (um) the weights were trained at; runs compare theirs with it.",
-)
-def model_convert(source: Path, target: Path, normalization: str, pixel_size: float | None) -> None:
-    """Convert a torch.save-d state dict of this U-Net into a safe checkpoint."""
-    sha256 = convert_state_dict(
-        source, target, normalization=Normalization(normalization), pixel_size_um=pixel_size
-    )
-    click.echo(f"wrote {target} (sha256 {sha256})")
-
-
 @cli.command()
 @click.argument("input_url", metavar="IN")
 @click.argument("output_url", metavar="OUT")
@@ -175,7 +71,7 @@ def model_convert(source: Path, target: Path, normalization: str, pixel_size: fl
 )
 @click.option(
     "--channel",
-    callback=lambda _context, _param, value: _channels(value),
+    callback=lambda _context, _param, value: parse_channels(value),
     help="Index on the input's channel axis (C, or RGB samples); a list (2,0) for a many-channel model.",
 )
 @click.option("--timepoint", type=int, help="Index on the input's time axis (T); default: every timepoint.")
@@ -189,7 +85,7 @@ def model_convert(source: Path, target: Path, normalization: str, pixel_size: fl
 @click.option("--threads", type=int, help="Intra-op threads per worker (execution profile).")
 @click.option(
     "--batch-size",
-    callback=lambda _context, _param, value: _batch_size(value),
+    callback=lambda _context, _param, value: parse_batch_size(value),
     help="Windows per forward pass, or auto: the largest that fits the GPU (execution profile).",
 )
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Device (execution profile).")
@@ -361,39 +257,6 @@ def _without_report(summary: dict[str, Any] | None) -> dict[str, Any] | None:
     return None if summary is None else {key: value for key, value in summary.items() if key != "report"}
 
 
-def _channels(text: str | None) -> int | list[int] | None:
-    """--channel: one index, or a comma list for a model of several input channels."""
-    if text is None:
-        return None
-    try:
-        values = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a channel index or a list like 2,0") from None
-    if min(values) < 0:
-        raise click.BadParameter(f"{text!r}: channel indices start at 0")
-    return values[0] if len(values) == 1 and "," not in text else values
-
-
-def _batch_size(text: str | None) -> int | str | None:
-    """--batch-size: a count, or auto."""
-    if text is None or text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a number of windows or auto") from None
-
-
-def _shape(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a shape like 16x8192x8192") from None
-    if not values or min(values) < 1:
-        raise click.BadParameter(f"{text!r}: sizes must be >= 1")
-    return values
-
-
 @cli.command()
 @click.argument("output_url", metavar="OUT")
 @click.option("--shape", required=True, help="YX or ZYX, e.g. 16x8192x8192.")
@@ -410,7 +273,7 @@ def _shape(text: str) -> tuple[int, ...]:
 )
 def synth(output_url: str, shape: str, chunks: str, dtype: str, seed: int, with_labels: bool) -> None:
     """Write a synthetic volume (for benchmarks, tests, training and trials)."""
-    sizes, chunk_sizes = _shape(shape), _shape(chunks)
+    sizes, chunk_sizes = parse_shape(shape), parse_shape(chunks)
     if len(sizes) not in (2, 3) or len(chunk_sizes) != len(sizes):
         raise InputError(f"--shape {shape} and --chunks {chunks} must both be YX or both ZYX")
     if with_labels:
@@ -472,114 +335,8 @@ def demo(out_dir: Path, model: Path | None) -> None:
     click.echo(f"      preview    {result.picture} (middle plane, label outlines)")
 
 
-@cli.command("bench")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--base-channels", type=int, help="Network width (default: 16 on CPU, 64 on CUDA: the paper).")
-@click.option("--depth", default=5, show_default=True)
-@click.option(
-    "--tile", default=388, show_default=True, help="Output tile edge (388: the paper's 572 -> 388)."
-)
-@click.option(
-    "--dtypes", help="Comma list of fp32, tf32, bf16, fp16 (default: fp32,bf16 on CPU; all on CUDA)."
-)
-@click.option("--batch-sizes", help="Comma list (default: 1,4 on CPU; 1,8,32 on CUDA).")
-@click.option(
-    "--compile", "compiled", is_flag=True, help="Also torch.compile each profile (slow to warm up on CPU)."
-)
-@click.option("--threads", type=int, help="Torch threads (default: all cores).")
-@click.option(
-    "--seconds", default=2.0, show_default=True, help="Timed forward passes per profile, after warm-up."
-)
-@click.option(
-    "--profiles",
-    "profile_list",
-    help="Comma list of dtype:layout:mode:batch[:benchmark] (e.g. bf16:cl:compiled:32) instead of the matrix.",
-)
-@click.option("--e2e-shape", default="4x3104x3104", show_default=True, help="ZYX of the end-to-end volume.")
-@click.option("--no-e2e", is_flag=True, help="Model-only figures and agreement only.")
-@click.option(
-    "--workers",
-    default=2,
-    show_default=True,
-    help="Dask workers of the end-to-end run; torch threads are shared out among them (as `segment`'s default).",
-)
-@click.option(
-    "--tasks-per-worker", default=2, show_default=True, help="Blocks each worker runs at once (end to end)."
-)
-@click.option("--block-tiles", default=4, show_default=True, help="Block edge in tiles (end to end).")
-@click.option("--block-planes", default=1, show_default=True, help="Planes per block (end to end).")
-@click.option(
-    "--e2e-weights",
-    type=click.Choice(["random", "demo"]),
-    default="random",
-    show_default=True,
-    help="End-to-end model: random weights (speckle), or the shipped demo model (cells), zero-padded "
-    "to --base-channels (the same function at that width's cost).",
-)
-@click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
-)
-def bench(
-    device: str,
-    base_channels: int | None,
-    depth: int,
-    tile: int,
-    dtypes: str | None,
-    batch_sizes: str | None,
-    compiled: bool,
-    threads: int | None,
-    seconds: float,
-    profile_list: str | None,
-    e2e_shape: str,
-    no_e2e: bool,
-    workers: int,
-    tasks_per_worker: int,
-    block_tiles: int,
-    block_planes: int,
-    e2e_weights: str,
-    json_path: Path | None,
-) -> None:
-    """Throughput of the model over execution profiles (the naive one included) and of segment end to end."""
-    gpu = device == "cuda"
-    shape = _shape(e2e_shape)
-    if len(shape) != 3:
-        raise InputError(f"--e2e-shape {e2e_shape} must be ZYX, e.g. 4x3104x3104")
-    try:
-        chosen = tuple(BenchProfile.parse(text) for text in profile_list.split(",")) if profile_list else ()
-    except ValueError as error:
-        raise InputError(f"--profiles: {error}") from None
-    settings = BenchSettings(
-        device=device,
-        base_channels=base_channels or (64 if gpu else 16),
-        depth=depth,
-        tile=tile,
-        dtypes=tuple(dtypes.split(","))
-        if dtypes
-        else (("fp32", "tf32", "bf16", "fp16") if gpu else ("fp32", "bf16")),
-        batch_sizes=tuple(int(n) for n in batch_sizes.split(","))
-        if batch_sizes
-        else ((1, 8, 32) if gpu else (1, 4)),
-        compile=compiled,
-        threads=threads or os.cpu_count() or 1,
-        min_seconds=seconds,
-        e2e_shape=None if no_e2e else (shape[0], shape[1], shape[2]),
-        e2e_workers=workers,
-        e2e_tasks_per_worker=tasks_per_worker,
-        e2e_block_tiles=block_tiles,
-        e2e_block_planes=block_planes,
-        e2e_weights=e2e_weights,
-        profiles=chosen,
-    )
-    unknown = set(settings.dtypes) - set(DTYPE_NAMES)
-    if unknown:
-        raise InputError(f"--dtypes: unknown {', '.join(sorted(unknown))}; use fp32, tf32, bf16, fp16")
-    report = run_bench(settings)
-    click.echo(bench_table(report))
-    if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2) + "\n")
-        click.echo(f"wrote {json_path}")
-
-
+cli.add_command(model_command)
+cli.add_command(bench_command)
 cli.add_command(train_command)
 cli.add_command(cluster_command)
 
