@@ -2,7 +2,8 @@
 
 The outline (each step a function here, the Dask wiring in the run):
 
-1. every block labels its own foreground (scipy.ndimage.label) and reports,
+1. every block labels its own foreground (the components and numbering of
+   scipy.ndimage.label; cc3d for faces connectivity, 3x faster) and reports,
    per local label, its first voxel (global raster index) and its size;
 2. every block finds the pairs of local labels that touch across its lower
    faces (and, for full connectivity, edges and corners), reading thin slabs
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+import cc3d
 import numpy as np
 import numpy.typing as npt
 import scipy.ndimage
@@ -92,8 +94,8 @@ def label_block(
     connectivity: Connectivity,
 ) -> tuple[npt.NDArray[np.uint32], BlockLabels]:
     """Local labels 1..n of a block's foreground (ZYX) and their summary."""
-    local, count = scipy.ndimage.label(foreground, structure=connectivity.structure(), output=np.uint32)
-    first_local, sizes = _first_voxels_and_sizes(local, int(count))
+    local, count = components(foreground, connectivity)
+    first_local, sizes = _first_voxels_and_sizes(local, count)
     # lexicographic (z, y, x) order is kept under translation, so the first voxel of a
     # label in the block's own raster order is its first in the volume's order too
     coordinates = np.unravel_index(first_local, local.shape)
@@ -102,16 +104,46 @@ def label_block(
     return local, BlockLabels(int(count), first_voxel, sizes.astype(np.int64))
 
 
+def components(
+    foreground: npt.NDArray[np.bool_], connectivity: Connectivity
+) -> tuple[npt.NDArray[np.uint32], int]:
+    """Connected components of a (Z, Y, X) foreground numbered 1..n in raster order of their first
+    voxel: ``scipy.ndimage.label`` with ``connectivity.structure()``.
+
+    Faces connectivity (the default) is labelled by cc3d, 27 against 83 ms a 4 x 1552² block of
+    nuclei, and holds the GIL the device batcher needs for that much less; per plane, each plane's
+    components are numbered after the previous planes'. Full connectivity stays with scipy: cc3d
+    numbers 8-connected components in another order and fails on some volumes a few voxels wide
+    with 26 (cc3d 4.1).
+    """
+    if connectivity.neighbours == "full":
+        local, count = scipy.ndimage.label(foreground, structure=connectivity.structure(), output=np.uint32)
+        return local, int(count)
+    foreground = np.ascontiguousarray(foreground, dtype=bool)
+    if not connectivity.planar:
+        labels, count = cc3d.connected_components(
+            foreground, connectivity=6, out_dtype=np.uint32, return_N=True
+        )
+        return labels.astype(np.uint32, copy=False), int(count)
+    local = np.zeros(foreground.shape, np.uint32)
+    total = 0
+    for z, plane in enumerate(foreground):
+        labels, count = cc3d.connected_components(plane, connectivity=4, out_dtype=np.uint32, return_N=True)
+        np.add(labels, np.uint32(total), out=local[z], where=plane)
+        total += int(count)
+    return local, total
+
+
 def _first_voxels_and_sizes(local: npt.NDArray[np.uint32], count: int) -> tuple[Int64Array, Int64Array]:
     """Flat index of each label's first voxel, and its size, for labels 1..count.
 
     Works on the runs of foreground along the last axis, one label each and
     far fewer than voxels: a label's size is the sum of its runs' lengths, and
-    its first voxel the start of its first run. scipy numbers components in
-    the order its raster scan meets them, so the running maximum of the runs'
+    its first voxel the start of its first run. components are numbered in
+    the order a raster scan meets them, so the running maximum of the runs'
     labels steps up by one exactly at each label's first run (2.2x faster than
     the same over every voxel, measured on 4 x 1552^2 blocks). Checked, with a
-    sort as the fallback should a scipy release ever number otherwise.
+    sort as the fallback should a labeller ever number otherwise.
     """
     foreground = local != 0
     starts = foreground.copy()
@@ -328,9 +360,18 @@ def merge_labels(
 
 
 def relabel(local: npt.NDArray[np.uint32], mapping: npt.NDArray[np.uint64], dtype: str) -> npt.NDArray[Any]:
-    """Global IDs of a block: ``mapping[local]`` in the output dtype."""
+    """Global IDs of a block: ``mapping[local]`` in the output dtype.
+
+    ``numpy.take`` without its bounds checks into a buffer made once (2x faster than indexing on a
+    4 x 1552² block), so the bounds are checked here, once.
+    """
     table = mapping.astype(dtype)
-    result: npt.NDArray[Any] = table[local]
+    if local.size and int(local.max()) >= table.size:
+        raise ValueError(
+            f"local label {int(local.max())} has no entry in a mapping of {table.size - 1} labels"
+        )
+    result: npt.NDArray[Any] = np.empty(local.shape, table.dtype)
+    np.take(table, local, mode="clip", out=result)
     return result
 
 

@@ -13,6 +13,7 @@ from pipeline.label_edges import edge_lines, line_length, slab_from_edges
 from pipeline.labels import (
     BlockLabels,
     Connectivity,
+    components,
     contact_slabs,
     face_slab,
     label_block,
@@ -84,6 +85,27 @@ def test_blockwise_equals_whole_volume(
     expected, expected_count = whole_volume_labels(foreground, connectivity)
     assert count == expected_count
     assert np.array_equal(got, expected)  # same partition and the same (canonical) IDs
+
+
+@settings(max_examples=120)
+@given(
+    shape=st.tuples(st.integers(1, 5), st.integers(1, 40), st.integers(1, 40)),
+    density=st.floats(0.0, 1.0),
+    neighbours=st.sampled_from(["faces", "full"]),
+    planar=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_block_components_are_scipys_labels_and_numbering(
+    shape: tuple[int, int, int], density: float, neighbours: str, planar: bool, seed: int
+) -> None:
+    """The labeller a block uses is scipy.ndimage.label, numbers included (raster order of first voxels)."""
+    foreground = np.random.default_rng(seed).random(shape) < density
+    connectivity = Connectivity(neighbours, planar)
+    local, count = components(foreground, connectivity)
+    expected, expected_count = scipy.ndimage.label(foreground, structure=connectivity.structure())
+    assert local.dtype == np.uint32 and local.shape == shape
+    assert count == expected_count
+    assert np.array_equal(local, expected)
 
 
 def test_object_connected_only_across_block_corners() -> None:
@@ -244,3 +266,28 @@ def test_face_slabs_from_edge_lines_equal_the_labels(
             if axis > 0:
                 assert not whole, "a Y or X face slab decoded whole planes"
             whole.clear()
+
+
+@settings(max_examples=60)
+@given(
+    shape=st.tuples(st.integers(1, 3), st.integers(1, 20), st.integers(1, 20)),
+    labels=st.integers(0, 50),
+    dtype=st.sampled_from(["uint32", "uint64"]),
+    seed=st.integers(0, 2**16),
+)
+def test_relabel_is_the_mapping_of_each_voxel(
+    shape: tuple[int, int, int], labels: int, dtype: str, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    local = rng.integers(0, labels + 1, shape, dtype=np.uint32)[:, ::-1]  # a view, as blocks' slices are
+    mapping = np.concatenate([[0], rng.integers(1, 2**40 if dtype == "uint64" else 2**32, labels)]).astype(
+        np.uint64
+    )
+    got = relabel(local, mapping, dtype)
+    assert got.dtype == np.dtype(dtype) and np.array_equal(got, mapping.astype(dtype)[local])
+
+
+def test_relabel_refuses_a_label_outside_its_mapping() -> None:
+    local = np.array([[[0, 1, 3]]], np.uint32)
+    with pytest.raises(ValueError, match="local label 3 has no entry in a mapping of 2 labels"):
+        relabel(local, np.array([0, 5, 6], np.uint64), "uint32")
