@@ -236,7 +236,8 @@ def run_jobs(
     ``follow_ups_in_flight`` follow-ups submitted at a time.
 
     Follow-ups go first on a worker (they are short, and the main jobs keep
-    the device fed meanwhile). Each job is retried up to ``retries`` times by
+    the device fed meanwhile); main slots that no main job is ready for take
+    follow-ups too. Each job is retried up to ``retries`` times by
     Dask; if it still fails, the others are cancelled and BlockFailedError
     names it.
     """
@@ -245,9 +246,17 @@ def run_jobs(
     limits = {False: in_flight, True: follow_ups_in_flight}
     window: as_completed = as_completed(loop=client.loop)
 
+    def room(follow_up: bool) -> bool:
+        """Main slots no main job is ready for go to follow-ups (a run's tail: relabel, pyramids)."""
+        borrowed = max(0, sent[True] - limits[True])
+        if not follow_up:
+            return sent[False] + borrowed < limits[False]
+        spare = 0 if graph.has_ready(False) else limits[False] - sent[False] - borrowed
+        return sent[True] < limits[True] or spare > 0
+
     def send_ready() -> None:
         for follow_up in (True, False):
-            while sent[follow_up] < limits[follow_up]:
+            while room(follow_up):
                 job = graph.take(follow_up)
                 if job is None:
                     break

@@ -52,14 +52,20 @@ def stage_progress(
 
 class StageBars:
     """What :func:`stages_progress` yields: ``advance(stage, pixels)``, and ``add`` for stages that
-    join later (a run's relabel, once the label merge is done)."""
+    join later (a run's relabel, as the label merge numbers blocks)."""
 
     def __init__(self, progress: Progress, unit: str, *, log_lines: bool) -> None:
         self.progress, self.unit, self.log_lines = progress, unit, log_lines
         self.counters: dict[str, _StageCounter] = {}
 
     def add(self, totals: dict[str, int]) -> None:
+        """New stages, or more blocks for a stage (one whose jobs join as they can be made)."""
         for stage, total in totals.items():
+            counter = self.counters.get(stage)
+            if counter is not None:
+                counter.total += total
+                self.progress.update(counter.task, total=counter.total)
+                continue
             task = self.progress.add_task(stage, total=total, pixels=0)
             self.counters[stage] = _StageCounter(stage, total, self.unit, self.progress, task)
 

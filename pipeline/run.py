@@ -21,7 +21,6 @@ from typing import Any
 
 from distributed import Client
 
-from pipeline.blocks import BlockReport
 from pipeline.cluster import (
     check_workers_have_gpus,
     check_workers_see,
@@ -31,12 +30,10 @@ from pipeline.cluster import (
 )
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputError, OutputWriteError
-from pipeline.labels import BlockLabels, merge_labels
 from pipeline.lock import hold_lock
-from pipeline.markers import done_blocks, read_marker, remove_markers
+from pipeline.markers import done_blocks, remove_markers
 from pipeline.normalization import NormalizationStats, stats_to_record
 from pipeline.omezarr import (
-    create_labels,
     create_output,
     ensure_scratch_labels,
     open_output,
@@ -55,15 +52,13 @@ from pipeline.run_checks import (
     resumable,
     warn_on_read_amplification,
 )
+from pipeline.run_labels import label_merge
 from pipeline.run_log import log_file
-from pipeline.run_phase import Clock, Later, Reports, run_phase
-from pipeline.schedule import Job
+from pipeline.run_phase import Clock, run_phase
 from pipeline.stage_jobs import (
     contact_jobs,
-    label_pyramid_jobs,
     predict_jobs,
     pyramid_jobs,
-    relabel_jobs,
     resample_jobs,
 )
 from pipeline.store import fingerprint, normalization_sample
@@ -261,9 +256,9 @@ def _run_stages(
     record: dict[str, Any],
     save: Callable[[], None],
 ) -> None:
-    """Predict (or resample) with contacts and the probability pyramid behind it; once the blocks'
-    labels and contacts are in (not the pyramid), the label merge, then relabel with the label
-    pyramid behind it, beside the probability pyramid's last levels."""
+    """Predict (or resample) with contacts and the probability pyramid behind it, and the label
+    merge with relabel and the label pyramid as the blocks' labels and contacts come in (slab by
+    slab, or at once after the last; see :mod:`pipeline.run_labels`)."""
     if plan.label_rule is not None:  # an output of an older run keeps no subsampled labels or edge lines
         kept = replace(
             plan.label_rule,
@@ -282,53 +277,13 @@ def _run_stages(
     else:
         first = predict_jobs(plan, profile, stats)
     contacts = contact_jobs(plan, labelled) if plan.label_rule is not None else []
-    merge = (
-        None
-        if plan.label_rule is None
-        else Later((labelled, "contacts"), lambda reports: _merge_labels(plan, labelled, reports, record))
-    )
+    merge = label_merge(plan, labelled, record) if plan.label_rule is not None else None
     run_phase(
         client, plan, [*first, *contacts, *pyramid_jobs(plan, "", "mean", labelled)], run, record, merge
     )
     if not resampled:
         record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
     save()
-
-
-def _merge_labels(plan: RunPlan, labelled: str, reports: Reports, record: dict[str, Any]) -> list[Job]:
-    """The global label merge (here, on the driver), then the relabel and label pyramid jobs."""
-    assert plan.label_rule is not None
-    config = plan.request.config
-    summaries = _payloads(plan, labelled, reports[labelled])
-    pairs = _payloads(plan, "contacts", reports["contacts"])
-    started = time.perf_counter()
-    mapping = merge_labels(
-        [BlockLabels.from_arrays(summaries[b.block_id]) for b in plan.blocks],
-        [pairs[b.block_id]["pairs"] for b in plan.blocks],
-        plan.min_size_voxels,
-        config.labels.uint32_max_objects,
-    )
-    record["labels"] = {
-        "objects": mapping.objects,
-        "dtype": mapping.dtype,
-        "local_labels": int(mapping.offsets[-1]),
-        "local_label_levels_kept": plan.label_rule.scratch_levels,  # label pyramid levels read from them
-        "local_label_edges_kept": plan.label_rule.edges is not None,  # contacts read Y and X faces from them
-        "min_size_voxels": plan.min_size_voxels,
-        "merge_seconds": round(time.perf_counter() - started, 3),
-    }
-    create_labels(plan.output_url, plan.layout, config.labels.name, mapping.dtype)
-    return [*relabel_jobs(plan, mapping), *label_pyramid_jobs(plan, mapping)]
-
-
-def _payloads(plan: RunPlan, stage: str, reports: dict[int, BlockReport]) -> dict[int, dict[str, Any]]:
-    """Every block's payload: from this run's reports, or from the markers of blocks done before."""
-    return {
-        block.block_id: reports[block.block_id].payload
-        if block.block_id in reports
-        else read_marker(plan.output_url, stage, block.block_id)
-        for block in plan.blocks
-    }
 
 
 @contextmanager

@@ -1,5 +1,5 @@
 """A phase of a run: its stages' block jobs sent to Dask as their needs are met, with progress bars,
-and jobs that join once some stages are finished (the label merge's relabel and label pyramid).
+and jobs that join as results come in (the label merge's relabel and label pyramid).
 
 Jobs a previous attempt finished (their markers) are skipped; each stage's counts and timings go into
 the run record, also when the phase fails.
@@ -8,8 +8,8 @@ the run record, also when the phase fails.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from distributed import Client
 
@@ -31,12 +31,30 @@ class Clock:
     started: float  # time.perf_counter() when the run began
 
 
-@dataclass(frozen=True, slots=True)
+class JobSource(Protocol):
+    """Jobs that join a phase as what they are made from comes in."""
+
+    @property
+    def exhausted(self) -> bool:
+        """Nothing more to come."""
+
+    def more(self, graph: JobGraph, reports: Reports) -> list[Job]:
+        """The jobs that can be made now (called after every result, and at the start)."""
+
+
+@dataclass(slots=True)
 class Later:
     """Jobs that join a phase once ``after``'s stages are finished, made from their reports."""
 
     after: tuple[str, ...]
     jobs: Callable[[Reports], list[Job]]
+    exhausted: bool = field(default=False)
+
+    def more(self, graph: JobGraph, reports: Reports) -> list[Job]:
+        if self.exhausted or not all(graph.finished(stage) for stage in self.after):
+            return []
+        self.exhausted = True
+        return self.jobs(reports)
 
 
 def run_phase(
@@ -45,10 +63,10 @@ def run_phase(
     jobs: list[Job],
     run: Clock,
     record: dict[str, Any],
-    later: Later | None = None,
+    later: JobSource | None = None,
 ) -> Reports:
-    """Run the unmarked jobs of some stages as their needs are met, and ``later``'s once its stages are
-    finished; record counts and timings per stage."""
+    """Run the unmarked jobs of some stages as their needs are met, and ``later``'s as it makes them;
+    record counts and timings per stage."""
     config = plan.request.config
     stages = list(dict.fromkeys(job.stage for job in jobs))
     graph = JobGraph(jobs, _marked(plan, stages))
@@ -58,19 +76,25 @@ def run_phase(
     totals = {stage: graph.stages[stage].computed for stage in stages}
     try:
         with stages_progress(totals, enabled=plan.request.show_progress) as bars:
+            marked: dict[str, set[tuple[str, int]]] = {}
 
             def join_later() -> None:
-                nonlocal later
-                if later is None or not all(graph.finished(stage) for stage in later.after):
+                if later is None:
                     return
-                added = later.jobs(reports)
-                later = None
-                new = [stage for stage in dict.fromkeys(job.stage for job in added) if stage not in stages]
-                graph.add(added, _marked(plan, new))
+                added = later.more(graph, reports)
+                if not added:
+                    return
+                joining = list(dict.fromkeys(job.stage for job in added))
+                for stage in joining:
+                    if stage not in marked:
+                        marked[stage] = _marked(plan, [stage])
+                new = [stage for stage in joining if stage not in stages]
+                before = {stage: graph.stages[stage].computed for stage in joining if stage in graph.stages}
+                graph.add(added, set().union(*(marked[stage] for stage in joining)))
                 stages.extend(new)
                 reports.update({stage: {} for stage in new})
                 seconds.update({stage: {} for stage in new})
-                bars.add({stage: graph.stages[stage].computed for stage in new})
+                bars.add({stage: graph.stages[stage].computed - before.get(stage, 0) for stage in joining})
 
             def collect(job: Job, report: BlockReport) -> None:
                 reports[job.stage][report.block_id] = report
@@ -112,7 +136,7 @@ def run_phase(
             }
         if "predict" in stages:
             record["blocks"]["done"] = graph.stages["predict"].blocks
-    assert later is None, f"stages {later.after} never finished"
+    assert later is None or later.exhausted, "the jobs of a later stage never came"
     return reports
 
 

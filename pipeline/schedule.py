@@ -88,6 +88,14 @@ class JobGraph:
         times = self.stages.get(stage)
         return times is None or times.finished == times.computed
 
+    def job_finished(self, name: JobName) -> bool:
+        """Whether that job is done (now, or by an earlier attempt)."""
+        return name in self._finished
+
+    def has_ready(self, follow_up: bool) -> bool:
+        """Whether a job of that kind could be taken now."""
+        return bool(self._ready[follow_up])
+
     def take(self, follow_up: bool) -> Job | None:
         """A job whose needs are met (a follow-up or a main one), or None if none is ready now."""
         queue = self._ready[follow_up]

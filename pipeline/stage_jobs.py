@@ -6,6 +6,12 @@ the run (:mod:`pipeline.run`) sends them to Dask as their needs are met.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
 from pipeline.blocks import (
     ContactTask,
     LabelLevelTask,
@@ -21,7 +27,7 @@ from pipeline.blocks import (
     resample_block,
 )
 from pipeline.config import ProfileConfig
-from pipeline.geometry import BlockGrid
+from pipeline.geometry import Block, BlockGrid, Roi
 from pipeline.labels import LabelMapping, contact_slabs
 from pipeline.normalization import NormalizationStats
 from pipeline.omezarr import SCRATCH_LABEL_LEVELS, SCRATCH_PROBABILITY
@@ -34,25 +40,21 @@ from pipeline.worker_device import CheckpointRef
 LABEL_LEVELS_FROM_LOCAL = SCRATCH_LABEL_LEVELS
 
 
+MappingOf = Callable[[int], npt.NDArray[np.uint64]]  # block id -> its lookup table (local label -> ID)
+
+
 def relabel_jobs(plan: RunPlan, mapping: LabelMapping) -> list[Job]:
     """Each block's global IDs from its local labels, once the merge has numbered them."""
-    target = f"labels/{plan.request.config.labels.name}/s0"
     return [
-        Job(
-            "relabel",
-            block.block_id,
-            relabel_block,
-            RelabelTask(
-                block,
-                plan.grid,
-                plan.output_url,
-                target,
-                mapping.block_mapping(block.block_id),
-                mapping.dtype,
-            ),
-        )
+        relabel_job(plan, block, mapping.block_mapping(block.block_id), mapping.dtype)
         for block in plan.blocks
     ]
+
+
+def relabel_job(plan: RunPlan, block: Block, mapping: npt.NDArray[np.uint64], dtype: str) -> Job:
+    target = f"labels/{plan.request.config.labels.name}/s0"
+    task = RelabelTask(block, plan.grid, plan.output_url, target, mapping, dtype)
+    return Job("relabel", block.block_id, relabel_block, task, follow_up=True)  # beside the network
 
 
 def predict_jobs(plan: RunPlan, profile: ProfileConfig, stats: tuple[NormalizationStats, ...]) -> list[Job]:
@@ -137,16 +139,35 @@ def label_pyramid_jobs(plan: RunPlan, mapping: LabelMapping) -> list[Job]:
     above decodes a quarter of the voxels per level (Zstd, and after that level is written): from
     the local labels pays off for the first two levels.
     """
-    assert plan.label_rule is not None
+    return [
+        *(
+            label_level_job(plan, shard, mapping.block_mapping, mapping.dtype)
+            for shard in label_level_shards(plan)
+        ),
+        *halved_label_levels(plan),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class LabelShard:
+    """A shard of a label pyramid level written from the local labels, and the blocks under it."""
+
+    stage: str
+    block_id: int  # the shard's number in its level's grid
+    level: int
+    roi: Roi  # ZYX at the level
+    under: tuple[int, ...]  # the blocks it reads
+
+
+def label_level_shards(plan: RunPlan) -> list[LabelShard]:
+    """The shards of the label pyramid's levels written from the local labels."""
     prefix = f"labels/{plan.request.config.labels.name}/"
-    blocks = {block.block_id: block for block in plan.blocks}
-    jobs = []
+    shards = []
     for level in range(1, min(LABEL_LEVELS_FROM_LOCAL, plan.layout.levels) + 1):
         step = 2**level
         grid = level_grid(plan, level)
         target = plan.layout.level_shape(level)
         shape_zyx = (plan.grid.volume_shape[0], target[-2], target[-1])
-        stage = f"pyramid {prefix}s{level}"
         for shard in grid.blocks():
             roi = shard.write_roi(shape_zyx, grid.tile)
             read_stop = (
@@ -156,21 +177,32 @@ def label_pyramid_jobs(plan: RunPlan, mapping: LabelMapping) -> list[Job]:
             under = plan.grid.block_ids_in(
                 (roi.start[0], step * roi.start[1], step * roi.start[2]), read_stop
             )
-            task = LabelLevelTask(
-                block_id=shard.block_id,
-                stage=stage,
-                target=f"{prefix}s{level}",
-                level=level,
-                roi=roi,
-                volume_shape=plan.grid.volume_shape,
-                tile=plan.grid.tile,
-                blocks=tuple((blocks[b], mapping.block_mapping(b)) for b in under),
-                dtype=mapping.dtype,
-                output_url=plan.output_url,
-                subsampled=level <= plan.label_rule.scratch_levels,
-            )
-            jobs.append(Job(stage, shard.block_id, label_level_block, task, follow_up=True))
-    return [*jobs, *pyramid_jobs(plan, prefix, "nearest", "relabel", first=LABEL_LEVELS_FROM_LOCAL + 1)]
+            shards.append(LabelShard(f"pyramid {prefix}s{level}", shard.block_id, level, roi, tuple(under)))
+    return shards
+
+
+def label_level_job(plan: RunPlan, shard: LabelShard, mapping_of: MappingOf, dtype: str) -> Job:
+    assert plan.label_rule is not None
+    task = LabelLevelTask(
+        block_id=shard.block_id,
+        stage=shard.stage,
+        target=f"labels/{plan.request.config.labels.name}/s{shard.level}",
+        level=shard.level,
+        roi=shard.roi,
+        volume_shape=plan.grid.volume_shape,
+        tile=plan.grid.tile,
+        blocks=tuple((plan.blocks[b], mapping_of(b)) for b in shard.under),
+        dtype=dtype,
+        output_url=plan.output_url,
+        subsampled=shard.level <= plan.label_rule.scratch_levels,
+    )
+    return Job(shard.stage, shard.block_id, label_level_block, task, follow_up=True)
+
+
+def halved_label_levels(plan: RunPlan) -> list[Job]:
+    """The label pyramid's levels below those from the local labels: every second voxel of the level above."""
+    prefix = f"labels/{plan.request.config.labels.name}/"
+    return pyramid_jobs(plan, prefix, "nearest", "relabel", first=LABEL_LEVELS_FROM_LOCAL + 1)
 
 
 def pyramid_jobs(

@@ -51,6 +51,10 @@ def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> No
     assert e2e["fraction_of_model_only"] == pytest.approx(end_to_end / ((before + after) / 2), abs=6e-4)
     assert e2e["cold_mpix_per_second"] < e2e["mpix_per_second"] and e2e["cluster_start_seconds"] > 0
     assert set(e2e["predict_worker_seconds"]) >= {"read", "normalise", "predict", "write", "label"}
+    # the run's wall is the time before the first block, the predict stage, and the time after its last
+    head, tail = e2e["before_first_block_seconds"], e2e["after_last_block_seconds"]
+    assert head > 0 and tail > 0  # the set-up, and relabel with the pyramids' last levels
+    assert head + e2e["stage_wall_seconds"]["predict"] + tail == pytest.approx(e2e["wall_seconds"], abs=2e-3)
     cpu = e2e["cpu_seconds"]
     # a run this small can stay under one clock tick in a role (tests/test_cpu_time.py counts one)
     assert set(cpu) == {*ROLES, "driver (scheduler, client, merge)"} and sum(cpu.values()) > 0

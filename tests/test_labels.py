@@ -266,28 +266,3 @@ def test_face_slabs_from_edge_lines_equal_the_labels(
             if axis > 0:
                 assert not whole, "a Y or X face slab decoded whole planes"
             whole.clear()
-
-
-@settings(max_examples=60)
-@given(
-    shape=st.tuples(st.integers(1, 3), st.integers(1, 20), st.integers(1, 20)),
-    labels=st.integers(0, 50),
-    dtype=st.sampled_from(["uint32", "uint64"]),
-    seed=st.integers(0, 2**16),
-)
-def test_relabel_is_the_mapping_of_each_voxel(
-    shape: tuple[int, int, int], labels: int, dtype: str, seed: int
-) -> None:
-    rng = np.random.default_rng(seed)
-    local = rng.integers(0, labels + 1, shape, dtype=np.uint32)[:, ::-1]  # a view, as blocks' slices are
-    mapping = np.concatenate([[0], rng.integers(1, 2**40 if dtype == "uint64" else 2**32, labels)]).astype(
-        np.uint64
-    )
-    got = relabel(local, mapping, dtype)
-    assert got.dtype == np.dtype(dtype) and np.array_equal(got, mapping.astype(dtype)[local])
-
-
-def test_relabel_refuses_a_label_outside_its_mapping() -> None:
-    local = np.array([[[0, 1, 3]]], np.uint32)
-    with pytest.raises(ValueError, match="local label 3 has no entry in a mapping of 2 labels"):
-        relabel(local, np.array([0, 5, 6], np.uint64), "uint32")

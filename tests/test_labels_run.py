@@ -113,7 +113,7 @@ def test_labels_equal_whole_volume_components(
     )
     expected, count = expected_labels(output, mode)
     stored = zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")
-    assert stored.dtype == np.uint32
+    assert stored.dtype == np.uint32 and record["labels"]["merged"] == "slab by slab"
     assert record["labels"]["objects"] == count > 100  # the untrained net gives many small objects
     assert record["labels"]["local_label_levels_kept"] == (2 if subsampled else 0)
     assert record["labels"]["local_label_edges_kept"] == subsampled
@@ -176,3 +176,23 @@ def test_labels_metadata_validates(volume: str, checkpoint: Path, dask_address: 
     Labels.from_zarr(zarr.open_group(str(output / "labels"), mode="r"))
     ImageLabel.from_zarr(zarr.open_group(str(output / "labels" / "cells"), mode="r"))
     assert not (output / "_scratch").exists() and not (output / "_markers").exists()
+
+
+def test_relabel_starts_while_blocks_are_still_predicted(
+    checkpoint: Path, dask_address: str, tmp_path: Path
+) -> None:
+    """24 slabs of one plane, labelled per plane: each slab's objects are numbered as it comes in,
+    so relabel runs beside the network, not after its last block; the labels are the whole volume's."""
+    shape = (24, 100, 100)
+    source = write_volume(tmp_path / "tall.zarr", cell_image(shape, seed=3), (1, 100, 100))
+    output = tmp_path / "out.ome.zarr"
+    record = run(
+        source, output, checkpoint, dask_address, **{"tiling.block_tiles": [1, 1], "labels.mode": "2d"}
+    )
+    stages = record["stages"]
+    predicted = stages["predict"]["started_after_seconds"] + stages["predict"]["wall_seconds"]
+    assert record["labels"]["merged"] == "slab by slab"
+    assert stages["relabel"]["started_after_seconds"] < predicted
+    expected, count = expected_labels(output, "2d")
+    assert record["labels"]["objects"] == count > 100
+    assert np.array_equal(zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")[...], expected)

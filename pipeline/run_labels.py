@@ -1,0 +1,180 @@
+"""A run's label merge: slab by slab as the blocks come in (relabel then runs beside the network),
+or at once after the last block where the labels' dtype is known only then.
+
+Either way the merge runs on the driver from the blocks' small payloads (this run's reports, or the
+markers of blocks an earlier attempt finished) and makes the relabel and label pyramid jobs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from pipeline.blocks import BlockReport
+from pipeline.label_stream import StreamingMerge
+from pipeline.labels import BlockLabels, merge_labels
+from pipeline.markers import read_marker
+from pipeline.omezarr import create_labels
+from pipeline.plan import RunPlan
+from pipeline.run_phase import JobSource, Later, Reports
+from pipeline.schedule import Job, JobGraph, JobName
+from pipeline.stage_jobs import (
+    LabelShard,
+    halved_label_levels,
+    label_level_job,
+    label_level_shards,
+    label_pyramid_jobs,
+    relabel_job,
+    relabel_jobs,
+)
+
+
+def label_merge(plan: RunPlan, labelled: str, record: dict[str, Any]) -> JobSource:
+    """Slab by slab when uint32 holds every object the volume could have (at most one in two voxels
+    are separate objects), else at once (the dtype follows the count)."""
+    voxels = math.prod(plan.grid.volume_shape)
+    if math.ceil(voxels / 2) <= plan.request.config.labels.uint32_max_objects:
+        return LabelStream(plan, labelled, record)
+    return Later((labelled, "contacts"), lambda reports: _merge_at_once(plan, labelled, reports, record))
+
+
+def _merge_at_once(plan: RunPlan, labelled: str, reports: Reports, record: dict[str, Any]) -> list[Job]:
+    """The global label merge once every block is in, then the relabel and label pyramid jobs."""
+    config = plan.request.config
+    started = time.perf_counter()
+    mapping = merge_labels(
+        [BlockLabels.from_arrays(_payload(plan, labelled, b.block_id, reports)) for b in plan.blocks],
+        [_payload(plan, "contacts", b.block_id, reports)["pairs"] for b in plan.blocks],
+        plan.min_size_voxels,
+        config.labels.uint32_max_objects,
+    )
+    _record(plan, record, mapping.objects, mapping.dtype, int(mapping.offsets[-1]), "at once", started)
+    create_labels(plan.output_url, plan.layout, config.labels.name, mapping.dtype)
+    return [*relabel_jobs(plan, mapping), *label_pyramid_jobs(plan, mapping)]
+
+
+class LabelStream:
+    """The merge slab by slab: each slab joins once its blocks' labels and contacts are in; a block's
+    relabel job once its mapping is final, a label pyramid shard's once all blocks under it are, and
+    the halved levels' shards once the shards they read have joined. Creates the (uint32) labels."""
+
+    DTYPE = "uint32"  # label_merge chooses this source only where uint32 holds every object
+
+    def __init__(self, plan: RunPlan, labelled: str, record: dict[str, Any]) -> None:
+        assert plan.label_rule is not None
+        self.plan, self.labelled, self.record = plan, labelled, record
+        slabs, rows, cols = plan.grid.shape
+        self.per_slab = rows * cols
+        self.merge = StreamingMerge(slabs, self.per_slab, self._joins_next, plan.min_size_voxels)
+        self.shards = label_level_shards(plan)
+        self.missing = [len(shard.under) for shard in self.shards]  # blocks under each shard not ready
+        self.shards_over: dict[int, list[int]] = {}
+        for index, shard in enumerate(self.shards):
+            for block in shard.under:
+                self.shards_over.setdefault(block, []).append(index)
+        self.unmet: dict[JobName, int] = {}  # halved levels' shards: join once the shards they read have
+        self.waiting_on: dict[JobName, list[Job]] = {}
+        for job in halved_label_levels(plan):
+            self.unmet[job.name] = len(job.needs)
+            for need in job.needs:
+                self.waiting_on.setdefault(need, []).append(job)
+        self.seconds = 0.0
+        self.exhausted = False
+        create_labels(plan.output_url, plan.layout, plan.request.config.labels.name, self.DTYPE)
+
+    def _joins_next(self, slab: int) -> bool:
+        """Whether labels of slab ``slab`` can touch the next slab's."""
+        grid = self.plan.grid
+        assert self.plan.label_rule is not None
+        last_plane = min((slab + 1) * grid.block_planes, grid.volume_shape[0]) - 1
+        return not self.plan.label_rule.connectivity.planar and grid.plane_run(last_plane)[1] > last_plane + 1
+
+    def more(self, graph: JobGraph, reports: Reports) -> list[Job]:
+        jobs: list[Job] = []
+        while not self.merge.finished and self._slab_in(graph, self.merge.next_slab):
+            blocks = range(self.merge.next_slab * self.per_slab, (self.merge.next_slab + 1) * self.per_slab)
+            summaries = [
+                BlockLabels.from_arrays(_payload(self.plan, self.labelled, b, reports)) for b in blocks
+            ]
+            pairs = [_payload(self.plan, "contacts", b, reports)["pairs"] for b in blocks]
+            started = time.perf_counter()
+            ready = self.merge.add_slab(summaries, pairs)
+            self.seconds += time.perf_counter() - started
+            for block in ready:
+                jobs.append(
+                    relabel_job(
+                        self.plan, self.plan.blocks[block], self.merge.block_mapping(block), self.DTYPE
+                    )
+                )
+                jobs.extend(self._shards_complete(block))
+        jobs.extend(self._release_held([job.name for job in jobs]))
+        if self.merge.finished and not self.exhausted:
+            self.exhausted = True
+            _record(
+                self.plan,
+                self.record,
+                self.merge.objects,
+                self.DTYPE,
+                self.merge.local_labels,
+                "slab by slab",
+                None,
+            )
+            self.record["labels"]["merge_seconds"] = round(self.seconds, 3)
+        return jobs
+
+    def _slab_in(self, graph: JobGraph, slab: int) -> bool:
+        blocks = range(slab * self.per_slab, (slab + 1) * self.per_slab)
+        return all(
+            graph.job_finished((self.labelled, b)) and graph.job_finished(("contacts", b)) for b in blocks
+        )
+
+    def _shards_complete(self, block: int) -> list[Job]:
+        """Label pyramid shards whose last block under them is ``block``."""
+        jobs = []
+        for index in self.shards_over.get(block, []):
+            self.missing[index] -= 1
+            if self.missing[index] == 0:
+                shard: LabelShard = self.shards[index]
+                jobs.append(label_level_job(self.plan, shard, self.merge.block_mapping, self.DTYPE))
+        return jobs
+
+    def _release_held(self, joined: list[JobName]) -> list[Job]:
+        """The halved levels' shards whose last shard read has joined (and theirs, in turn)."""
+        released: list[Job] = []
+        while joined:
+            name = joined.pop()
+            for job in self.waiting_on.pop(name, []):
+                self.unmet[job.name] -= 1
+                if self.unmet[job.name] == 0:
+                    released.append(job)
+                    joined.append(job.name)
+        return released
+
+
+def _payload(plan: RunPlan, stage: str, block_id: int, reports: Reports) -> dict[str, Any]:
+    """A block's payload: from this run's report, or from the marker of an earlier attempt."""
+    report: BlockReport | None = reports.get(stage, {}).get(block_id)
+    return report.payload if report is not None else read_marker(plan.output_url, stage, block_id)
+
+
+def _record(
+    plan: RunPlan,
+    record: dict[str, Any],
+    objects: int,
+    dtype: str,
+    local_labels: int,
+    merged: str,
+    started: float | None,
+) -> None:
+    assert plan.label_rule is not None
+    record["labels"] = {
+        "objects": objects,
+        "dtype": dtype,
+        "local_labels": local_labels,
+        "merged": merged,
+        "local_label_levels_kept": plan.label_rule.scratch_levels,  # label pyramid levels read from them
+        "local_label_edges_kept": plan.label_rule.edges is not None,  # contacts read Y and X faces from them
+        "min_size_voxels": plan.min_size_voxels,
+        "merge_seconds": round(time.perf_counter() - started, 3) if started is not None else None,
+    }
