@@ -15,7 +15,8 @@
 #  10. `segment --cluster cuda --workers-per-gpu 4` (GPU-sharing workers pinned per GPU) on the demo model,
 #  11. step 4 with the demo model zero-padded to the paper's width (its cells instead of speckle, the same cost).
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
-# The default steps (0 4 11 8 9 2: host work after zarr_direct with speckle and with cells, with 8, 4 and 2
+# The default steps (0 4 11 8 9 2: host work after zarr_direct, cc3d labelling and the slab-by-slab label
+# merge (step 11, cells, shows the time after the last block) with speckle and with cells, with 8, 4 and 2
 # GPU-sharing workers, then exactness) take about 6 minutes on an H100 after the machine starts; a second
 # call fits STEPS="5 10 7" (one worker, the pinned cluster, max-autotune).
 # Run from the repository root with the wheels in .whl (the list: docs/benchmarks.md).
