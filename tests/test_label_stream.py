@@ -9,33 +9,8 @@ from hypothesis import strategies as st
 
 from pipeline.geometry import BlockGrid
 from pipeline.label_stream import StreamingMerge
-from pipeline.labels import BlockLabels, Connectivity, face_slab, label_block, merge_labels, slab_contacts
-
-
-def summaries_and_contacts(
-    foreground: np.ndarray, grid: BlockGrid, connectivity: Connectivity
-) -> tuple[list[BlockLabels], list[np.ndarray]]:
-    """What the run's blocks report: each block's label summary and its contacts across lower faces."""
-    shape = foreground.shape
-    local = np.zeros(shape, np.uint32)
-    summaries = []
-    rois = [block.write_roi(shape, grid.tile) for block in grid.blocks()]
-    for roi in rois:
-        local[roi.slices()], summary = label_block(foreground[roi.slices()], roi.start, shape, connectivity)
-        summaries.append(summary)
-    contacts = []
-    for roi in rois:
-        pairs = [np.empty((0, 4), np.int64)]
-        for axis in range(3):
-            for side in (-1, 1):
-                box = face_slab(grid, roi.start, roi.stop, axis, side, connectivity)
-                if box is not None:
-                    slab = local[tuple(slice(a, b) for a, b in zip(*box))]
-                    pairs.append(
-                        slab_contacts(slab, box[0], roi.start, roi.stop, axis, side, grid, connectivity)
-                    )
-        contacts.append(np.concatenate(pairs))
-    return summaries, contacts
+from pipeline.labels import BlockLabels, Connectivity, merge_labels
+from tests.blockwise import block_reports
 
 
 def streamed(
@@ -86,7 +61,7 @@ def test_streamed_mappings_equal_the_whole_merge(
     plane_period = block_planes * 2 if period and shape[0] > block_planes * 2 else 0
     grid = BlockGrid(shape, tile, block_tiles, block_planes, plane_period)
     connectivity = Connectivity(neighbours, planar)
-    summaries, contacts = summaries_and_contacts(foreground, grid, connectivity)
+    _, summaries, contacts = block_reports(foreground, grid, connectivity)
     whole = merge_labels(summaries, contacts, min_size)
     merge, released = streamed(grid, summaries, contacts, planar, min_size)
     assert merge.finished and merge.objects == whole.objects
@@ -104,7 +79,7 @@ def test_a_block_is_released_once_nothing_can_change_its_ids() -> None:
     foreground[1:3, 1, 1] = True  # B: planes 1 and 2, the earliest open one after A
     foreground[1, 3, 3] = True  # C: plane 1, after B's first voxel
     grid = BlockGrid(foreground.shape, 4, (1, 1), 1)
-    summaries, contacts = summaries_and_contacts(foreground, grid, Connectivity())
+    _, summaries, contacts = block_reports(foreground, grid, Connectivity())
     merge, released = streamed(grid, summaries, contacts, planar=False, min_size=0)
     assert released == [[0], [], [1, 2]]  # C's number waits for B to close
     assert [merge.block_mapping(b).tolist() for b in range(3)] == [[0, 1], [0, 2, 3], [0, 2]]
@@ -117,7 +92,7 @@ def test_an_object_through_every_slab_holds_back_only_what_follows_a_second_one(
     foreground[:, 0, 0] = True  # through every plane
     foreground[::2, 3, 3] = True  # one-plane objects in every other plane
     grid = BlockGrid(foreground.shape, 5, (1, 1), 1)
-    summaries, contacts = summaries_and_contacts(foreground, grid, Connectivity())
+    _, summaries, contacts = block_reports(foreground, grid, Connectivity())
     merge, released = streamed(grid, summaries, contacts, planar=False, min_size=0)
     assert released == [[], [0, 1], [], [2, 3], [], [4, 5]]
     assert merge.objects == 4

@@ -11,43 +11,25 @@ from hypothesis import strategies as st
 from pipeline.geometry import BlockGrid
 from pipeline.label_edges import edge_lines, line_length, slab_from_edges
 from pipeline.labels import (
-    BlockLabels,
     Connectivity,
     components,
     contact_slabs,
-    face_slab,
     label_block,
     merge_labels,
     relabel,
-    slab_contacts,
 )
+from tests.blockwise import block_reports
 
 
 def blockwise_labels(
     foreground: np.ndarray, grid: BlockGrid, connectivity: Connectivity, min_size: int = 0
 ) -> tuple[np.ndarray, int]:
     """The pipeline's algorithm, in one process: label blocks, find contacts, merge, relabel."""
-    shape = foreground.shape
-    local = np.zeros(shape, np.uint32)
-    summaries: list[BlockLabels] = []
-    rois = [block.write_roi(shape, grid.tile) for block in grid.blocks()]
-    for roi in rois:
-        local[roi.slices()], summary = label_block(foreground[roi.slices()], roi.start, shape, connectivity)
-        summaries.append(summary)
-    contacts = []
-    for roi in rois:
-        for axis in range(3):
-            for side in (-1, 1):
-                box = face_slab(grid, roi.start, roi.stop, axis, side, connectivity)
-                if box is None:
-                    continue
-                slab = local[tuple(slice(a, b) for a, b in zip(*box))]
-                contacts.append(
-                    slab_contacts(slab, box[0], roi.start, roi.stop, axis, side, grid, connectivity)
-                )
+    local, summaries, contacts = block_reports(foreground, grid, connectivity)
     mapping = merge_labels(summaries, contacts, min_size)
-    out = np.zeros(shape, np.uint64)
-    for block, roi in zip(grid.blocks(), rois):
+    out = np.zeros(foreground.shape, np.uint64)
+    for block in grid.blocks():
+        roi = block.write_roi(foreground.shape, grid.tile)
         out[roi.slices()] = relabel(local[roi.slices()], mapping.block_mapping(block.block_id), "uint64")
     return out, mapping.objects
 
