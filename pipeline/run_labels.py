@@ -49,7 +49,8 @@ def _merge_at_once(plan: RunPlan, labelled: str, reports: Reports, record: dict[
         plan.min_size_voxels,
         config.labels.uint32_max_objects,
     )
-    _record(plan, record, mapping.objects, mapping.dtype, int(mapping.offsets[-1]), "at once", started)
+    seconds = time.perf_counter() - started
+    _record(plan, record, mapping.objects, mapping.dtype, int(mapping.offsets[-1]), "at once", seconds)
     create_labels(plan.output_url, plan.layout, config.labels.name, mapping.dtype)
     return [*relabel_jobs(plan, mapping), *label_pyramid_jobs(plan, mapping)]
 
@@ -92,8 +93,7 @@ class LabelStream:
 
     def more(self, graph: JobGraph, reports: Reports) -> list[Job]:
         jobs: list[Job] = []
-        while not self.merge.finished and self._slab_in(graph, self.merge.next_slab):
-            blocks = range(self.merge.next_slab * self.per_slab, (self.merge.next_slab + 1) * self.per_slab)
+        while not self.merge.finished and self._slab_in(graph, blocks := self._blocks(self.merge.next_slab)):
             summaries = [
                 BlockLabels.from_arrays(_payload(self.plan, self.labelled, b, reports)) for b in blocks
             ]
@@ -111,20 +111,15 @@ class LabelStream:
         jobs.extend(self._release_held([job.name for job in jobs]))
         if self.merge.finished and not self.exhausted:
             self.exhausted = True
-            _record(
-                self.plan,
-                self.record,
-                self.merge.objects,
-                self.DTYPE,
-                self.merge.local_labels,
-                "slab by slab",
-                None,
-            )
-            self.record["labels"]["merge_seconds"] = round(self.seconds, 3)
+            objects, local_labels = self.merge.objects, self.merge.local_labels
+            _record(self.plan, self.record, objects, self.DTYPE, local_labels, "slab by slab", self.seconds)
         return jobs
 
-    def _slab_in(self, graph: JobGraph, slab: int) -> bool:
-        blocks = range(slab * self.per_slab, (slab + 1) * self.per_slab)
+    def _blocks(self, slab: int) -> range:
+        return range(slab * self.per_slab, (slab + 1) * self.per_slab)
+
+    def _slab_in(self, graph: JobGraph, blocks: range) -> bool:
+        """Whether every block of a slab has its labels and contacts."""
         return all(
             graph.job_finished((self.labelled, b)) and graph.job_finished(("contacts", b)) for b in blocks
         )
@@ -165,7 +160,7 @@ def _record(
     dtype: str,
     local_labels: int,
     merged: str,
-    started: float | None,
+    merge_seconds: float,
 ) -> None:
     assert plan.label_rule is not None
     record["labels"] = {
@@ -176,5 +171,5 @@ def _record(
         "local_label_levels_kept": plan.label_rule.scratch_levels,  # label pyramid levels read from them
         "local_label_edges_kept": plan.label_rule.edges is not None,  # contacts read Y and X faces from them
         "min_size_voxels": plan.min_size_voxels,
-        "merge_seconds": round(time.perf_counter() - started, 3) if started is not None else None,
+        "merge_seconds": round(merge_seconds, 3),
     }
