@@ -324,7 +324,10 @@ class LabelMapping:
 
     @property
     def dtype(self) -> str:
-        return "uint32" if self.objects <= self.uint32_max_objects else "uint64"
+        """uint32 up to ``uint32_max_objects`` objects, uint64 beyond it, and always for a limit of 0."""
+        return (
+            "uint32" if 0 < self.uint32_max_objects and self.objects <= self.uint32_max_objects else "uint64"
+        )
 
 
 def merge_labels(

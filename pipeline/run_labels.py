@@ -31,11 +31,14 @@ from pipeline.stage_jobs import (
 
 
 def label_merge(plan: RunPlan, labelled: str, record: dict[str, Any]) -> JobSource:
-    """Slab by slab when uint32 holds every object the volume could have (at most one in two voxels
-    are separate objects), else at once (the dtype follows the count)."""
-    voxels = math.prod(plan.grid.volume_shape)
-    if math.ceil(voxels / 2) <= plan.request.config.labels.uint32_max_objects:
-        return LabelStream(plan, labelled, record)
+    """Slab by slab where the labels' dtype is known before the count: uint32 where it holds every
+    object the volume could have (at most one in two voxels are separate objects), uint64 where
+    ``labels.uint32_max_objects`` is 0. Else at once: the dtype follows the count."""
+    limit = plan.request.config.labels.uint32_max_objects
+    if limit == 0:
+        return LabelStream(plan, labelled, record, "uint64")
+    if math.ceil(math.prod(plan.grid.volume_shape) / 2) <= limit:
+        return LabelStream(plan, labelled, record, "uint32")
     return Later((labelled, "contacts"), lambda reports: _merge_at_once(plan, labelled, reports, record))
 
 
@@ -58,13 +61,11 @@ def _merge_at_once(plan: RunPlan, labelled: str, reports: Reports, record: dict[
 class LabelStream:
     """The merge slab by slab: each slab joins once its blocks' labels and contacts are in; a block's
     relabel job once its mapping is final, a label pyramid shard's once all blocks under it are, and
-    the halved levels' shards once the shards they read have joined. Creates the (uint32) labels."""
+    the halved levels' shards once the shards they read have joined. Creates the labels, of ``dtype``."""
 
-    DTYPE = "uint32"  # label_merge chooses this source only where uint32 holds every object
-
-    def __init__(self, plan: RunPlan, labelled: str, record: dict[str, Any]) -> None:
+    def __init__(self, plan: RunPlan, labelled: str, record: dict[str, Any], dtype: str) -> None:
         assert plan.label_rule is not None
-        self.plan, self.labelled, self.record = plan, labelled, record
+        self.plan, self.labelled, self.record, self.dtype = plan, labelled, record, dtype
         slabs, rows, cols = plan.grid.shape
         self.per_slab = rows * cols
         self.merge = StreamingMerge(slabs, self.per_slab, self._joins_next, plan.min_size_voxels)
@@ -82,7 +83,7 @@ class LabelStream:
                 self.waiting_on.setdefault(need, []).append(job)
         self.seconds = 0.0
         self.exhausted = False
-        create_labels(plan.output_url, plan.layout, plan.request.config.labels.name, self.DTYPE)
+        create_labels(plan.output_url, plan.layout, plan.request.config.labels.name, self.dtype)
 
     def _joins_next(self, slab: int) -> bool:
         """Whether labels of slab ``slab`` can touch the next slab's."""
@@ -104,7 +105,7 @@ class LabelStream:
             for block in ready:
                 jobs.append(
                     relabel_job(
-                        self.plan, self.plan.blocks[block], self.merge.block_mapping(block), self.DTYPE
+                        self.plan, self.plan.blocks[block], self.merge.block_mapping(block), self.dtype
                     )
                 )
                 jobs.extend(self._shards_complete(block))
@@ -112,7 +113,7 @@ class LabelStream:
         if self.merge.finished and not self.exhausted:
             self.exhausted = True
             objects, local_labels = self.merge.objects, self.merge.local_labels
-            _record(self.plan, self.record, objects, self.DTYPE, local_labels, "slab by slab", self.seconds)
+            _record(self.plan, self.record, objects, self.dtype, local_labels, "slab by slab", self.seconds)
         return jobs
 
     def _blocks(self, slab: int) -> range:
@@ -131,7 +132,7 @@ class LabelStream:
             self.missing[index] -= 1
             if self.missing[index] == 0:
                 shard: LabelShard = self.shards[index]
-                jobs.append(label_level_job(self.plan, shard, self.merge.block_mapping, self.DTYPE))
+                jobs.append(label_level_job(self.plan, shard, self.merge.block_mapping, self.dtype))
         return jobs
 
     def _release_held(self, joined: list[JobName]) -> list[Job]:

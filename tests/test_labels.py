@@ -138,6 +138,7 @@ def test_ids_promote_to_uint64_when_the_count_needs_it() -> None:
     assert LabelMapping(offsets, np.zeros(0, np.uint64), 2**32).dtype == "uint64"
     assert LabelMapping(offsets, np.zeros(0, np.uint64), 5, uint32_max_objects=5).dtype == "uint32"
     assert LabelMapping(offsets, np.zeros(0, np.uint64), 6, uint32_max_objects=5).dtype == "uint64"
+    assert LabelMapping(offsets, np.zeros(0, np.uint64), 0, uint32_max_objects=0).dtype == "uint64"  # always
     with pytest.raises(ValueError, match=r"uint32_max_objects must be 0\.\.4294967295 .* got 4294967296"):
         LabelMapping(offsets, np.zeros(0, np.uint64), 0, uint32_max_objects=2**32)
 

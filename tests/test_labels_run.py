@@ -126,6 +126,25 @@ def test_labels_equal_whole_volume_components(
         assert np.array_equal(pyramid[...], expected[:, ::step, ::step]), level
 
 
+def test_uint64_labels_asked_for_are_merged_slab_by_slab(
+    volume: str, checkpoint: Path, dask_address: str, tmp_path: Path
+) -> None:
+    """``uint32_max_objects: 0`` fixes the dtype before the count, so a volume of any size streams."""
+    output = tmp_path / "out.ome.zarr"
+    record = run(
+        volume,
+        output,
+        checkpoint,
+        dask_address,
+        **{"tiling.block_tiles": [2, 3], "labels.uint32_max_objects": 0},
+    )
+    assert record["labels"]["merged"] == "slab by slab" and record["labels"]["dtype"] == "uint64"
+    stored = zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")
+    expected, count = expected_labels(output, "3d")
+    assert stored.dtype == np.uint64 and record["labels"]["objects"] == count > 100
+    assert np.array_equal(stored[...], expected)
+
+
 def test_an_object_spanning_every_block(volume: str, dask_address: str, tmp_path: Path) -> None:
     checkpoint = constant_checkpoint(tmp_path / "all.safetensors", foreground=True)
     output = tmp_path / "out.ome.zarr"
