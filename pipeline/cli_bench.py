@@ -8,8 +8,9 @@ from pathlib import Path
 
 import click
 
-from pipeline.bench import DTYPE_NAMES, BenchProfile, BenchSettings, run_bench
+from pipeline.bench import run_bench
 from pipeline.bench import table as bench_table
+from pipeline.bench_model import DTYPE_NAMES, BenchProfile, BenchSettings
 from pipeline.cli_values import parse_shape
 from pipeline.errors import InputError
 

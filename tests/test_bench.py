@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.bench import NAIVE, BenchSettings, profiles
+from pipeline.bench_model import NAIVE, BenchSettings, profiles
 from pipeline.cli import cli
 from pipeline.cpu_time import ROLES
 
