@@ -14,7 +14,8 @@ ID is settled as soon as nothing can change it:
 A block's mapping is final once every one of its labels has its ID (or 0, for an object below the
 minimum size); the IDs are exactly those of :func:`merge_labels` (tested). The working set is the
 open objects and the closed ones waiting for an earlier open one: about two slabs of labels,
-unless one object spans many slabs and holds back every object after its first voxel.
+unless two objects reach over many slabs and hold back every object after the second's first
+voxel (benchmarks/labels_merge_memory.py --slab-blocks: 4 MiB for 4 million local labels).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class StreamingMerge:
     def block_mapping(self, block_id: int) -> npt.NDArray[np.uint64]:
         """The final lookup table of a block listed by :meth:`add_slab`: index local label, value ID."""
         return self._ids[block_id]
+
+    def forget(self, block_id: int) -> None:
+        """Drop a block's final table once every job that needs it has it."""
+        del self._ids[block_id]
 
     def add_slab(self, summaries: list[BlockLabels], contacts: list[Int64Array]) -> list[int]:
         """Slab ``next_slab``: its blocks' summaries and contact pairs, in block order. Returns the

@@ -17,7 +17,8 @@ The outline (each step a function here, the Dask wiring in the run):
 
 Driver memory grows with the number of local labels, never with voxels:
 about 90 MiB per million local labels at the merge's peak, summaries
-included (benchmarks/labels_merge_memory.py).
+included (benchmarks/labels_merge_memory.py); slab by slab, with the labels
+still open or waiting (a few MiB).
 """
 
 from __future__ import annotations

@@ -75,6 +75,10 @@ class LabelStream:
         for index, shard in enumerate(self.shards):
             for block in shard.under:
                 self.shards_over.setdefault(block, []).append(index)
+        # jobs still to be made with each block's table: its relabel and the shards over it
+        self.uses = {
+            block.block_id: 1 + len(self.shards_over.get(block.block_id, [])) for block in plan.blocks
+        }
         self.unmet: dict[JobName, int] = {}  # halved levels' shards: join once the shards they read have
         self.waiting_on: dict[JobName, list[Job]] = {}
         for job in halved_label_levels(plan):
@@ -102,12 +106,17 @@ class LabelStream:
             started = time.perf_counter()
             ready = self.merge.add_slab(summaries, pairs)
             self.seconds += time.perf_counter() - started
+            for stage in (self.labelled, "contacts"):  # merged: the driver keeps no per-object data of them
+                for block in blocks:
+                    if block in reports.get(stage, {}):
+                        reports[stage][block].payload.clear()
             for block in ready:
                 jobs.append(
                     relabel_job(
                         self.plan, self.plan.blocks[block], self.merge.block_mapping(block), self.dtype
                     )
                 )
+                self._used(block)
                 jobs.extend(self._shards_complete(block))
         jobs.extend(self._release_held([job.name for job in jobs]))
         if self.merge.finished and not self.exhausted:
@@ -133,7 +142,15 @@ class LabelStream:
             if self.missing[index] == 0:
                 shard: LabelShard = self.shards[index]
                 jobs.append(label_level_job(self.plan, shard, self.merge.block_mapping, self.dtype))
+                for under in shard.under:
+                    self._used(under)
         return jobs
+
+    def _used(self, block: int) -> None:
+        """One job made with the block's table; the last one lets the merge drop it."""
+        self.uses[block] -= 1
+        if self.uses[block] == 0:
+            self.merge.forget(block)
 
     def _release_held(self, joined: list[JobName]) -> list[Job]:
         """The halved levels' shards whose last shard read has joined (and theirs, in turn)."""
