@@ -71,23 +71,27 @@ def run(input_url: str, output: Path, checkpoint: Path, address: str, **override
     return segment(SegmentRequest(input_url, str(output), checkpoint, config, show_progress=False))
 
 
-def expected_labels(output: Path, mode: str, threshold: float = 0.5) -> tuple[np.ndarray, int]:
+def expected_labels(
+    output: Path, mode: str, threshold: float = 0.5, neighbours: str = "faces"
+) -> tuple[np.ndarray, int]:
     probability = zarr.open_array(str(output / "s0"), mode="r")[...]
-    connectivity = Connectivity("faces", planar=mode == "2d")
+    connectivity = Connectivity(neighbours, planar=mode == "2d")
     labels, count = scipy.ndimage.label(probability >= threshold, structure=connectivity.structure())
     return labels, int(count)
 
 
 @pytest.mark.parametrize(
-    ("mode", "block_tiles", "subsampled"),
+    ("mode", "block_tiles", "subsampled", "neighbours"),
     [
-        ("3d", (1, 1), True),  # one shard
-        ("3d", (2, 3), True),  # 2 x 3 shards
-        ("3d", (3, 3), True),  # a whole plane
-        ("2d", (1, 1), True),
-        ("2d", (2, 3), True),
-        ("2d", (3, 3), True),
-        ("3d", (2, 3), False),  # an output of an older run: no subsampled local labels or edge lines
+        ("3d", (1, 1), True, "faces"),  # one shard
+        ("3d", (2, 3), True, "faces"),  # 2 x 3 shards
+        ("3d", (3, 3), True, "faces"),  # a whole plane
+        ("2d", (1, 1), True, "faces"),
+        ("2d", (2, 3), True, "faces"),
+        ("2d", (3, 3), True, "faces"),
+        ("3d", (2, 3), False, "faces"),  # an output of an older run: no subsampled local labels or edge lines
+        ("3d", (1, 1), True, "full"),  # edges and corners join too: scipy's labeller, contacts across them
+        ("2d", (2, 3), True, "full"),
     ],
 )
 def test_labels_equal_whole_volume_components(
@@ -99,6 +103,7 @@ def test_labels_equal_whole_volume_components(
     mode: str,
     block_tiles: tuple[int, int],
     subsampled: bool,
+    neighbours: str,
 ) -> None:
     if not subsampled:  # decided by the driver, this process
         monkeypatch.setattr(omezarr, "SCRATCH_LABEL_LEVELS", 0)
@@ -109,9 +114,9 @@ def test_labels_equal_whole_volume_components(
         output,
         checkpoint,
         dask_address,
-        **{"tiling.block_tiles": list(block_tiles), "labels.mode": mode},
+        **{"tiling.block_tiles": list(block_tiles), "labels.mode": mode, "labels.connectivity": neighbours},
     )
-    expected, count = expected_labels(output, mode)
+    expected, count = expected_labels(output, mode, neighbours=neighbours)
     stored = zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")
     assert stored.dtype == np.uint32 and record["labels"]["merged"] == "slab by slab"
     assert record["labels"]["objects"] == count > 100  # the untrained net gives many small objects
