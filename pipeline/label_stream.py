@@ -21,6 +21,7 @@ voxel (benchmarks/labels_merge_memory.py --slab-blocks: 4 MiB for 4 million loca
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -49,7 +50,8 @@ class StreamingMerge:
         self.next_slab = 0
         self.objects = 0  # IDs given so far
         self.local_labels = 0
-        self._starts: list[int] = []  # global index of each block's label 1, by block id
+        self._starts = np.zeros(slabs * blocks_per_slab, np.int64)  # global index of each block's label 1
+        self._blocks_in = 0
         self._ids: dict[int, npt.NDArray[np.uint64]] = {}  # block id -> mapping (index = local label)
         self._unresolved: dict[int, int] = {}  # block id -> labels without an ID yet
         self._ready: list[int] = []
@@ -90,7 +92,8 @@ class StreamingMerge:
         slab_start = self.local_labels
         for offset, summary in enumerate(summaries):
             block = first_block + offset
-            self._starts.append(self.local_labels)
+            self._starts[block] = self.local_labels
+            self._blocks_in = block + 1
             self._ids[block] = np.zeros(summary.count + 1, np.uint64)
             self._unresolved[block] = summary.count
             self.local_labels += summary.count
@@ -141,7 +144,7 @@ class StreamingMerge:
         """Graph nodes of both sides of every pair: an open object for a label of the slab before,
         ``open_before`` + its index in the slab for a label of this one."""
         pairs = np.concatenate([np.empty((0, 4), np.int64), *contacts]).astype(np.int64)
-        starts = np.asarray(self._starts, np.int64)
+        starts = self._starts[: self._blocks_in]
         sides = []
         for block, label in ((pairs[:, 0], pairs[:, 1]), (pairs[:, 2], pairs[:, 3])):
             index = starts[block] + label - 1
@@ -232,11 +235,14 @@ class StreamingMerge:
         """Final IDs of some labels (global index); blocks left with none unsettled are ready."""
         if not labels.size:
             return
-        starts = np.asarray(self._starts, np.int64)
+        order = np.argsort(labels, kind="stable")  # a block's labels are one run of indices
+        labels, ids = labels[order], ids[order]
+        starts = self._starts[: self._blocks_in]
         block = np.searchsorted(starts, labels, side="right") - 1
-        for b in np.unique(block):
-            mine = block == b
-            self._ids[int(b)][labels[mine] - starts[b] + 1] = ids[mine]
-            self._unresolved[int(b)] -= int(mine.sum())
-            if self._unresolved[int(b)] == 0:
-                self._ready.append(int(b))
+        cuts = [0, *(np.flatnonzero(block[1:] != block[:-1]) + 1).tolist(), labels.size]
+        for low, high in pairwise(cuts):
+            b = int(block[low])
+            self._ids[b][labels[low:high] - starts[b] + 1] = ids[low:high]
+            self._unresolved[b] -= high - low
+            if self._unresolved[b] == 0:
+                self._ready.append(b)
