@@ -87,6 +87,7 @@ class LabelStream:
                 self.waiting_on.setdefault(need, []).append(job)
         self.seconds = 0.0
         self.exhausted = False
+        self.cursor = 0  # the first block whose labels or contacts are not in: the next slab waits for it
         create_labels(plan.output_url, plan.layout, plan.request.config.labels.name, self.dtype)
 
     def _joins_next(self, slab: int) -> bool:
@@ -129,10 +130,14 @@ class LabelStream:
         return range(slab * self.per_slab, (slab + 1) * self.per_slab)
 
     def _slab_in(self, graph: JobGraph, blocks: range) -> bool:
-        """Whether every block of a slab has its labels and contacts."""
-        return all(
-            graph.job_finished((self.labelled, b)) and graph.job_finished(("contacts", b)) for b in blocks
-        )
+        """Whether every block of a slab has its labels and contacts. Called after every result: the
+        cursor moves past the blocks found in, so each block is looked at about once, not once per
+        result."""
+        while self.cursor < blocks.stop and all(
+            graph.job_finished((stage, self.cursor)) for stage in (self.labelled, "contacts")
+        ):
+            self.cursor += 1
+        return self.cursor >= blocks.stop
 
     def _shards_complete(self, block: int) -> list[Job]:
         """Label pyramid shards whose last block under them is ``block``."""
