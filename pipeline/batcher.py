@@ -84,8 +84,9 @@ class Windows:
 class Pending:
     """Windows handed to a batcher; :meth:`result` waits for their probabilities."""
 
-    def __init__(self, windows: Windows, result: npt.NDArray[np.float32]) -> None:
+    def __init__(self, windows: Windows, result: npt.NDArray[np.float32], *, counted: bool = True) -> None:
         self.windows = windows
+        self.counted = counted  # in the batcher's statistics (a warm-up batch is not)
         self.taken = 0  # windows put into batches so far
         self.left = len(windows)  # windows whose probabilities are not back yet
         self._result = result
@@ -202,6 +203,7 @@ class DeviceBatcher:
         self._ready = threading.Condition()
         self._closed = False
         self._slots: list[_Slot] = []
+        self._started = False  # a batch was queued (the device and, when compiled, the model are warm after it)
         self.statistics: dict[str, float] = {}  # batches, windows, padding, seconds per step: running totals
         self._thread = threading.Thread(target=self._serve, name="unet-device-batcher", daemon=True)
         self._thread.start()
@@ -229,15 +231,26 @@ class DeviceBatcher:
             raise ValueError(f"a {size}-pixel window at one of {origins} leaves the {height} x {width} plane")
         return self._queue_group(Windows(plane, list(origins), size))
 
-    def _queue_group(self, windows: Windows) -> Pending:
+    def warm_up(self, window: int) -> None:
+        """One batch of zeros through the network unless a batch was queued already, left out of the
+        statistics: on a GPU, cuDNN's start (and, compiled, the compile) happen here rather than in the
+        first block. The network holds no state, so later batches give the same bits either way."""
+        zeros = np.zeros((self.batch_size, self.channels, window, window), np.float32)
+        with self._ready:
+            if self._started:
+                return
+        self._queue_group(Windows.of_stack(zeros), counted=False).result()
+
+    def _queue_group(self, windows: Windows, *, counted: bool = True) -> Pending:
         out_size = self.model.geometry.output_size(windows.size)
         result = np.empty((len(windows), self._n_classes, out_size, out_size), np.float32)
-        pending = Pending(windows, result)
+        pending = Pending(windows, result, counted=counted)
         if not len(windows):
             return pending
         with self._ready:
             if self._closed:
                 raise RuntimeError("the device batcher is closed")
+            self._started = True
             self._queue.append(pending)
             self._ready.notify()
         return pending
@@ -331,10 +344,11 @@ class DeviceBatcher:
         pending.windows.copy_into(host, start, stop)
         host[stop - start :] = 0
         slot.piece = piece
-        self._count("fill_seconds", time.perf_counter() - started)
-        self._count("batches", 1)
-        self._count("windows", stop - start)
-        self._count("padding_windows", self.batch_size - (stop - start))
+        if pending.counted:
+            self._count("fill_seconds", time.perf_counter() - started)
+            self._count("batches", 1)
+            self._count("windows", stop - start)
+            self._count("padding_windows", self.batch_size - (stop - start))
         cuda = self.device.type == "cuda"
         slot.clock = _Clock(cuda)
         with torch.inference_mode():
@@ -358,11 +372,12 @@ class DeviceBatcher:
         except BaseException as error:  # noqa: BLE001 - handed to the waiting task
             pending.fail(error)
             return
-        for stage, seconds in zip(STAGES, slot.clock.spans(), strict=True):
-            self._count(f"{stage}_seconds", seconds)
         started = time.perf_counter()
         pending.deliver(start, slot.outputs.numpy()[: stop - start])
-        self._count("deliver_seconds", time.perf_counter() - started)
+        if pending.counted:
+            for stage, seconds in zip(STAGES, slot.clock.spans(), strict=True):
+                self._count(f"{stage}_seconds", seconds)
+            self._count("deliver_seconds", time.perf_counter() - started)
 
     def _count(self, name: str, value: float) -> None:
         self.statistics[name] = self.statistics.get(name, 0) + value

@@ -31,13 +31,22 @@ def role(thread_name: str) -> str:
     return "other"
 
 
-def cpu_seconds_by_role() -> dict[str, float]:
-    """CPU seconds (user + system) this process's live threads have used, summed per role.
+_ENDED = dict.fromkeys(ROLES, 0.0)  # CPU seconds of threads that ended, as they reported them
 
-    Threads that ended are missed; a worker's threads live as long as it does.
+
+def count_ended_thread(role: str, seconds: float) -> None:
+    """A short-lived thread's own CPU seconds (``time.thread_time()``), reported as it ends."""
+    _ENDED[role] += seconds
+
+
+def cpu_seconds_by_role() -> dict[str, float]:
+    """CPU seconds (user + system) this process's threads have used, summed per role.
+
+    Live threads are read; of those that ended, only what they reported (:func:`count_ended_thread`)
+    is known. A worker's Dask, Zarr and batcher threads live as long as it does.
     """
     names = {thread.native_id: thread.name for thread in threading.enumerate()}
-    totals = dict.fromkeys(ROLES, 0.0)
+    totals = dict(_ENDED)
     for thread in psutil.Process().threads():
         totals[role(names.get(thread.id, ""))] += thread.user_time + thread.system_time
     return totals

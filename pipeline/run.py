@@ -62,7 +62,7 @@ from pipeline.stage_jobs import (
     resample_jobs,
 )
 from pipeline.store import fingerprint, normalization_sample
-from pipeline.worker_device import device_statistics
+from pipeline.worker_device import CheckpointRef, device_statistics, start_warm_up, warm_up_result
 
 __all__ = ["SegmentRequest", "segment"]
 
@@ -108,7 +108,8 @@ def _segment(request: SegmentRequest, client: Client | None) -> dict[str, Any]:
         laps("cluster")  # started or connected here, or handed in
         _check_cluster(active, plan)
         laps("cluster checks")
-        return _write(plan, active, started, laps)
+        warmed = _warm_workers(active, plan)
+        return _write(plan, active, started, laps, warmed)
 
 
 def _check_cluster(client: Client, plan: RunPlan) -> None:
@@ -118,7 +119,41 @@ def _check_cluster(client: Client, plan: RunPlan) -> None:
     check_workers_see(client, [plan.volume.ref.url, str(plan.checkpoint.path.resolve())])
 
 
-def _write(plan: RunPlan, client: Client, started: float, laps: Laps) -> dict[str, Any]:
+def _warm_workers(client: Client, plan: RunPlan) -> tuple[CheckpointRef, ProfileConfig] | None:
+    """Every worker makes the run's batcher (model loaded; on a GPU, warmed up) while the driver samples
+    the input and creates the output, not when its first block asks. With ``batch_size: auto`` the
+    size is not known yet: the first blocks make it, as before."""
+    profile = plan.request.config.profile
+    if not isinstance(profile.batch_size, int):
+        return None
+    checkpoint = CheckpointRef(str(plan.checkpoint.path.resolve()), plan.checkpoint.sha256)
+    client.run(
+        start_warm_up,
+        checkpoint,
+        profile,
+        plan.checkpoint.config.geometry.input_size(plan.request.config.tiling.tile),
+        on_error="ignore",  # a worker lost now: its blocks are retried elsewhere, as ever
+    )
+    return checkpoint, profile
+
+
+def _warm_up_seconds(client: Client, warmed: tuple[CheckpointRef, ProfileConfig] | None) -> dict[str, Any]:
+    """Each worker's warm-up as it ended: seconds, or the error its first block met too."""
+    if warmed is None:
+        return {}
+    results = client.run(warm_up_result, *warmed, on_error="ignore")
+    return {
+        address: round(value, 3) if isinstance(value, float) else value for address, value in results.items()
+    }
+
+
+def _write(
+    plan: RunPlan,
+    client: Client,
+    started: float,
+    laps: Laps,
+    warmed: tuple[CheckpointRef, ProfileConfig] | None,
+) -> dict[str, Any]:
     """Create (or continue) the output and run every stage on ``client``; return the run record."""
     request = plan.request
     run_id = request.run_id or str(uuid.uuid4())
@@ -202,6 +237,7 @@ def _write(plan: RunPlan, client: Client, started: float, laps: Laps) -> dict[st
                 record["setup_seconds"] = laps.seconds
                 save()
                 _run_stages(client, plan, profile, stats, Clock(run_id, started), record, save)
+                record["worker_warm_up_seconds"] = _warm_up_seconds(client, warmed)
                 record["worker_peak_rss_bytes"] = worker_peak_rss(client)
                 remove_scratch(plan.output_url)
             except BaseException as error:

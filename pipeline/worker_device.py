@@ -8,6 +8,7 @@ reads the batchers' running totals before and after itself.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +17,7 @@ from pipeline.batch_size import fitting_batch_size
 from pipeline.batcher import DeviceBatcher
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ProfileConfig
+from pipeline.cpu_time import count_ended_thread
 from pipeline.errors import PipelineError
 from pipeline.model import UNet
 from pipeline.predict import prepare_model
@@ -51,7 +53,8 @@ def _load_model(checkpoint: CheckpointRef, profile: ProfileConfig) -> UNet:
 
 
 _BATCHERS: dict[tuple[CheckpointRef, ProfileConfig], DeviceBatcher] = {}
-_BATCHERS_LOCK = threading.Lock()
+_BATCHERS_LOCK = threading.Lock()  # held briefly: the statistics read it while a model loads
+_MAKING: dict[tuple[CheckpointRef, ProfileConfig], threading.Lock] = {}  # one batcher made once
 _RETIRED: dict[str, float] = {}  # statistics of the batchers closed so far
 
 
@@ -59,28 +62,65 @@ def worker_batcher(checkpoint: CheckpointRef, profile: ProfileConfig) -> DeviceB
     """This process's device batcher for a checkpoint and profile, made once and shared by its tasks.
 
     A worker keeps the two most recent (a nightly run moves from one model to
-    another); older ones are closed and their models freed.
+    another); older ones are closed and their models freed before the next loads.
     """
     configure_torch(profile)
     key = (checkpoint, profile)
     with _BATCHERS_LOCK:
-        batcher = _BATCHERS.get(key)
-        if batcher is None:
+        making = _MAKING.setdefault(key, threading.Lock())
+    with making:
+        with _BATCHERS_LOCK:
+            batcher = _BATCHERS.get(key)
+            if batcher is not None:
+                return batcher
             if not isinstance(profile.batch_size, int):
                 raise PipelineError("internal: batch_size auto reached a worker unresolved")
             while len(_BATCHERS) >= 2:
                 retired = _BATCHERS.pop(next(iter(_BATCHERS)))
                 retired.close()
                 _add(_RETIRED, retired.statistics)
-            batcher = DeviceBatcher(
-                _load_model(checkpoint, profile),
-                batch_size=profile.batch_size,
-                channels_last=profile.channels_last,
-                compiled=profile.compile,
-                classes=slice(1, None),
-            )
+        batcher = DeviceBatcher(
+            _load_model(checkpoint, profile),
+            batch_size=profile.batch_size,
+            channels_last=profile.channels_last,
+            compiled=profile.compile,
+            classes=slice(1, None),
+        )
+        with _BATCHERS_LOCK:
             _BATCHERS[key] = batcher
     return batcher
+
+
+_WARM_UPS: dict[tuple[CheckpointRef, ProfileConfig], float | str] = {}
+
+
+def start_warm_up(checkpoint: CheckpointRef, profile: ProfileConfig, window: int) -> None:
+    """Make this worker's batcher for a run before its first block asks, in a thread of its own (the
+    task threads stay free for the run's set-up): the model read, checked and on the device, and on
+    a GPU one batch of zeros through it (cuDNN's start; the compile, when the profile compiles).
+    :func:`warm_up_result` then gives the seconds it took, or the error's text (a block meeting the
+    same error reports it in full)."""
+    key = (checkpoint, profile)
+    _WARM_UPS.pop(key, None)
+
+    def warm() -> None:
+        started, cpu = time.perf_counter(), time.thread_time()
+        try:
+            batcher = worker_batcher(checkpoint, profile)
+            if profile.device == "cuda":
+                batcher.warm_up(window)
+            _WARM_UPS[key] = time.perf_counter() - started
+        except Exception as error:  # noqa: BLE001 - the first block on this worker fails with it too
+            _WARM_UPS[key] = f"{type(error).__name__}: {error}"
+        finally:
+            count_ended_thread("other", time.thread_time() - cpu)
+
+    threading.Thread(target=warm, name="unet-warm-up", daemon=True).start()
+
+
+def warm_up_result(checkpoint: CheckpointRef, profile: ProfileConfig) -> float | str | None:
+    """How the last warm-up for this checkpoint and profile ended (None: not started here, or running)."""
+    return _WARM_UPS.get((checkpoint, profile))
 
 
 def device_statistics() -> dict[str, float]:

@@ -89,6 +89,20 @@ def test_windows_cut_from_a_plane_get_the_bits_of_their_stack(
             batcher.submit_cut(plane.astype(np.float64), origins, 188)
 
 
+def test_a_warm_up_batch_is_uncounted_and_changes_no_bits(narrow_model: UNet, rng: np.random.Generator) -> None:
+    batch = windows(rng, 3)
+    with DeviceBatcher(narrow_model, batch_size=2) as cold:
+        expected = cold.predict(batch)
+    with DeviceBatcher(narrow_model, batch_size=2) as warm:
+        warm.warm_up(188)
+        assert warm.statistics == {}
+        assert np.array_equal(warm.predict(batch), expected)
+        counted = dict(warm.statistics)
+        assert counted["batches"] == 2 and counted["windows"] == 3
+        warm.warm_up(188)  # a batch ran: nothing to warm
+        assert warm.statistics == counted
+
+
 def test_wrong_channel_count_is_refused(narrow_model: UNet, rng: np.random.Generator) -> None:
     with (
         DeviceBatcher(narrow_model, batch_size=2) as batcher,

@@ -180,6 +180,8 @@ def test_one_worker_gives_the_same_bits_as_two(
         SegmentRequest(ragged_volume, str(output), narrow_checkpoint, config, show_progress=False)
     )
     assert record["cluster"]["workers"] == 1
+    (warm_up,) = record["worker_warm_up_seconds"].values()  # the model loaded beside the run's set-up
+    assert isinstance(warm_up, float) and warm_up > 0
     reference = zarr.open_array(str(reference_run[0] / "s0"), mode="r")[...]
     assert np.array_equal(zarr.open_array(str(output / "s0"), mode="r")[...], reference)
 
@@ -267,6 +269,7 @@ def test_run_record(
     assert stored["execution_profile"]["threads"] == 1
     assert stored["config"]["profile"]["batch_size"] == "auto"
     assert stored["execution_profile"]["batch_size"] == 1  # auto on CPU, settled before any block ran
+    assert stored["worker_warm_up_seconds"] == {}  # the size unknown while the driver sets up
     device = stored["stages"]["predict"]["device"]
     planes, height, width = SHAPE
     assert device["windows"] == device["batches"] == planes * math.ceil(height / 388) * math.ceil(width / 388)

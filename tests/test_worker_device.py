@@ -1,0 +1,89 @@
+"""A worker's batchers: made once per checkpoint and profile, warmed up before the run's first block."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipeline import worker_device
+from pipeline.checkpoint import load_checkpoint
+from pipeline.config import ProfileConfig
+from pipeline.cpu_time import count_ended_thread, cpu_seconds_by_role
+from pipeline.model import UNet
+from pipeline.worker_device import (
+    CheckpointRef,
+    device_statistics,
+    start_warm_up,
+    warm_up_result,
+    worker_batcher,
+)
+
+
+def wait_for_warm_up(checkpoint: CheckpointRef, profile: ProfileConfig) -> float | str:
+    for thread in threading.enumerate():
+        if thread.name == "unet-warm-up":
+            thread.join(timeout=30)
+    result = warm_up_result(checkpoint, profile)
+    assert result is not None
+    return result
+
+
+def test_a_warm_up_makes_the_batcher_the_blocks_then_share(
+    narrow_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = CheckpointRef(str(narrow_checkpoint), load_checkpoint(narrow_checkpoint).sha256)
+    profile = ProfileConfig(batch_size=5)  # a profile no other test's batcher has
+    loads: list[str] = []
+    load = worker_device._load_model
+
+    def counted(ref: CheckpointRef, settings: ProfileConfig) -> UNet:
+        loads.append(ref.path)
+        return load(ref, settings)
+
+    monkeypatch.setattr(worker_device, "_load_model", counted)
+    start_warm_up(checkpoint, profile, 188)
+    seconds = wait_for_warm_up(checkpoint, profile)
+    assert isinstance(seconds, float) and seconds > 0
+    batcher = worker_batcher(checkpoint, profile)
+    assert worker_batcher(checkpoint, profile) is batcher
+    assert loads == [str(narrow_checkpoint)]
+
+
+def test_statistics_answer_while_a_model_loads(narrow_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs read the statistics from Dask's event loop: a model loading must not hold them."""
+    checkpoint = CheckpointRef(str(narrow_checkpoint), load_checkpoint(narrow_checkpoint).sha256)
+    profile = ProfileConfig(batch_size=6)
+    release = threading.Event()
+    load = worker_device._load_model
+
+    def slow(ref: CheckpointRef, settings: ProfileConfig) -> UNet:
+        release.wait(timeout=30)
+        return load(ref, settings)
+
+    monkeypatch.setattr(worker_device, "_load_model", slow)
+    start_warm_up(checkpoint, profile, 188)
+    answered = threading.Event()
+    reader = threading.Thread(target=lambda: (device_statistics(), answered.set()))
+    reader.start()
+    reader.join(timeout=10)
+    loading = warm_up_result(checkpoint, profile)
+    release.set()
+    assert answered.is_set()
+    assert loading is None  # still loading when the statistics came back
+    assert isinstance(wait_for_warm_up(checkpoint, profile), float)
+
+
+def test_a_failed_warm_up_gives_its_error(tmp_path: Path) -> None:
+    missing = CheckpointRef(str(tmp_path / "gone.safetensors"), "0" * 64)
+    profile = ProfileConfig(batch_size=7)
+    start_warm_up(missing, profile, 188)
+    result = wait_for_warm_up(missing, profile)
+    assert isinstance(result, str) and "gone.safetensors" in result
+
+
+def test_an_ended_thread_counts_what_it_reported() -> None:
+    before = cpu_seconds_by_role()["other"]
+    count_ended_thread("other", 1.5)
+    assert cpu_seconds_by_role()["other"] >= before + 1.5
