@@ -203,7 +203,9 @@ class DeviceBatcher:
         self._ready = threading.Condition()
         self._closed = False
         self._slots: list[_Slot] = []
-        self._started = False  # a batch was queued (the device and, when compiled, the model are warm after it)
+        self._started = (
+            False  # a batch was queued (the device and, when compiled, the model are warm after it)
+        )
         self.statistics: dict[str, float] = {}  # batches, windows, padding, seconds per step: running totals
         self._thread = threading.Thread(target=self._serve, name="unet-device-batcher", daemon=True)
         self._thread.start()

@@ -89,7 +89,9 @@ def test_windows_cut_from_a_plane_get_the_bits_of_their_stack(
             batcher.submit_cut(plane.astype(np.float64), origins, 188)
 
 
-def test_a_warm_up_batch_is_uncounted_and_changes_no_bits(narrow_model: UNet, rng: np.random.Generator) -> None:
+def test_a_warm_up_batch_is_uncounted_and_changes_no_bits(
+    narrow_model: UNet, rng: np.random.Generator
+) -> None:
     batch = windows(rng, 3)
     with DeviceBatcher(narrow_model, batch_size=2) as cold:
         expected = cold.predict(batch)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from pipeline import checkpoint
 from pipeline.checkpoint import (
     CheckpointInfo,
     convert_state_dict,
@@ -51,6 +53,26 @@ def test_info_is_the_loaded_checkpoint_without_its_model(saved: Path) -> None:
     info, loaded = read_checkpoint_info(saved), load_checkpoint(saved)
     assert not hasattr(info, "model")
     assert all(getattr(info, name) == getattr(loaded, name) for name in CheckpointInfo.__slots__)
+
+
+def test_info_is_read_again_only_when_the_file_changed(saved: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[Path] = []
+    read_verified = checkpoint._read_verified
+    monkeypatch.setattr(
+        checkpoint, "_read_verified", lambda path: (reads.append(path), read_verified(path))[1]
+    )
+    first = read_checkpoint_info(saved)
+    assert read_checkpoint_info(saved) is first and len(reads) == 1
+    blob = bytearray(saved.read_bytes())
+    blob[-5] ^= 0x01
+    before = saved.stat()
+    saved.write_bytes(
+        bytes(blob)
+    )  # the same size, stamped a second later: file times can be coarser than this
+    os.utime(saved, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(CheckpointError, match="modified or corrupted"):
+        read_checkpoint_info(saved)
+    assert len(reads) == 2
 
 
 def test_save_returns_file_sha256_and_is_deterministic(tmp_path: Path, narrow_model: UNet) -> None:

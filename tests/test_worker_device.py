@@ -51,7 +51,9 @@ def test_a_warm_up_makes_the_batcher_the_blocks_then_share(
     assert loads == [str(narrow_checkpoint)]
 
 
-def test_statistics_answer_while_a_model_loads(narrow_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_statistics_answer_while_a_model_loads(
+    narrow_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Runs read the statistics from Dask's event loop: a model loading must not hold them."""
     checkpoint = CheckpointRef(str(narrow_checkpoint), load_checkpoint(narrow_checkpoint).sha256)
     profile = ProfileConfig(batch_size=6)
