@@ -13,12 +13,13 @@
 #   8. step 4 with 3 tasks per worker and Zarr's codec pool at 4 threads per worker (default: cores + 4),
 #   9. end to end with fewer CUDA contexts: 2 workers x 8 tasks and 4 x 4,
 #  10. `segment --cluster cuda --workers-per-gpu 4` (GPU-sharing workers pinned per GPU) on the demo model,
-#  11. step 4 with the demo model zero-padded to the paper's width (its cells instead of speckle, the same cost).
+#  11. step 4 with the demo model zero-padded to the paper's width (its cells instead of speckle, the same cost),
+#  12. four acquisitions on one cluster one after another, then taking turns at the GPU (benchmarks/back_to_back.py).
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
 # The default steps (0 4 11 8 9 2: host work after zarr_direct, cc3d labelling and the slab-by-slab label
 # merge (step 11, cells, shows the time after the last block) with speckle and with cells, with 8, 4 and 2
 # GPU-sharing workers, then exactness) take about 6 minutes on an H100 after the machine starts; a second
-# call fits STEPS="5 10 7" (one worker, the pinned cluster, max-autotune).
+# call fits STEPS="12 5 10 7" (back to back, one worker, the pinned cluster, max-autotune).
 # Run from the repository root with the wheels in .whl (the list: docs/benchmarks.md).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -108,6 +109,12 @@ for step in $STEPS; do
     echo "== 11. end to end, 8 workers x 2 tasks, the demo model at paper width (cells)"
     timeout 150 "${bench[@]}" "${e2e[@]}" --workers 8 --tasks-per-worker 2 --e2e-weights demo \
       --json "$OUT/bench-gpu-e2e-demo-weights.json" 2>&1 | grep -v INFO | tail -5
+    ;;
+  12)
+    echo "== 12. acquisitions back to back: one after another, then taking turns"
+    timeout 240 python3 benchmarks/back_to_back.py --device cuda --base-channels 64 --acquisitions 4 \
+      --shape 8x4656x4656 --workers 8 --tasks-per-worker 2 --block-planes 4 --batch-size 16 \
+      --json "$OUT/back-to-back-gpu.json" 2>&1 | grep -v INFO | tail -4
     ;;
   *) echo "no step $step" ;;
   esac

@@ -1,8 +1,10 @@
 """``nightly-segmentation``: segment every new, ready acquisition under an input folder.
 
 Discover acquisitions -> skip those whose output is complete with this model
-and config -> one ``segment-volume`` subflow each, all on one Dask cluster
--> a report artifact, and the summary ``unet-pipeline status`` reads. One
+and config -> one ``segment-volume`` subflow each, all on one Dask cluster,
+the next one's blocks starting as soon as the last block of the one before
+is predicted -> a report artifact, and the summary ``unet-pipeline status``
+reads. One
 failing acquisition does not stop the others; the flow run then ends
 Failed and names it. A second run with nothing new does no work.
 """
@@ -10,6 +12,8 @@ Failed and names it. A second run with nothing new does no work.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import copy_context
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +23,12 @@ from prefect.runtime import flow_run
 
 from flows.prefect_context import quiet_dask
 from flows.report import ReportRow, markdown_report, row_from_record
-from flows.segment_volume import segment_volume
+from flows.segment_volume import DEVICE_TURN, segment_volume
 from pipeline.acquisitions import Acquisition, check_roots, discover_acquisitions
 from pipeline.checkpoint import read_checkpoint_info
 from pipeline.cluster import open_client
 from pipeline.config import NightlyConfig, RunConfig, load_config, load_nightly_config
+from pipeline.device_turn import device_turns
 from pipeline.errors import PipelineError
 from pipeline.locations import join
 from pipeline.outputs import Decision, decide, read_output_status, write_nightly_summary
@@ -31,6 +36,8 @@ from pipeline.provenance import now
 
 REPORT_KEY = "nightly-report"
 STATUS_OF_ACTION = {"segment": "segmented", "resume": "resumed", "overwrite": "re-segmented"}
+# acquisitions in flight: one predicting, the next setting up, earlier ones finishing beside them
+ACQUISITIONS_AT_ONCE = 3
 
 
 class NightlyFailedError(PipelineError):
@@ -108,43 +115,68 @@ def nightly_segmentation(
 def _segment_all(
     nightly: NightlyConfig, run_config: RunConfig, todo: list[tuple[Acquisition, Decision]]
 ) -> dict[str, ReportRow]:
-    """One subflow per acquisition, all on one Dask cluster opened here."""
-    logger = get_run_logger()
-    rows = {}
-    attempt = segment_volume.with_options(
-        retries=nightly.retries, retry_delay_seconds=nightly.retry_delay_seconds
-    )
+    """One subflow per acquisition, all on one Dask cluster opened here, taking turns at its devices
+    (:mod:`pipeline.device_turn`): the next acquisition is set up while one predicts, and its
+    blocks start as soon as that one's last block is done, beside the rest of its run."""
+    turns = device_turns(len(todo))
     with (
         quiet_dask(),
         open_client(run_config.cluster, device=run_config.profile.device, forward_logs=False) as client,
+        ThreadPoolExecutor(max_workers=ACQUISITIONS_AT_ONCE, thread_name_prefix="acquisition") as pool,
     ):
         address = client.scheduler.address if client.scheduler else None
-        for acquisition, decision in todo:
-            output = join(str(nightly.output_root), acquisition.output_name)
-            logger.info("%s: %s", acquisition.name, decision.why)
-            state = attempt(
-                acquisition=acquisition.name,
-                input_url=str(acquisition.path),
-                output_url=output,
-                model=str(nightly.model),
-                config=None if nightly.config is None else str(nightly.config),
-                dask_address=address,
-                preview_max_pixels=nightly.preview_max_pixels,
-                return_state=True,
-            )
-            last_run = read_output_status(output).last_run
-            if state.is_completed() and last_run is not None:
-                rows[acquisition.name] = row_from_record(
-                    acquisition.name, STATUS_OF_ACTION[decision.action], output, last_run
+        futures = []
+        try:
+            for (acquisition, decision), turn in zip(todo, turns, strict=True):
+                # the subflow runs in the pool's thread, in a copy of this flow run's context
+                context = copy_context()
+                context.run(DEVICE_TURN.set, turn)
+                futures.append(
+                    pool.submit(context.run, _segment_one, nightly, acquisition, decision, address)
                 )
-            else:
-                status = "cancelled" if state.is_cancelled() else "failed"
-                detail = (state.message or state.name or "").removeprefix(
-                    "Flow run encountered an exception: "
-                )
-                logger.error("%s: %s: %s", acquisition.name, status, detail)
-                rows[acquisition.name] = ReportRow(acquisition.name, status, output, detail)
-    return rows
+                turn.taken.wait()  # its blocks have started (or it ended): the next one may set up
+            return dict(future.result() for future in futures)
+        except BaseException as error:  # a cancellation's signal comes to this thread only
+            turns[0].interrupt(error)  # each run stops at its next block result, its output resumable
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _segment_one(
+    nightly: NightlyConfig, acquisition: Acquisition, decision: Decision, address: str | None
+) -> tuple[str, ReportRow]:
+    """One acquisition's subflow (with its retries) and its report row; gives up its device turn."""
+    logger = get_run_logger()
+    output = join(str(nightly.output_root), acquisition.output_name)
+    logger.info("%s: %s", acquisition.name, decision.why)
+    attempt = segment_volume.with_options(
+        retries=nightly.retries, retry_delay_seconds=nightly.retry_delay_seconds
+    )
+    try:
+        state = attempt(
+            acquisition=acquisition.name,
+            input_url=str(acquisition.path),
+            output_url=output,
+            model=str(nightly.model),
+            config=None if nightly.config is None else str(nightly.config),
+            dask_address=address,
+            preview_max_pixels=nightly.preview_max_pixels,
+            return_state=True,
+        )
+    finally:
+        turn = DEVICE_TURN.get()
+        if turn is not None:
+            turn.release()  # a subflow that never reached its run (refused, crashed) holds no turn
+    last_run = read_output_status(output).last_run
+    if state.is_completed() and last_run is not None:
+        return acquisition.name, row_from_record(
+            acquisition.name, STATUS_OF_ACTION[decision.action], output, last_run
+        )
+    status = "cancelled" if state.is_cancelled() else "failed"
+    detail = (state.message or state.name or "").removeprefix("Flow run encountered an exception: ")
+    logger.error("%s: %s: %s", acquisition.name, status, detail)
+    return acquisition.name, ReportRow(acquisition.name, status, output, detail)
 
 
 def _publish(

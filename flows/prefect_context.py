@@ -10,7 +10,7 @@ from typing import Any
 from prefect import get_client
 from prefect.runtime import deployment, flow_run
 
-PIPELINE_LOGGER = "pipeline"
+from pipeline.log_scope import log_scope
 
 
 def flow_run_fields() -> dict[str, str | int | None]:
@@ -52,19 +52,10 @@ class _ToRunLogger(logging.Handler):
 
 @contextmanager
 def pipeline_logs_to(run_logger: logging.Logger | logging.LoggerAdapter[Any]) -> Iterator[None]:
-    """The pipeline's log (driver and forwarded Dask workers) in the flow run's log, at INFO."""
-    package = logging.getLogger(PIPELINE_LOGGER)
-    handler = _ToRunLogger(run_logger)
-    previous = package.level, package.propagate
-    package.addHandler(handler)
-    package.setLevel(logging.INFO)
-    package.propagate = False  # the run logger prints to the console already
-    try:
+    """This flow run's pipeline log (its driver's records) in the flow run's log, at INFO; the run
+    logger prints to the console already, so the records stay from the root logger meanwhile."""
+    with log_scope(_ToRunLogger(run_logger), keep_from_root=True):
         yield
-    finally:
-        package.removeHandler(handler)
-        package.setLevel(previous[0])
-        package.propagate = previous[1]
 
 
 @contextmanager

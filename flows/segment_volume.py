@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from prefect.artifacts import create_image_artifact
 from flows.prefect_context import attempt_run_id, flow_run_fields, pipeline_logs_to, quiet_dask
 from pipeline.checkpoint import read_checkpoint_info
 from pipeline.config import load_config
+from pipeline.device_turn import DeviceTurn
 from pipeline.locations import join, write_whole
 from pipeline.lock import OutputLockedError
 from pipeline.outputs import decide, read_output_status
@@ -29,6 +31,8 @@ from pipeline.preview import render_preview
 from pipeline.run import segment
 
 PREVIEW_NAME = "preview.png"
+# set by a nightly run around each acquisition's subflow: its turn at the shared cluster's devices
+DEVICE_TURN: ContextVar[DeviceTurn | None] = ContextVar("device_turn", default=None)
 
 
 @flow(name="segment-volume", flow_run_name="segment-{acquisition}", persist_result=False)
@@ -70,7 +74,8 @@ def segment_volume(
                 run_id=attempt_run_id(),
                 show_progress=False,
                 prefect=flow_run_fields(),
-            )
+            ),
+            turn=DEVICE_TURN.get(),
         )
     publish_preview(acquisition, output_url, preview_max_pixels)
     return record

@@ -328,10 +328,18 @@ def check_workers_see(client: Client, locations: list[str]) -> None:
             )
 
 
+CHECK_PRIORITY = 100  # a run's checks on the workers, before the blocks (priority 0) and follow-ups (1)
+
+
 def on_each_worker(client: Client, function: Callable[[], T]) -> dict[str, T]:
-    """``function()`` on every worker as a task (in its thread pool, not its event loop), by address."""
+    """``function()`` on every worker as a task (in its thread pool, not its event loop), by address.
+
+    Ahead of every block queued there (a run setting up beside another's blocks waits for a free
+    thread, not for the queue)."""
     futures = {
-        address: client.submit(function, workers=[address], allow_other_workers=False, pure=False)
+        address: client.submit(
+            function, workers=[address], allow_other_workers=False, pure=False, priority=CHECK_PRIORITY
+        )
         for address in client.scheduler_info(n_workers=-1)["workers"]
     }
     try:

@@ -29,6 +29,7 @@ from pipeline.cluster import (
     worker_peak_rss,
 )
 from pipeline.config import ProfileConfig
+from pipeline.device_turn import DeviceTurn
 from pipeline.errors import InputError, OutputWriteError
 from pipeline.lock import hold_lock
 from pipeline.markers import done_blocks, remove_markers
@@ -69,20 +70,27 @@ __all__ = ["SegmentRequest", "segment"]
 log = logging.getLogger(__name__)
 
 
-def segment(request: SegmentRequest, client: Client | None = None) -> dict[str, Any]:
+def segment(
+    request: SegmentRequest, client: Client | None = None, turn: DeviceTurn | None = None
+) -> dict[str, Any]:
     """Segment one volume (or continue an interrupted run); return the run record.
 
-    ``client``: reuse a running Dask cluster instead of opening one. A failed write of the output
-    (disk full, file too large, a store error) becomes an OutputWriteError naming the output; what
-    was written stays, marked incomplete, for ``--resume``.
+    ``client``: reuse a running Dask cluster instead of opening one. ``turn``: this run's turn at
+    the cluster's devices among runs that share it (see :mod:`pipeline.device_turn`), given up
+    once its last block is predicted. A failed write of the output (disk full, file too large, a
+    store error) becomes an OutputWriteError naming the output; what was written stays, marked
+    incomplete, for ``--resume``.
     """
+    turn = turn or DeviceTurn()
     try:
-        return _segment(request, client)
+        return _segment(request, client, turn)
     except OSError as error:
         raise OutputWriteError(
             f"writing {request.output_url} failed: {error}; the output is left incomplete: free space "
             "(or mend the store) and run again with --resume"
         ) from error
+    finally:
+        turn.release()
 
 
 class Laps:
@@ -98,7 +106,7 @@ class Laps:
         self._last = now
 
 
-def _segment(request: SegmentRequest, client: Client | None) -> dict[str, Any]:
+def _segment(request: SegmentRequest, client: Client | None, turn: DeviceTurn) -> dict[str, Any]:
     started = time.perf_counter()
     laps = Laps(started)
     plan = plan_run(request)
@@ -109,7 +117,7 @@ def _segment(request: SegmentRequest, client: Client | None) -> dict[str, Any]:
         _check_cluster(active, plan)
         laps("cluster checks")
         warmed = _warm_workers(active, plan)
-        return _write(plan, active, started, laps, warmed)
+        return _write(plan, active, started, laps, warmed, turn)
 
 
 def _check_cluster(client: Client, plan: RunPlan) -> None:
@@ -153,6 +161,7 @@ def _write(
     started: float,
     laps: Laps,
     warmed: tuple[CheckpointRef, ProfileConfig] | None,
+    turn: DeviceTurn,
 ) -> dict[str, Any]:
     """Create (or continue) the output and run every stage on ``client``; return the run record."""
     request = plan.request
@@ -234,9 +243,11 @@ def _write(
                 profile = fixed_profile(client, plan, state["runs"][0] if request.resume else None)
                 record["execution_profile"] = profile.model_dump()
                 laps("run record, execution profile")
+                turn.take()
+                laps("the previous run's blocks")  # a run sharing the cluster before this one
                 record["setup_seconds"] = laps.seconds
                 save()
-                _run_stages(client, plan, profile, stats, Clock(run_id, started), record, save)
+                _run_stages(client, plan, profile, stats, Clock(run_id, started), record, save, turn)
                 record["worker_warm_up_seconds"] = _warm_up_seconds(client, warmed)
                 record["worker_peak_rss_bytes"] = worker_peak_rss(client)
                 remove_scratch(plan.output_url)
@@ -291,10 +302,12 @@ def _run_stages(
     run: Clock,
     record: dict[str, Any],
     save: Callable[[], None],
+    turn: DeviceTurn,
 ) -> None:
     """Predict (or resample) with contacts and the probability pyramid behind it, and the label
     merge with relabel and the label pyramid as the blocks' labels and contacts come in (slab by
-    slab, or at once after the last; see :mod:`pipeline.run_labels`)."""
+    slab, or at once after the last; see :mod:`pipeline.run_labels`). The run's ``turn`` at the
+    devices is given up once its last block is predicted."""
     if plan.label_rule is not None:  # an output of an older run keeps no subsampled labels or edge lines
         kept = replace(
             plan.label_rule,
@@ -306,7 +319,7 @@ def _run_stages(
     labelled = "resample" if resampled else "predict"  # the stage that writes s0 and the local labels
     before = client.run(device_statistics)
     if resampled:
-        run_phase(client, plan, predict_jobs(plan, profile, stats), run, record)
+        run_phase(client, plan, predict_jobs(plan, profile, stats), run, record, turn=turn)
         record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
         save()
         first = resample_jobs(plan)
@@ -315,7 +328,13 @@ def _run_stages(
     contacts = contact_jobs(plan, labelled) if plan.label_rule is not None else []
     merge = label_merge(plan, labelled, record) if plan.label_rule is not None else None
     run_phase(
-        client, plan, [*first, *contacts, *pyramid_jobs(plan, "", "mean", labelled)], run, record, merge
+        client,
+        plan,
+        [*first, *contacts, *pyramid_jobs(plan, "", "mean", labelled)],
+        run,
+        record,
+        merge,
+        turn=turn,
     )
     if not resampled:
         record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))

@@ -8,6 +8,7 @@ from typing import Any
 
 from distributed import Client
 
+from pipeline.cluster import CHECK_PRIORITY
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputError
 from pipeline.lock import read_lock, refuse_if_held
@@ -95,7 +96,13 @@ def fixed_profile(client: Client, plan: RunPlan, first_run: dict[str, Any] | Non
         checkpoint = CheckpointRef(str(plan.checkpoint.path.resolve()), plan.checkpoint.sha256)
         tiling = plan.request.config.tiling
         size = client.submit(
-            probe_batch_size, checkpoint, profile, tiling.tile, tiling.shard_tiles, pure=False
+            probe_batch_size,
+            checkpoint,
+            profile,
+            tiling.tile,
+            tiling.shard_tiles,
+            pure=False,
+            priority=CHECK_PRIORITY,
         ).result()
         log.info("batch_size auto: %d windows per forward pass on %s", size, profile.device)
     return profile.model_copy(update={"batch_size": size})

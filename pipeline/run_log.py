@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.locations import is_url, join, write_whole
+from pipeline.log_scope import log_scope
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +41,12 @@ def log_file(output_url: str, run_id: str) -> Iterator[None]:
 
 @contextmanager
 def _logging_to(path: Path) -> Iterator[None]:
-    """The ``pipeline`` logs, INFO and up, also written to ``path`` while the context lasts."""
+    """This run's ``pipeline`` logs, INFO and up, also written to ``path`` while the context lasts."""
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.setLevel(logging.DEBUG)
-    package = logging.getLogger("pipeline")
-    previous = package.level
-    package.addHandler(handler)
-    if package.getEffectiveLevel() > logging.INFO:
-        package.setLevel(logging.INFO)
     try:
-        yield
+        with log_scope(handler):
+            yield
     finally:
-        package.removeHandler(handler)
-        package.setLevel(previous)
         handler.close()

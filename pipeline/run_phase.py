@@ -15,6 +15,7 @@ from distributed import Client
 
 from pipeline.blocks import BlockReport
 from pipeline.cluster import run_jobs
+from pipeline.device_turn import DeviceTurn
 from pipeline.markers import done_blocks
 from pipeline.plan import RunPlan
 from pipeline.progress import stages_progress
@@ -64,9 +65,11 @@ def run_phase(
     run: Clock,
     record: dict[str, Any],
     later: JobSource | None = None,
+    turn: DeviceTurn | None = None,
 ) -> Reports:
     """Run the unmarked jobs of some stages as their needs are met, and ``later``'s as it makes them;
-    record counts and timings per stage."""
+    record counts and timings per stage. ``turn``: the run's turn at the devices, given up once every
+    predict job is done; an interruption of its chain is raised at the next result."""
     config = plan.request.config
     stages = list(dict.fromkeys(job.stage for job in jobs))
     graph = JobGraph(jobs, _marked(plan, stages))
@@ -96,14 +99,23 @@ def run_phase(
                 seconds.update({stage: {} for stage in new})
                 bars.add({stage: graph.stages[stage].computed - before.get(stage, 0) for stage in joining})
 
+            def tell_predicted() -> None:
+                if turn is not None and "predict" in graph.stages and graph.finished("predict"):
+                    turn.release()
+
             def collect(job: Job, report: BlockReport) -> None:
+                if turn is not None:
+                    turn.raise_if_interrupted()
                 reports[job.stage][report.block_id] = report
                 for name, value in report.seconds.items():
                     seconds[job.stage][name] = seconds[job.stage].get(name, 0.0) + value
                 bars.advance(job.stage, report.pixels)
+                if job.stage == "predict":
+                    tell_predicted()
                 join_later()
 
-            join_later()  # a resumed run may have finished those stages before
+            tell_predicted()  # a resumed run may have predicted every block before
+            join_later()  # or finished those stages
             run_jobs(
                 client,
                 graph,

@@ -262,6 +262,7 @@ def test_run_record(
         "normalisation sample",
         "output created",
         "run record, execution profile",
+        "the previous run's blocks",  # none: no run shares the cluster before this one
     ]
     assert min(setup.values()) >= 0
     assert sum(setup.values()) <= predict["started_after_seconds"] + 0.002  # laps rounded to 1 ms
