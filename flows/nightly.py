@@ -179,6 +179,16 @@ def _segment_one(
     return acquisition.name, ReportRow(acquisition.name, status, output, detail)
 
 
+def _overall_rate(rows: list[ReportRow], seconds: float) -> str:
+    """The acquisitions segmented tonight, together, in the flow run's time (they overlap)."""
+    mpix = sum(
+        row.mpix_per_second * row.seconds
+        for row in rows
+        if row.status in STATUS_OF_ACTION.values() and row.mpix_per_second and row.seconds
+    )
+    return f" ({mpix:.1f} Mpix segmented: {mpix / seconds:.2f} Mpix/s overall)" if mpix and seconds else ""
+
+
 def _publish(
     nightly: NightlyConfig,
     rows: list[ReportRow],
@@ -189,7 +199,9 @@ def _publish(
 ) -> None:
     """The markdown report artifact, and the summary ``unet-pipeline status`` reads."""
     preamble = [
-        f"Flow run `{flow_run.name}` ({flow_run.id}), started {started_at}, took {seconds:.1f} s.",
+        f"Flow run `{flow_run.name}` ({flow_run.id}), started {started_at}, took {seconds:.1f} s"
+        + _overall_rate(rows, seconds)
+        + ".",
         f"Input root `{nightly.input_root}` -> output root `{nightly.output_root}`.",
         (
             f"Model `{nightly.model}` (sha256 {checkpoint_sha256[:12]}), run config "

@@ -26,9 +26,15 @@ class ReportRow:
 def row_from_record(
     acquisition: str, status: str, output: str, record: dict[str, Any], detail: str = ""
 ) -> ReportRow:
-    """A row from a run record: shape, objects, end-to-end throughput of the pixels computed."""
+    """A row from a run record: shape, objects, end-to-end throughput of the pixels computed.
+
+    The time a run waited for the run before it (a nightly run's acquisitions take turns at the
+    devices, :mod:`pipeline.device_turn`) is not its own: duration and throughput leave it out.
+    """
     predict = record.get("stages", {}).get("predict", {})
-    seconds = record.get("wall_seconds")
+    wall = record.get("wall_seconds")
+    waited = record.get("setup_seconds", {}).get("the previous run's blocks", 0.0)
+    seconds = None if wall is None else round(wall - waited, 3)
     pixels = predict.get("pixels")
     rate = round(pixels / 1e6 / seconds, 3) if pixels and seconds else None
     labels = record.get("labels")
