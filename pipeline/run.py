@@ -127,29 +127,31 @@ def _check_cluster(client: Client, plan: RunPlan) -> None:
     check_workers_see(client, [plan.volume.ref.url, str(plan.checkpoint.path.resolve())])
 
 
-def _warm_workers(client: Client, plan: RunPlan) -> tuple[CheckpointRef, ProfileConfig] | None:
+def _warm_workers(client: Client, plan: RunPlan) -> str | None:
     """Every worker makes the run's batcher (model loaded; on a GPU, warmed up) while the driver samples
     the input and creates the output, not when its first block asks. With ``batch_size: auto`` the
     size is not known yet: the first blocks make it, as before."""
     profile = plan.request.config.profile
     if not isinstance(profile.batch_size, int):
         return None
+    name = uuid.uuid4().hex
     checkpoint = CheckpointRef(str(plan.checkpoint.path.resolve()), plan.checkpoint.sha256)
     client.run(
         start_warm_up,
+        name,
         checkpoint,
         profile,
         plan.checkpoint.config.geometry.input_size(plan.request.config.tiling.tile),
         on_error="ignore",  # a worker lost now: its blocks are retried elsewhere, as ever
     )
-    return checkpoint, profile
+    return name
 
 
-def _warm_up_seconds(client: Client, warmed: tuple[CheckpointRef, ProfileConfig] | None) -> dict[str, Any]:
+def _warm_up_seconds(client: Client, warmed: str | None) -> dict[str, Any]:
     """Each worker's warm-up as it ended: seconds, or the error its first block met too."""
     if warmed is None:
         return {}
-    results = client.run(warm_up_result, *warmed, on_error="ignore")
+    results = client.run(warm_up_result, warmed, on_error="ignore")
     return {
         address: round(value, 3) if isinstance(value, float) else value for address, value in results.items()
     }
@@ -160,7 +162,7 @@ def _write(
     client: Client,
     started: float,
     laps: Laps,
-    warmed: tuple[CheckpointRef, ProfileConfig] | None,
+    warmed: str | None,
     turn: DeviceTurn,
 ) -> dict[str, Any]:
     """Create (or continue) the output and run every stage on ``client``; return the run record."""

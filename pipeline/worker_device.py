@@ -91,17 +91,15 @@ def worker_batcher(checkpoint: CheckpointRef, profile: ProfileConfig) -> DeviceB
     return batcher
 
 
-_WARM_UPS: dict[tuple[CheckpointRef, ProfileConfig], float | str] = {}
+_WARM_UPS: dict[str, float | str] = {}  # by the name its run gave it
 
 
-def start_warm_up(checkpoint: CheckpointRef, profile: ProfileConfig, window: int) -> None:
+def start_warm_up(name: str, checkpoint: CheckpointRef, profile: ProfileConfig, window: int) -> None:
     """Make this worker's batcher for a run before its first block asks, in a thread of its own (the
     task threads stay free for the run's set-up): the model read, checked and on the device, and on
     a GPU one batch of zeros through it (cuDNN's start; the compile, when the profile compiles).
-    :func:`warm_up_result` then gives the seconds it took, or the error's text (a block meeting the
-    same error reports it in full)."""
-    key = (checkpoint, profile)
-    _WARM_UPS.pop(key, None)
+    :func:`warm_up_result` of ``name`` then gives the seconds it took, or the error's text (a block
+    meeting the same error reports it in full)."""
 
     def warm() -> None:
         started, cpu = time.perf_counter(), time.thread_time()
@@ -109,18 +107,18 @@ def start_warm_up(checkpoint: CheckpointRef, profile: ProfileConfig, window: int
             batcher = worker_batcher(checkpoint, profile)
             if profile.device == "cuda":
                 batcher.warm_up(window)
-            _WARM_UPS[key] = time.perf_counter() - started
+            _WARM_UPS[name] = time.perf_counter() - started
         except Exception as error:  # noqa: BLE001 - the first block on this worker fails with it too
-            _WARM_UPS[key] = f"{type(error).__name__}: {error}"
+            _WARM_UPS[name] = f"{type(error).__name__}: {error}"
         finally:
             count_ended_thread("other", time.thread_time() - cpu)
 
     threading.Thread(target=warm, name="unet-warm-up", daemon=True).start()
 
 
-def warm_up_result(checkpoint: CheckpointRef, profile: ProfileConfig) -> float | str | None:
-    """How the last warm-up for this checkpoint and profile ended (None: not started here, or running)."""
-    return _WARM_UPS.get((checkpoint, profile))
+def warm_up_result(name: str) -> float | str | None:
+    """How the warm-up of that name ended (None: not started here, or still running); forgotten then."""
+    return _WARM_UPS.pop(name, None)
 
 
 def device_statistics() -> dict[str, float]:

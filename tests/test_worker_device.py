@@ -21,12 +21,13 @@ from pipeline.worker_device import (
 )
 
 
-def wait_for_warm_up(checkpoint: CheckpointRef, profile: ProfileConfig) -> float | str:
+def wait_for_warm_up(name: str) -> float | str:
     for thread in threading.enumerate():
         if thread.name == "unet-warm-up":
             thread.join(timeout=30)
-    result = warm_up_result(checkpoint, profile)
+    result = warm_up_result(name)
     assert result is not None
+    assert warm_up_result(name) is None  # read once
     return result
 
 
@@ -43,8 +44,8 @@ def test_a_warm_up_makes_the_batcher_the_blocks_then_share(
         return load(ref, settings)
 
     monkeypatch.setattr(worker_device, "_load_model", counted)
-    start_warm_up(checkpoint, profile, 188)
-    seconds = wait_for_warm_up(checkpoint, profile)
+    start_warm_up("first", checkpoint, profile, 188)
+    seconds = wait_for_warm_up("first")
     assert isinstance(seconds, float) and seconds > 0
     batcher = worker_batcher(checkpoint, profile)
     assert worker_batcher(checkpoint, profile) is batcher
@@ -65,23 +66,23 @@ def test_statistics_answer_while_a_model_loads(
         return load(ref, settings)
 
     monkeypatch.setattr(worker_device, "_load_model", slow)
-    start_warm_up(checkpoint, profile, 188)
+    start_warm_up("slow", checkpoint, profile, 188)
     answered = threading.Event()
     reader = threading.Thread(target=lambda: (device_statistics(), answered.set()))
     reader.start()
     reader.join(timeout=10)
-    loading = warm_up_result(checkpoint, profile)
+    loading = warm_up_result("slow")
     release.set()
     assert answered.is_set()
     assert loading is None  # still loading when the statistics came back
-    assert isinstance(wait_for_warm_up(checkpoint, profile), float)
+    assert isinstance(wait_for_warm_up("slow"), float)
 
 
 def test_a_failed_warm_up_gives_its_error(tmp_path: Path) -> None:
     missing = CheckpointRef(str(tmp_path / "gone.safetensors"), "0" * 64)
     profile = ProfileConfig(batch_size=7)
-    start_warm_up(missing, profile, 188)
-    result = wait_for_warm_up(missing, profile)
+    start_warm_up("missing", missing, profile, 188)
+    result = wait_for_warm_up("missing")
     assert isinstance(result, str) and "gone.safetensors" in result
 
 
