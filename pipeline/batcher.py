@@ -203,9 +203,8 @@ class DeviceBatcher:
         self._ready = threading.Condition()
         self._closed = False
         self._slots: list[_Slot] = []
-        self._started = (
-            False  # a batch was queued (the device and, when compiled, the model are warm after it)
-        )
+        # a batch was queued: the device (and, compiled, the model) is warm after it
+        self._started = False
         self.statistics: dict[str, float] = {}  # batches, windows, padding, seconds per step: running totals
         self._thread = threading.Thread(target=self._serve, name="unet-device-batcher", daemon=True)
         self._thread.start()
@@ -237,10 +236,10 @@ class DeviceBatcher:
         """One batch of zeros through the network unless a batch was queued already, left out of the
         statistics: on a GPU, cuDNN's start (and, compiled, the compile) happen here rather than in the
         first block. The network holds no state, so later batches give the same bits either way."""
-        zeros = np.zeros((self.batch_size, self.channels, window, window), np.float32)
         with self._ready:
             if self._started:
                 return
+        zeros = np.zeros((self.batch_size, self.channels, window, window), np.float32)
         self._queue_group(Windows.of_stack(zeros), counted=False).result()
 
     def _queue_group(self, windows: Windows, *, counted: bool = True) -> Pending:
