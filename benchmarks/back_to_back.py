@@ -31,13 +31,10 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.bench import write_bench_volume
-from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.bench import save_widened_demo_model, write_bench_volume
 from pipeline.cluster import open_client
 from pipeline.config import load_config
-from pipeline.demo import DEMO_MODEL
 from pipeline.device_turn import device_turns
-from pipeline.model import widen
 from pipeline.plan import SegmentRequest
 from pipeline.run import segment
 
@@ -64,14 +61,8 @@ def main() -> None:
         write_bench_volume(inputs[0], shape)  # drawing nuclei takes a minute for 8 x 4656²: copies
         for url in inputs[1:]:
             shutil.copytree(inputs[0], url)
-        demo = load_checkpoint(DEMO_MODEL)
         checkpoint = root / "model.safetensors"
-        save_checkpoint(
-            checkpoint,
-            widen(demo.model, args.base_channels),
-            normalization=demo.normalization,
-            classes=demo.classes,
-        )
+        save_widened_demo_model(checkpoint, args.base_channels)
         config = load_config(
             overrides={
                 "cluster.workers": args.workers,

@@ -365,7 +365,10 @@ def merge_labels(
 
 
 def relabel(local: npt.NDArray[np.uint32], mapping: npt.NDArray[np.uint64], dtype: str) -> npt.NDArray[Any]:
-    """Global IDs of a block: ``mapping[local]`` in the output dtype."""
+    """Global IDs of a block: ``mapping[local]`` in the output dtype (an ID it cannot hold is an error,
+    never a wrapped one)."""
+    if mapping.size and int(mapping.max()) > np.iinfo(dtype).max:
+        raise OverflowError(f"label ID {int(mapping.max())} does not fit the labels' {dtype}")
     table = mapping.astype(dtype)
     result: npt.NDArray[Any] = table[local]
     return result

@@ -53,6 +53,13 @@ def done_blocks(output_url: str, stage: str) -> set[int]:
     return {int(name[: -len(".npz")]) for name in names if name.endswith(".npz")}
 
 
+def remove_stage_markers(output_url: str, stage: str) -> None:
+    """Drop one stage's markers: its blocks are to be done again."""
+    fs, folder = filesystem(_stage_path(output_url, stage))
+    if fs.exists(folder):
+        fs.rm(folder, recursive=True)
+
+
 def remove_markers(output_url: str) -> None:
     """Drop every stage's markers: the output is complete and nothing will resume it."""
     fs, folder = filesystem(f"{output_url.rstrip('/')}/{MARKERS}")

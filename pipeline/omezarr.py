@@ -317,6 +317,15 @@ def create_labels(url: str, layout: OutputLayout, name: str, dtype: str) -> None
     )
 
 
+def labels_dtype(url: str, name: str) -> str | None:
+    """The dtype of ``labels/<name>`` where an earlier attempt created it, else None."""
+    try:
+        existing = zarr.open_group(store=url, mode="r")[f"labels/{name}/s0"]
+    except (KeyError, FileNotFoundError):
+        return None
+    return str(existing.dtype) if isinstance(existing, zarr.Array) else None
+
+
 def ensure_scratch_labels(url: str, layout: OutputLayout, block_edges: tuple[int, int, int]) -> None:
     group = zarr.open_group(store=url, mode="r+")
     if SCRATCH_LABELS not in group:

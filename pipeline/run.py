@@ -53,7 +53,7 @@ from pipeline.run_checks import (
     resumable,
     warn_on_read_amplification,
 )
-from pipeline.run_labels import label_merge
+from pipeline.run_labels import label_merge, labels_as_uint64
 from pipeline.run_log import log_file
 from pipeline.run_phase import Clock, run_phase
 from pipeline.stage_jobs import (
@@ -308,8 +308,8 @@ def _run_stages(
 ) -> None:
     """Predict (or resample) with contacts and the probability pyramid behind it, and the label
     merge with relabel and the label pyramid as the blocks' labels and contacts come in (slab by
-    slab, or at once after the last; see :mod:`pipeline.run_labels`). The run's ``turn`` at the
-    devices is given up once its last block is predicted."""
+    slab; again at once, as uint64, after a count past uint32's limit: see :mod:`pipeline.run_labels`).
+    The run's ``turn`` at the devices is given up once its last block is predicted."""
     if plan.label_rule is not None:  # an output of an older run keeps no subsampled labels or edge lines
         kept = replace(
             plan.label_rule,
@@ -341,6 +341,9 @@ def _run_stages(
     if not resampled:
         record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
     save()
+    if merge is not None and merge.passed_limit is not None:  # more objects than uint32 holds
+        run_phase(client, plan, labels_as_uint64(plan, labelled, merge, record), run, record, turn=turn)
+        save()
 
 
 @contextmanager

@@ -1,54 +1,75 @@
-"""A run's label merge: slab by slab as the blocks come in (relabel then runs beside the network),
-or at once after the last block where the labels' dtype is known only then.
+"""A run's label merge, slab by slab as the blocks' labels and contacts come in, so relabel and the
+label pyramid run beside the network.
 
+The labels' dtype follows their count: uint32 up to ``labels.uint32_max_objects`` objects, uint64
+beyond (always, for a limit of 0). The count is known only after the last block, so the merge goes
+on in uint32, which holds the objects of any volume under 8.6 G voxels and, in practice, of larger
+ones too. Should the count pass the limit, the stream stops making jobs; once the phase is over,
+:func:`labels_as_uint64` drops what was written in uint32 and merges the labels again at once, as
+uint64. A resumed run whose earlier attempt got that far streams in uint64 from the start.
 Either way the merge runs on the driver from the blocks' small payloads (this run's reports, or the
 markers of blocks an earlier attempt finished) and makes the relabel and label pyramid jobs.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 from pipeline.blocks import BlockReport
 from pipeline.label_stream import StreamingMerge
 from pipeline.labels import BlockLabels, merge_labels
-from pipeline.markers import read_marker
-from pipeline.omezarr import create_labels
+from pipeline.markers import read_marker, remove_stage_markers
+from pipeline.omezarr import create_labels, labels_dtype
 from pipeline.plan import RunPlan
-from pipeline.run_phase import JobSource, Later, Reports
+from pipeline.run_phase import Reports
 from pipeline.schedule import Job, JobGraph, JobName
 from pipeline.stage_jobs import (
     LabelShard,
     halved_label_levels,
     label_level_job,
     label_level_shards,
+    label_output_stages,
     label_pyramid_jobs,
     relabel_job,
     relabel_jobs,
 )
 
 
-def label_merge(plan: RunPlan, labelled: str, record: dict[str, Any]) -> JobSource:
-    """Slab by slab where the labels' dtype is known before the count: uint32 where it holds every
-    object the volume could have (at most one in two voxels are separate objects), uint64 where
-    ``labels.uint32_max_objects`` is 0. Else at once: the dtype follows the count."""
-    limit = plan.request.config.labels.uint32_max_objects
-    if limit == 0:
+def label_merge(plan: RunPlan, labelled: str, record: dict[str, Any]) -> LabelStream:
+    """uint64 where asked for, or where an earlier attempt of this run found more objects than the
+    limit (its labels are uint64); else uint32, up to the limit."""
+    labels = plan.request.config.labels
+    if labels.uint32_max_objects == 0 or labels_dtype(plan.output_url, labels.name) == "uint64":
         return LabelStream(plan, labelled, record, "uint64")
-    if math.ceil(math.prod(plan.grid.volume_shape) / 2) <= limit:
-        return LabelStream(plan, labelled, record, "uint32")
-    return Later((labelled, "contacts"), lambda reports: _merge_at_once(plan, labelled, reports, record))
+    return LabelStream(plan, labelled, record, "uint32", labels.uint32_max_objects)
 
 
-def _merge_at_once(plan: RunPlan, labelled: str, reports: Reports, record: dict[str, Any]) -> list[Job]:
-    """The global label merge once every block is in, then the relabel and label pyramid jobs."""
+def labels_as_uint64(plan: RunPlan, labelled: str, stream: LabelStream, record: dict[str, Any]) -> list[Job]:
+    """After ``stream`` passed its limit: its uint32 labels dropped, the merge again at once (from
+    the markers), and the relabel and label pyramid jobs of uint64 labels.
+
+    The markers of the uint32 jobs go before their arrays: an attempt stopped between the two leaves
+    uint32 labels without markers, which a resumed run streams again."""
+    assert stream.passed_limit is not None
+    stages = label_output_stages(plan)
+    abandoned = {stage: record["stages"].pop(stage) for stage in stages if stage in record["stages"]}
+    for stage in stages:
+        remove_stage_markers(plan.output_url, stage)
+    create_labels(plan.output_url, plan.layout, plan.request.config.labels.name, "uint64")
+    jobs = _merge_at_once(plan, labelled, record)
+    record["labels"]["uint32_limit_passed"] = {**stream.passed_limit, "abandoned_stages": abandoned}
+    return jobs
+
+
+def _merge_at_once(plan: RunPlan, labelled: str, record: dict[str, Any]) -> list[Job]:
+    """The global label merge of every block, read from the markers, then the relabel and label
+    pyramid jobs."""
     config = plan.request.config
     started = time.perf_counter()
     mapping = merge_labels(
-        [BlockLabels.from_arrays(_payload(plan, labelled, b.block_id, reports)) for b in plan.blocks],
-        [_payload(plan, "contacts", b.block_id, reports)["pairs"] for b in plan.blocks],
+        [BlockLabels.from_arrays(read_marker(plan.output_url, labelled, b.block_id)) for b in plan.blocks],
+        [read_marker(plan.output_url, "contacts", b.block_id)["pairs"] for b in plan.blocks],
         plan.min_size_voxels,
         config.labels.uint32_max_objects,
     )
@@ -61,11 +82,17 @@ def _merge_at_once(plan: RunPlan, labelled: str, reports: Reports, record: dict[
 class LabelStream:
     """The merge slab by slab: each slab joins once its blocks' labels and contacts are in; a block's
     relabel job once its mapping is final, a label pyramid shard's once all blocks under it are, and
-    the halved levels' shards once the shards they read have joined. Creates the labels, of ``dtype``."""
+    the halved levels' shards once the shards they read have joined. Creates the labels, of ``dtype``.
 
-    def __init__(self, plan: RunPlan, labelled: str, record: dict[str, Any], dtype: str) -> None:
+    ``limit``: the most objects the labels' dtype may hold. Once the count passes it, no more jobs
+    are made (not even of the slab that passed it) and ``passed_limit`` says where."""
+
+    def __init__(
+        self, plan: RunPlan, labelled: str, record: dict[str, Any], dtype: str, limit: int | None = None
+    ) -> None:
         assert plan.label_rule is not None
-        self.plan, self.labelled, self.record, self.dtype = plan, labelled, record, dtype
+        self.plan, self.labelled, self.record, self.dtype, self.limit = plan, labelled, record, dtype, limit
+        self.passed_limit: dict[str, int] | None = None
         slabs, rows, cols = plan.grid.shape
         self.per_slab = rows * cols
         self.merge = StreamingMerge(slabs, self.per_slab, self._joins_next, plan.min_size_voxels)
@@ -111,6 +138,10 @@ class LabelStream:
                 for block in blocks:
                     if block in reports.get(stage, {}):
                         reports[stage][block].payload.clear()
+            if self.limit is not None and self.merge.objects > self.limit:
+                self.passed_limit = {"slab": self.merge.next_slab - 1, "objects": self.merge.objects}
+                self.exhausted = True
+                break
             for block in ready:
                 jobs.append(
                     relabel_job(

@@ -7,8 +7,7 @@ the run record, also when the phase fails.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from distributed import Client
@@ -41,21 +40,6 @@ class JobSource(Protocol):
 
     def more(self, graph: JobGraph, reports: Reports) -> list[Job]:
         """The jobs that can be made now (called after every result, and at the start)."""
-
-
-@dataclass(slots=True)
-class Later:
-    """Jobs that join a phase once ``after``'s stages are finished, made from their reports."""
-
-    after: tuple[str, ...]
-    jobs: Callable[[Reports], list[Job]]
-    exhausted: bool = field(default=False)
-
-    def more(self, graph: JobGraph, reports: Reports) -> list[Job]:
-        if self.exhausted or not all(graph.finished(stage) for stage in self.after):
-            return []
-        self.exhausted = True
-        return self.jobs(reports)
 
 
 def run_phase(

@@ -243,6 +243,12 @@ def pyramid_jobs(
     return jobs
 
 
+def label_output_stages(plan: RunPlan) -> list[str]:
+    """The stages that write the labels' arrays: relabel and each level of the label pyramid."""
+    prefix = f"labels/{plan.request.config.labels.name}/"
+    return ["relabel", *(f"pyramid {prefix}s{level}" for level in range(1, plan.layout.levels + 1))]
+
+
 def level_grid(plan: RunPlan, level: int) -> BlockGrid:
     """Blocks of one shard each at a pyramid level: levels do not align with tiles."""
     layout = plan.layout

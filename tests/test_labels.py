@@ -143,6 +143,16 @@ def test_ids_promote_to_uint64_when_the_count_needs_it() -> None:
         LabelMapping(offsets, np.zeros(0, np.uint64), 0, uint32_max_objects=2**32)
 
 
+def test_relabel_refuses_an_id_its_dtype_cannot_hold() -> None:
+    local = np.array([[0, 1, 2]], np.uint32)
+    mapping = np.array([0, 7, 2**32 - 1], np.uint64)
+    assert relabel(local, mapping, "uint32").tolist() == [[0, 7, 2**32 - 1]]
+    mapping[2] = 2**32  # would wrap to 0: background
+    with pytest.raises(OverflowError, match="label ID 4294967296 does not fit the labels' uint32"):
+        relabel(local, mapping, "uint32")
+    assert relabel(local, mapping, "uint64").tolist() == [[0, 7, 2**32]]
+
+
 def test_min_size_in_physical_units() -> None:
     from pipeline.config import LabelsConfig
     from pipeline.errors import InputError

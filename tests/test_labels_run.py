@@ -56,7 +56,9 @@ def constant_checkpoint(path: Path, foreground: bool) -> Path:
     return path
 
 
-def run(input_url: str, output: Path, checkpoint: Path, address: str, **overrides: Any) -> dict[str, Any]:
+def run(
+    input_url: str, output: Path, checkpoint: Path, address: str, resume: bool = False, **overrides: Any
+) -> dict[str, Any]:
     config = load_config(
         overrides={
             "cluster.address": address,
@@ -68,7 +70,9 @@ def run(input_url: str, output: Path, checkpoint: Path, address: str, **override
             **overrides,
         }
     )
-    return segment(SegmentRequest(input_url, str(output), checkpoint, config, show_progress=False))
+    return segment(
+        SegmentRequest(input_url, str(output), checkpoint, config, resume=resume, show_progress=False)
+    )
 
 
 def expected_labels(
@@ -148,6 +152,56 @@ def test_uint64_labels_asked_for_are_merged_slab_by_slab(
     expected, count = expected_labels(output, "3d")
     assert stored.dtype == np.uint64 and record["labels"]["objects"] == count > 100
     assert np.array_equal(stored[...], expected)
+
+
+def test_a_count_past_the_uint32_limit_is_merged_again_as_uint64_and_resumes_as_uint64(
+    volume: str, checkpoint: Path, dask_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limit one below the count stands in for 2**32 - 1: the merge streams in uint32 until the last
+    slab passes it, then the uint32 labels are dropped and merged again at once as uint64. A run
+    stopped in that second pass resumes in uint64, keeping the blocks it relabelled."""
+    settings = {"tiling.block_tiles": [2, 3], "labels.mode": "2d"}  # 3 slabs of 2 blocks, each final at once
+    streamed = run(volume, tmp_path / "streamed.ome.zarr", checkpoint, dask_address, **settings)
+    count = streamed["labels"]["objects"]
+    assert streamed["labels"]["dtype"] == "uint32" and "uint32_limit_passed" not in streamed["labels"]
+    limit = {"labels.uint32_max_objects": count - 1}
+    output = tmp_path / "passed.ome.zarr"
+    record = run(volume, output, checkpoint, dask_address, **settings, **limit)
+    expected, expected_count = expected_labels(output, "2d")
+    assert record["labels"]["objects"] == count == expected_count
+    assert record["labels"]["dtype"] == "uint64" and record["labels"]["merged"] == "at once"
+    passed = record["labels"]["uint32_limit_passed"]
+    assert passed["slab"] == 2 and passed["objects"] == count  # the IDs of the last slab passed it
+    assert passed["abandoned_stages"]["relabel"]["computed"] > 0  # earlier slabs were relabelled in uint32
+    assert record["stages"]["relabel"]["computed"] == record["blocks"]["total"]  # then every block again
+    for level in range(4):
+        stored = zarr.open_array(str(output / "labels" / "cells" / f"s{level}"), mode="r")
+        assert stored.dtype == np.uint64
+        assert np.array_equal(stored[...], expected[:, :: 2**level, :: 2**level]), level
+
+    second_pass = []
+    real_run_phase = run_module.run_phase
+
+    def stop_in_the_second_pass(client: Any, plan: Any, jobs: list[Any], *args: Any, **kwargs: Any) -> Any:
+        if jobs and all(job.stage == "relabel" or job.stage.startswith("pyramid labels/") for job in jobs):
+            second_pass.append(jobs)
+            real_run_phase(client, plan, [job for job in jobs if job.stage == "relabel"][:5], *args, **kwargs)
+            raise RuntimeError("stopped in the second pass")
+        return real_run_phase(client, plan, jobs, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "run_phase", stop_in_the_second_pass)
+    stopped = tmp_path / "stopped.ome.zarr"
+    with pytest.raises(RuntimeError, match="stopped in the second pass"):
+        run(volume, stopped, checkpoint, dask_address, **settings, **limit)
+    assert second_pass
+    monkeypatch.setattr(run_module, "run_phase", real_run_phase)
+    resumed = run(volume, stopped, checkpoint, dask_address, resume=True, **settings, **limit)
+    assert resumed["labels"]["dtype"] == "uint64" and resumed["labels"]["merged"] == "slab by slab"
+    assert resumed["stages"]["relabel"]["skipped_done"] == 5
+    for level in range(4):
+        stored = zarr.open_array(str(stopped / "labels" / "cells" / f"s{level}"), mode="r")
+        assert stored.dtype == np.uint64
+        assert np.array_equal(stored[...], expected[:, :: 2**level, :: 2**level]), level
 
 
 def test_an_object_spanning_every_block(volume: str, dask_address: str, tmp_path: Path) -> None:
