@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,7 @@ class RunPlan:
     model_grid: BlockGrid | None = None  # --rescale: predict runs on the model's grid, blocks of its own
     model_blocks: list[Block] = field(default_factory=list)
 
-    @property
+    @cached_property  # in every block task: resolving the path each time took most of making the jobs
     def output_url(self) -> str:
         return comparable(self.request.output_url)
 
