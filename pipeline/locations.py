@@ -40,6 +40,8 @@ def filesystem(location: str) -> tuple[Any, str]:
 
 def read_bytes(location: str) -> bytes:
     """The whole file; FileNotFoundError when there is none."""
+    if not is_url(location):  # fsspec's URL handling cost more than the read of a small file
+        return Path(location).read_bytes()
     fs, path = filesystem(location)
     data: bytes = fs.cat_file(path)
     return data

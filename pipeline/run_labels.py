@@ -16,10 +16,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pipeline.blocks import BlockReport
 from pipeline.label_stream import StreamingMerge
 from pipeline.labels import BlockLabels, merge_labels
-from pipeline.markers import read_marker, remove_stage_markers
+from pipeline.markers import read_markers, remove_stage_markers
 from pipeline.omezarr import create_labels, labels_dtype
 from pipeline.plan import RunPlan
 from pipeline.run_phase import Reports
@@ -34,6 +33,8 @@ from pipeline.stage_jobs import (
     relabel_job,
     relabel_jobs,
 )
+
+READ_AHEAD = 1024  # blocks whose markers a resumed run reads at once
 
 
 def label_merge(plan: RunPlan, labelled: str, record: dict[str, Any]) -> LabelStream:
@@ -67,9 +68,10 @@ def _merge_at_once(plan: RunPlan, labelled: str, record: dict[str, Any]) -> list
     pyramid jobs."""
     config = plan.request.config
     started = time.perf_counter()
+    blocks = [block.block_id for block in plan.blocks]
     mapping = merge_labels(
-        [BlockLabels.from_arrays(read_marker(plan.output_url, labelled, b.block_id)) for b in plan.blocks],
-        [read_marker(plan.output_url, "contacts", b.block_id)["pairs"] for b in plan.blocks],
+        [BlockLabels.from_arrays(payload) for payload in read_markers(plan.output_url, labelled, blocks)],
+        [payload["pairs"] for payload in read_markers(plan.output_url, "contacts", blocks)],
         plan.min_size_voxels,
         config.labels.uint32_max_objects,
     )
@@ -115,6 +117,7 @@ class LabelStream:
         self.seconds = 0.0
         self.exhausted = False
         self.cursor = 0  # the first block whose labels or contacts are not in: the next slab waits for it
+        self.read_ahead: dict[JobName, dict[str, Any]] = {}  # payloads read from markers, not merged yet
         create_labels(plan.output_url, plan.layout, plan.request.config.labels.name, self.dtype)
 
     def _joins_next(self, slab: int) -> bool:
@@ -127,10 +130,8 @@ class LabelStream:
     def more(self, graph: JobGraph, reports: Reports) -> list[Job]:
         jobs: list[Job] = []
         while not self.merge.finished and self._slab_in(graph, blocks := self._blocks(self.merge.next_slab)):
-            summaries = [
-                BlockLabels.from_arrays(_payload(self.plan, self.labelled, b, reports)) for b in blocks
-            ]
-            pairs = [_payload(self.plan, "contacts", b, reports)["pairs"] for b in blocks]
+            summaries = [BlockLabels.from_arrays(p) for p in self._payloads(self.labelled, blocks, reports)]
+            pairs = [payload["pairs"] for payload in self._payloads("contacts", blocks, reports)]
             started = time.perf_counter()
             ready = self.merge.add_slab(summaries, pairs)
             self.seconds += time.perf_counter() - started
@@ -156,6 +157,21 @@ class LabelStream:
             objects, local_labels = self.merge.objects, self.merge.local_labels
             _record(self.plan, self.record, objects, self.dtype, local_labels, "slab by slab", self.seconds)
         return jobs
+
+    def _payloads(self, stage: str, blocks: range, reports: Reports) -> list[dict[str, Any]]:
+        """The blocks' payloads of ``stage``: from this run's reports, else from the markers of an
+        earlier attempt, read together with those of the finished blocks after them (a resumed run
+        reads every finished block's before it sends one)."""
+        reported = reports.get(stage, {})
+        if any(b not in reported and (stage, b) not in self.read_ahead for b in blocks):
+            ahead = [
+                b
+                for b in range(blocks.start, max(blocks.stop, min(self.cursor, blocks.start + READ_AHEAD)))
+                if b not in reported and (stage, b) not in self.read_ahead
+            ]
+            for block, payload in zip(ahead, read_markers(self.plan.output_url, stage, ahead), strict=True):
+                self.read_ahead[stage, block] = payload
+        return [reported[b].payload if b in reported else self.read_ahead.pop((stage, b)) for b in blocks]
 
     def _blocks(self, slab: int) -> range:
         return range(slab * self.per_slab, (slab + 1) * self.per_slab)
@@ -199,12 +215,6 @@ class LabelStream:
                     released.append(job)
                     joined.append(job.name)
         return released
-
-
-def _payload(plan: RunPlan, stage: str, block_id: int, reports: Reports) -> dict[str, Any]:
-    """A block's payload: from this run's report, or from the marker of an earlier attempt."""
-    report: BlockReport | None = reports.get(stage, {}).get(block_id)
-    return report.payload if report is not None else read_marker(plan.output_url, stage, block_id)
 
 
 def _record(

@@ -7,6 +7,8 @@ ragged tile grid per plane, a tenth of the pixels.
 
 from __future__ import annotations
 
+import io
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from pipeline import run as run_module
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import load_config
 from pipeline.labels import Connectivity
+from pipeline.markers import decode_payload
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
 from pipeline.run import SegmentRequest, segment
@@ -201,6 +204,42 @@ def test_a_count_past_the_uint32_limit_is_merged_again_as_uint64_and_resumes_as_
     for level in range(4):
         stored = zarr.open_array(str(stopped / "labels" / "cells" / f"s{level}"), mode="r")
         assert stored.dtype == np.uint64
+        assert np.array_equal(stored[...], expected[:, :: 2**level, :: 2**level]), level
+
+
+def test_a_run_stopped_by_an_earlier_version_resumes_from_its_npz_markers(
+    volume: str, checkpoint: Path, dask_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every block predicted and its contacts found by a version that wrote .npz markers; this one
+    merges their labels from them (its relabel and label pyramid markers and arrays wiped)."""
+    real_run_phase = run_module.run_phase
+
+    def stop_after_the_blocks(*args: Any, **kwargs: Any) -> Any:
+        real_run_phase(*args, **kwargs)
+        raise RuntimeError("stopped after the blocks")
+
+    monkeypatch.setattr(run_module, "run_phase", stop_after_the_blocks)
+    output = tmp_path / "out.ome.zarr"
+    settings = {"tiling.block_tiles": [1, 1]}  # 27 blocks in 3 slabs
+    with pytest.raises(RuntimeError, match="stopped after the blocks"):
+        run(volume, output, checkpoint, dask_address, **settings)
+    monkeypatch.setattr(run_module, "run_phase", real_run_phase)
+    for marker in (output / "_markers").rglob("*.marker"):
+        buffer = io.BytesIO()
+        np.savez(buffer, **decode_payload(marker.read_bytes()))
+        marker.with_suffix(".npz").write_bytes(buffer.getvalue())
+        marker.unlink()
+    shutil.rmtree(output / "_markers" / "relabel")
+    shutil.rmtree(output / "_markers" / "pyramid-labels")
+    for level in range(4):
+        shutil.rmtree(output / "labels" / "cells" / f"s{level}" / "c")
+    record = run(volume, output, checkpoint, dask_address, resume=True, **settings)
+    assert record["stages"]["predict"]["skipped_done"] == record["blocks"]["total"] == 27
+    assert record["stages"]["relabel"]["computed"] == 27
+    expected, count = expected_labels(output, "3d")
+    assert record["labels"]["objects"] == count
+    for level in range(4):
+        stored = zarr.open_array(str(output / "labels" / "cells" / f"s{level}"), mode="r")
         assert np.array_equal(stored[...], expected[:, :: 2**level, :: 2**level]), level
 
 

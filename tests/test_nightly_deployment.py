@@ -359,7 +359,7 @@ def start_worker_once(server: dict[str, str], root: Path) -> subprocess.Popen[by
 def wait_for_markers(markers: Path, count: int, worker: subprocess.Popen[bytes]) -> None:
     """Until ``count`` predict markers exist: the flow run is predicting (3 minutes at most)."""
     deadline = time.monotonic() + 180
-    while not (markers.is_dir() and len(list(markers.glob("*.npz"))) >= count):
+    while not (markers.is_dir() and len(list(markers.glob("*.marker"))) >= count):
         assert time.monotonic() < deadline, "the run never started predicting"
         assert worker.poll() is None, "the worker exited before the run started"
         time.sleep(0.01)
@@ -446,7 +446,7 @@ def test_a_killed_worker_leaves_an_output_the_next_deployment_run_resumes(
         killed = kill_tree(worker)  # the worker and its flow run, the driver
     finally:
         _stop_group(worker)
-    done_at_kill = len(list(markers.glob("*.npz")))
+    done_at_kill = len(list(markers.glob("*.marker")))
     assert killed >= 2 and 3 <= done_at_kill < 24, (killed, done_at_kill)
     assert flow_run(server, first)["state"]["type"] == "RUNNING"  # nobody lived to say otherwise
     state = read_state(open_output(str(output)))

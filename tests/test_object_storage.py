@@ -93,7 +93,7 @@ def s3() -> Any:
 def markers_on_s3(output: str, stage: str) -> int:
     fs = s3()
     folder = f"{output.removeprefix('s3://')}/_markers/{stage}"
-    return sum(name.endswith(".npz") for name in fs.ls(folder)) if fs.exists(folder) else 0
+    return sum(name.endswith(".marker") for name in fs.ls(folder)) if fs.exists(folder) else 0
 
 
 def segment_args(source: str, output: str, checkpoint: Path, config: Path, address: str) -> list[str]:

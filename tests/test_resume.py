@@ -90,7 +90,7 @@ def start_driver(setup: dict[str, Path], output: Path, *extra: str) -> subproces
 
 def markers(output: Path, stage: str) -> int:
     folder = output / "_markers" / stage
-    return len(list(folder.glob("*.npz"))) if folder.exists() else 0
+    return len(list(folder.glob("*.marker"))) if folder.exists() else 0
 
 
 def kill_when(
