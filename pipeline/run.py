@@ -308,7 +308,7 @@ def _run_stages(
 ) -> None:
     """Predict (or resample) with contacts and the probability pyramid behind it, and the label
     merge with relabel and the label pyramid as the blocks' labels and contacts come in (slab by
-    slab; again at once, as uint64, after a count past uint32's limit: see :mod:`pipeline.run_labels`).
+    slab; again, for uint64 labels, after a count past uint32's limit: see :mod:`pipeline.run_labels`).
     The run's ``turn`` at the devices is given up once its last block is predicted."""
     if plan.label_rule is not None:  # an output of an older run keeps no subsampled labels or edge lines
         kept = replace(
@@ -342,7 +342,7 @@ def _run_stages(
         record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
     save()
     if merge is not None and merge.passed_limit is not None:  # more objects than uint32 holds
-        run_phase(client, plan, labels_as_uint64(plan, labelled, merge, record), run, record, turn=turn)
+        run_phase(client, plan, [], run, record, labels_as_uint64(plan, labelled, merge, record), turn=turn)
         save()
 
 

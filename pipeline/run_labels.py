@@ -5,8 +5,9 @@ The labels' dtype follows their count: uint32 up to ``labels.uint32_max_objects`
 beyond (always, for a limit of 0). The count is known only after the last block, so the merge goes
 on in uint32, which holds the objects of any volume under 8.6 G voxels and, in practice, of larger
 ones too. Should the count pass the limit, the stream stops making jobs; once the phase is over,
-:func:`labels_as_uint64` drops what was written in uint32 and merges the labels again at once, as
-uint64. A resumed run whose earlier attempt got that far streams in uint64 from the start.
+:func:`labels_as_uint64` drops what was written in uint32 and merges the labels again, slab by slab
+from the markers, for uint64 labels. A resumed run whose earlier attempt got that far streams in
+uint64 from the start.
 Either way the merge runs on the driver from the blocks' small payloads (this run's reports, or the
 markers of blocks an earlier attempt finished) and makes the relabel and label pyramid jobs.
 """
@@ -17,7 +18,7 @@ import time
 from typing import Any
 
 from pipeline.label_stream import StreamingMerge
-from pipeline.labels import BlockLabels, merge_labels
+from pipeline.labels import BlockLabels
 from pipeline.markers import read_markers, remove_stage_markers
 from pipeline.omezarr import create_labels, labels_dtype
 from pipeline.plan import RunPlan
@@ -29,12 +30,11 @@ from pipeline.stage_jobs import (
     label_level_job,
     label_level_shards,
     label_output_stages,
-    label_pyramid_jobs,
     relabel_job,
-    relabel_jobs,
 )
 
 READ_AHEAD = 1024  # blocks whose markers a resumed run reads at once
+MADE_AHEAD = 1024  # relabel jobs made and not done: the merge waits beyond (a resumed run's catch-up)
 
 
 def label_merge(plan: RunPlan, labelled: str, record: dict[str, Any]) -> LabelStream:
@@ -46,9 +46,12 @@ def label_merge(plan: RunPlan, labelled: str, record: dict[str, Any]) -> LabelSt
     return LabelStream(plan, labelled, record, "uint32", labels.uint32_max_objects)
 
 
-def labels_as_uint64(plan: RunPlan, labelled: str, stream: LabelStream, record: dict[str, Any]) -> list[Job]:
-    """After ``stream`` passed its limit: its uint32 labels dropped, the merge again at once (from
-    the markers), and the relabel and label pyramid jobs of uint64 labels.
+def labels_as_uint64(
+    plan: RunPlan, labelled: str, stream: LabelStream, record: dict[str, Any]
+) -> LabelStream:
+    """After ``stream`` passed its limit (every block labelled): its uint32 labels dropped, and the
+    merge again, slab by slab from the markers, for uint64 labels. Its working set stays that of the
+    stream, where a merge at once of more than 4.29 G labels would not fit in memory.
 
     The markers of the uint32 jobs go before their arrays: an attempt stopped between the two leaves
     uint32 labels without markers, which a resumed run streams again."""
@@ -58,27 +61,9 @@ def labels_as_uint64(plan: RunPlan, labelled: str, stream: LabelStream, record: 
     for stage in stages:
         remove_stage_markers(plan.output_url, stage)
     create_labels(plan.output_url, plan.layout, plan.request.config.labels.name, "uint64")
-    jobs = _merge_at_once(plan, labelled, record)
-    record["labels"]["uint32_limit_passed"] = {**stream.passed_limit, "abandoned_stages": abandoned}
-    return jobs
-
-
-def _merge_at_once(plan: RunPlan, labelled: str, record: dict[str, Any]) -> list[Job]:
-    """The global label merge of every block, read from the markers, then the relabel and label
-    pyramid jobs."""
-    config = plan.request.config
-    started = time.perf_counter()
-    blocks = [block.block_id for block in plan.blocks]
-    mapping = merge_labels(
-        [BlockLabels.from_arrays(payload) for payload in read_markers(plan.output_url, labelled, blocks)],
-        [payload["pairs"] for payload in read_markers(plan.output_url, "contacts", blocks)],
-        plan.min_size_voxels,
-        config.labels.uint32_max_objects,
-    )
-    seconds = time.perf_counter() - started
-    _record(plan, record, mapping.objects, mapping.dtype, int(mapping.offsets[-1]), "at once", seconds)
-    create_labels(plan.output_url, plan.layout, config.labels.name, mapping.dtype)
-    return [*relabel_jobs(plan, mapping), *label_pyramid_jobs(plan, mapping)]
+    again = LabelStream(plan, labelled, record, "uint64", blocks_in=True)
+    again.passed_before = {**stream.passed_limit, "abandoned_stages": abandoned}
+    return again
 
 
 class LabelStream:
@@ -87,14 +72,25 @@ class LabelStream:
     the halved levels' shards once the shards they read have joined. Creates the labels, of ``dtype``.
 
     ``limit``: the most objects the labels' dtype may hold. Once the count passes it, no more jobs
-    are made (not even of the slab that passed it) and ``passed_limit`` says where."""
+    are made (not even of the slab that passed it) and ``passed_limit`` says where. ``blocks_in``:
+    every block's labels and contacts are in (markers), though not jobs of the phase.
+
+    Where slabs are in faster than their jobs run (a resumed run catching up), the merge waits while
+    more than ``MADE_AHEAD`` relabel jobs are made and not done: each holds its block's table."""
 
     def __init__(
-        self, plan: RunPlan, labelled: str, record: dict[str, Any], dtype: str, limit: int | None = None
+        self,
+        plan: RunPlan,
+        labelled: str,
+        record: dict[str, Any],
+        dtype: str,
+        limit: int | None = None,
+        blocks_in: bool = False,
     ) -> None:
         assert plan.label_rule is not None
         self.plan, self.labelled, self.record, self.dtype, self.limit = plan, labelled, record, dtype, limit
         self.passed_limit: dict[str, int] | None = None
+        self.passed_before: dict[str, Any] | None = None  # a stream that passed its limit, redone here
         slabs, rows, cols = plan.grid.shape
         self.per_slab = rows * cols
         self.merge = StreamingMerge(slabs, self.per_slab, self._joins_next, plan.min_size_voxels)
@@ -116,7 +112,8 @@ class LabelStream:
                 self.waiting_on.setdefault(need, []).append(job)
         self.seconds = 0.0
         self.exhausted = False
-        self.cursor = 0  # the first block whose labels or contacts are not in: the next slab waits for it
+        # the first block whose labels or contacts are not in: the next slab waits for it
+        self.cursor = len(plan.blocks) if blocks_in else 0
         self.read_ahead: dict[JobName, dict[str, Any]] = {}  # payloads read from markers, not merged yet
         create_labels(plan.output_url, plan.layout, plan.request.config.labels.name, self.dtype)
 
@@ -129,7 +126,11 @@ class LabelStream:
 
     def more(self, graph: JobGraph, reports: Reports) -> list[Job]:
         jobs: list[Job] = []
-        while not self.merge.finished and self._slab_in(graph, blocks := self._blocks(self.merge.next_slab)):
+        while (
+            not self.merge.finished
+            and self._slab_in(graph, blocks := self._blocks(self.merge.next_slab))
+            and self._made_ahead(graph) + sum(job.stage == "relabel" for job in jobs) <= MADE_AHEAD
+        ):
             summaries = [BlockLabels.from_arrays(p) for p in self._payloads(self.labelled, blocks, reports)]
             pairs = [payload["pairs"] for payload in self._payloads("contacts", blocks, reports)]
             started = time.perf_counter()
@@ -156,7 +157,14 @@ class LabelStream:
             self.exhausted = True
             objects, local_labels = self.merge.objects, self.merge.local_labels
             _record(self.plan, self.record, objects, self.dtype, local_labels, "slab by slab", self.seconds)
+            if self.passed_before is not None:
+                self.record["labels"]["uint32_limit_passed"] = self.passed_before
         return jobs
+
+    @staticmethod
+    def _made_ahead(graph: JobGraph) -> int:
+        times = graph.stages.get("relabel")
+        return 0 if times is None else times.computed - times.finished
 
     def _payloads(self, stage: str, blocks: range, reports: Reports) -> list[dict[str, Any]]:
         """The blocks' payloads of ``stage``: from this run's reports, else from the markers of an

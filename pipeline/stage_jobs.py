@@ -28,27 +28,19 @@ from pipeline.blocks import (
 )
 from pipeline.config import ProfileConfig
 from pipeline.geometry import Block, BlockGrid, Roi
-from pipeline.labels import LabelMapping, contact_slabs
+from pipeline.labels import contact_slabs
 from pipeline.normalization import NormalizationStats
 from pipeline.omezarr import SCRATCH_LABEL_LEVELS, SCRATCH_PROBABILITY
 from pipeline.plan import RunPlan
 from pipeline.schedule import Job
 from pipeline.worker_device import CheckpointRef
 
-# label pyramid levels written from the local labels (see label_pyramid_jobs): the levels the output keeps
+# label pyramid levels written from the local labels (see label_level_shards): the levels the output keeps
 # subsampled copies of them for, read from the full-resolution ones in outputs of older runs
 LABEL_LEVELS_FROM_LOCAL = SCRATCH_LABEL_LEVELS
 
 
 MappingOf = Callable[[int], npt.NDArray[np.uint64]]  # block id -> its lookup table (local label -> ID)
-
-
-def relabel_jobs(plan: RunPlan, mapping: LabelMapping) -> list[Job]:
-    """Each block's global IDs from its local labels, once the merge has numbered them."""
-    return [
-        relabel_job(plan, block, mapping.block_mapping(block.block_id), mapping.dtype)
-        for block in plan.blocks
-    ]
 
 
 def relabel_job(plan: RunPlan, block: Block, mapping: npt.NDArray[np.uint64], dtype: str) -> Job:
@@ -131,23 +123,6 @@ def contact_jobs(plan: RunPlan, labelled: str) -> list[Job]:
     return jobs
 
 
-def label_pyramid_jobs(plan: RunPlan, mapping: LabelMapping) -> list[Job]:
-    """The label pyramid: its first levels straight from the local labels, beside relabel; the
-    levels below them halve the level above, as the probability's do.
-
-    Level k from the local labels decodes every block once (cheap: LZ4), where halving the level
-    above decodes a quarter of the voxels per level (Zstd, and after that level is written): from
-    the local labels pays off for the first two levels.
-    """
-    return [
-        *(
-            label_level_job(plan, shard, mapping.block_mapping, mapping.dtype)
-            for shard in label_level_shards(plan)
-        ),
-        *halved_label_levels(plan),
-    ]
-
-
 @dataclass(frozen=True, slots=True)
 class LabelShard:
     """A shard of a label pyramid level written from the local labels, and the blocks under it."""
@@ -160,7 +135,13 @@ class LabelShard:
 
 
 def label_level_shards(plan: RunPlan) -> list[LabelShard]:
-    """The shards of the label pyramid's levels written from the local labels."""
+    """The shards of the label pyramid's levels written from the local labels, beside relabel; the
+    levels below them halve the level above (:func:`halved_label_levels`), as the probability's do.
+
+    Level k from the local labels decodes every block once (cheap: LZ4), where halving the level
+    above decodes a quarter of the voxels per level (Zstd, and after that level is written): from
+    the local labels pays off for the first two levels.
+    """
     prefix = f"labels/{plan.request.config.labels.name}/"
     shards = []
     for level in range(1, min(LABEL_LEVELS_FROM_LOCAL, plan.layout.levels) + 1):

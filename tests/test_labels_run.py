@@ -18,7 +18,7 @@ import scipy.ndimage
 import torch
 import zarr
 
-from pipeline import omezarr
+from pipeline import omezarr, run_labels
 from pipeline import run as run_module
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import load_config
@@ -27,6 +27,7 @@ from pipeline.markers import decode_payload
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
 from pipeline.run import SegmentRequest, segment
+from pipeline.schedule import JobGraph
 from pipeline.synthetic import cell_image
 from tests.conftest import untrained_checkpoint, write_volume
 
@@ -161,8 +162,8 @@ def test_a_count_past_the_uint32_limit_is_merged_again_as_uint64_and_resumes_as_
     volume: str, checkpoint: Path, dask_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A limit one below the count stands in for 2**32 - 1: the merge streams in uint32 until the last
-    slab passes it, then the uint32 labels are dropped and merged again at once as uint64. A run
-    stopped in that second pass resumes in uint64, keeping the blocks it relabelled."""
+    slab passes it, then the uint32 labels are dropped and merged again from the markers as uint64.
+    A run stopped in that second pass resumes in uint64, keeping the blocks it relabelled."""
     settings = {"tiling.block_tiles": [2, 3], "labels.mode": "2d"}  # 3 slabs of 2 blocks, each final at once
     streamed = run(volume, tmp_path / "streamed.ome.zarr", checkpoint, dask_address, **settings)
     count = streamed["labels"]["objects"]
@@ -172,7 +173,7 @@ def test_a_count_past_the_uint32_limit_is_merged_again_as_uint64_and_resumes_as_
     record = run(volume, output, checkpoint, dask_address, **settings, **limit)
     expected, expected_count = expected_labels(output, "2d")
     assert record["labels"]["objects"] == count == expected_count
-    assert record["labels"]["dtype"] == "uint64" and record["labels"]["merged"] == "at once"
+    assert record["labels"]["dtype"] == "uint64" and record["labels"]["merged"] == "slab by slab"
     passed = record["labels"]["uint32_limit_passed"]
     assert passed["slab"] == 2 and passed["objects"] == count  # the IDs of the last slab passed it
     assert passed["abandoned_stages"]["relabel"]["computed"] > 0  # earlier slabs were relabelled in uint32
@@ -186,9 +187,13 @@ def test_a_count_past_the_uint32_limit_is_merged_again_as_uint64_and_resumes_as_
     real_run_phase = run_module.run_phase
 
     def stop_in_the_second_pass(client: Any, plan: Any, jobs: list[Any], *args: Any, **kwargs: Any) -> Any:
-        if jobs and all(job.stage == "relabel" or job.stage.startswith("pyramid labels/") for job in jobs):
-            second_pass.append(jobs)
-            real_run_phase(client, plan, [job for job in jobs if job.stage == "relabel"][:5], *args, **kwargs)
+        if not jobs:  # the second pass: its jobs come from the merge
+            run_clock, record, merge = args
+            second_pass.append(merge)
+            made = merge.more(JobGraph([]), {})
+            real_run_phase(
+                client, plan, [job for job in made if job.stage == "relabel"][:5], run_clock, record
+            )
             raise RuntimeError("stopped in the second pass")
         return real_run_phase(client, plan, jobs, *args, **kwargs)
 
@@ -211,7 +216,8 @@ def test_a_run_stopped_by_an_earlier_version_resumes_from_its_npz_markers(
     volume: str, checkpoint: Path, dask_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every block predicted and its contacts found by a version that wrote .npz markers; this one
-    merges their labels from them (its relabel and label pyramid markers and arrays wiped)."""
+    merges their labels from them (its relabel and label pyramid markers and arrays wiped), making
+    relabel jobs no faster than they are done."""
     real_run_phase = run_module.run_phase
 
     def stop_after_the_blocks(*args: Any, **kwargs: Any) -> Any:
@@ -220,7 +226,7 @@ def test_a_run_stopped_by_an_earlier_version_resumes_from_its_npz_markers(
 
     monkeypatch.setattr(run_module, "run_phase", stop_after_the_blocks)
     output = tmp_path / "out.ome.zarr"
-    settings = {"tiling.block_tiles": [1, 1]}  # 27 blocks in 3 slabs
+    settings = {"tiling.block_tiles": [1, 1], "labels.mode": "2d"}  # 27 blocks in 3 slabs, each final at once
     with pytest.raises(RuntimeError, match="stopped after the blocks"):
         run(volume, output, checkpoint, dask_address, **settings)
     monkeypatch.setattr(run_module, "run_phase", real_run_phase)
@@ -233,10 +239,22 @@ def test_a_run_stopped_by_an_earlier_version_resumes_from_its_npz_markers(
     shutil.rmtree(output / "_markers" / "pyramid-labels")
     for level in range(4):
         shutil.rmtree(output / "labels" / "cells" / f"s{level}" / "c")
+    monkeypatch.setattr(run_labels, "MADE_AHEAD", 0)  # catching up, a slab's jobs once the last ones are done
+    calls_with_jobs = []
+    real_more = run_labels.LabelStream.more
+
+    def more(stream: Any, graph: Any, reports: Any) -> Any:
+        jobs = real_more(stream, graph, reports)
+        if any(job.stage == "relabel" for job in jobs):
+            calls_with_jobs.append(len(jobs))
+        return jobs
+
+    monkeypatch.setattr(run_labels.LabelStream, "more", more)
     record = run(volume, output, checkpoint, dask_address, resume=True, **settings)
+    assert len(calls_with_jobs) >= 3  # one slab at a time, not all 27 blocks' at the start
     assert record["stages"]["predict"]["skipped_done"] == record["blocks"]["total"] == 27
     assert record["stages"]["relabel"]["computed"] == 27
-    expected, count = expected_labels(output, "3d")
+    expected, count = expected_labels(output, "2d")
     assert record["labels"]["objects"] == count
     for level in range(4):
         stored = zarr.open_array(str(output / "labels" / "cells" / f"s{level}"), mode="r")
