@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.label_stream import StreamingMerge
 from pipeline.labels import BlockLabels
-from pipeline.markers import read_markers, remove_stage_markers
+from pipeline.markers import done_blocks, read_markers, remove_stage_markers
 from pipeline.omezarr import create_labels, labels_dtype
 from pipeline.plan import RunPlan
 from pipeline.run_phase import Reports
@@ -61,9 +61,8 @@ def labels_as_uint64(
     for stage in stages:
         remove_stage_markers(plan.output_url, stage)
     create_labels(plan.output_url, plan.layout, plan.request.config.labels.name, "uint64")
-    again = LabelStream(plan, labelled, record, "uint64", blocks_in=True)
-    again.passed_before = {**stream.passed_limit, "abandoned_stages": abandoned}
-    return again
+    passed = {**stream.passed_limit, "abandoned_stages": abandoned}
+    return LabelStream(plan, labelled, record, "uint64", blocks_in=True, passed_before=passed)
 
 
 class LabelStream:
@@ -86,11 +85,12 @@ class LabelStream:
         dtype: str,
         limit: int | None = None,
         blocks_in: bool = False,
+        passed_before: dict[str, Any] | None = None,
     ) -> None:
         assert plan.label_rule is not None
         self.plan, self.labelled, self.record, self.dtype, self.limit = plan, labelled, record, dtype, limit
         self.passed_limit: dict[str, int] | None = None
-        self.passed_before: dict[str, Any] | None = None  # a stream that passed its limit, redone here
+        self.passed_before = passed_before  # a stream that passed its limit, redone here
         slabs, rows, cols = plan.grid.shape
         self.per_slab = rows * cols
         self.merge = StreamingMerge(slabs, self.per_slab, self._joins_next, plan.min_size_voxels)
@@ -115,6 +115,7 @@ class LabelStream:
         # the first block whose labels or contacts are not in: the next slab waits for it
         self.cursor = len(plan.blocks) if blocks_in else 0
         self.read_ahead: dict[JobName, dict[str, Any]] = {}  # payloads read from markers, not merged yet
+        self.relabelled = done_blocks(plan.output_url, "relabel")  # by an earlier attempt
         create_labels(plan.output_url, plan.layout, plan.request.config.labels.name, self.dtype)
 
     def _joins_next(self, slab: int) -> bool:
@@ -129,7 +130,7 @@ class LabelStream:
         while (
             not self.merge.finished
             and self._slab_in(graph, blocks := self._blocks(self.merge.next_slab))
-            and self._made_ahead(graph) + sum(job.stage == "relabel" for job in jobs) <= MADE_AHEAD
+            and self._made_ahead(graph, jobs) <= MADE_AHEAD
         ):
             summaries = [BlockLabels.from_arrays(p) for p in self._payloads(self.labelled, blocks, reports)]
             pairs = [payload["pairs"] for payload in self._payloads("contacts", blocks, reports)]
@@ -161,10 +162,12 @@ class LabelStream:
                 self.record["labels"]["uint32_limit_passed"] = self.passed_before
         return jobs
 
-    @staticmethod
-    def _made_ahead(graph: JobGraph) -> int:
+    def _made_ahead(self, graph: JobGraph, made: list[Job]) -> int:
+        """Relabel jobs to run, not done: in the graph, and just ``made`` (those an earlier attempt
+        did will never run, and so never give the result that asks for more)."""
         times = graph.stages.get("relabel")
-        return 0 if times is None else times.computed - times.finished
+        in_graph = 0 if times is None else times.computed - times.finished
+        return in_graph + sum(job.stage == "relabel" and job.block_id not in self.relabelled for job in made)
 
     def _payloads(self, stage: str, blocks: range, reports: Reports) -> list[dict[str, Any]]:
         """The blocks' payloads of ``stage``: from this run's reports, else from the markers of an

@@ -261,6 +261,30 @@ def test_a_run_stopped_by_an_earlier_version_resumes_from_its_npz_markers(
         assert np.array_equal(stored[...], expected[:, :: 2**level, :: 2**level]), level
 
 
+def test_a_run_stopped_after_its_relabel_resumes_while_the_merge_paces_its_jobs(
+    volume: str, checkpoint: Path, dask_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every relabel job marked done: the caught-up merge makes them all (nothing runs), whatever
+    the pace it keeps for jobs that do run."""
+    real_run_phase = run_module.run_phase
+
+    def stop_after_the_blocks(*args: Any, **kwargs: Any) -> Any:
+        real_run_phase(*args, **kwargs)
+        raise RuntimeError("stopped after the blocks")
+
+    monkeypatch.setattr(run_module, "run_phase", stop_after_the_blocks)
+    output = tmp_path / "out.ome.zarr"
+    settings = {"tiling.block_tiles": [1, 1], "labels.mode": "2d"}
+    with pytest.raises(RuntimeError, match="stopped after the blocks"):
+        run(volume, output, checkpoint, dask_address, **settings)
+    monkeypatch.setattr(run_module, "run_phase", real_run_phase)
+    monkeypatch.setattr(run_labels, "MADE_AHEAD", 0)
+    record = run(volume, output, checkpoint, dask_address, resume=True, **settings)
+    assert record["stages"]["relabel"]["skipped_done"] == record["blocks"]["total"] == 27
+    expected, _ = expected_labels(output, "2d")
+    assert np.array_equal(zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")[...], expected)
+
+
 def test_an_object_spanning_every_block(volume: str, dask_address: str, tmp_path: Path) -> None:
     checkpoint = constant_checkpoint(tmp_path / "all.safetensors", foreground=True)
     output = tmp_path / "out.ome.zarr"
