@@ -212,24 +212,35 @@ def test_a_count_past_the_uint32_limit_is_merged_again_as_uint64_and_resumes_as_
         assert np.array_equal(stored[...], expected[:, :: 2**level, :: 2**level]), level
 
 
+# 27 blocks in 3 slabs, each block final once its slab is in
+PLANAR_ONE_TILE_BLOCKS = {"tiling.block_tiles": [1, 1], "labels.mode": "2d"}
+
+
+def stop_after_the_blocks(
+    volume: str, output: Path, checkpoint: Path, address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of PLANAR_ONE_TILE_BLOCKS stopped once its blocks' phase is over: every block predicted,
+    its contacts found, relabelled and in the label pyramid, the output not complete."""
+    real_run_phase = run_module.run_phase
+
+    def stop_after_the_phase(*args: Any, **kwargs: Any) -> Any:
+        real_run_phase(*args, **kwargs)
+        raise RuntimeError("stopped after the blocks")
+
+    monkeypatch.setattr(run_module, "run_phase", stop_after_the_phase)
+    with pytest.raises(RuntimeError, match="stopped after the blocks"):
+        run(volume, output, checkpoint, address, **PLANAR_ONE_TILE_BLOCKS)
+    monkeypatch.setattr(run_module, "run_phase", real_run_phase)
+
+
 def test_a_run_stopped_by_an_earlier_version_resumes_from_its_npz_markers(
     volume: str, checkpoint: Path, dask_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every block predicted and its contacts found by a version that wrote .npz markers; this one
     merges their labels from them (its relabel and label pyramid markers and arrays wiped), making
     relabel jobs no faster than they are done."""
-    real_run_phase = run_module.run_phase
-
-    def stop_after_the_blocks(*args: Any, **kwargs: Any) -> Any:
-        real_run_phase(*args, **kwargs)
-        raise RuntimeError("stopped after the blocks")
-
-    monkeypatch.setattr(run_module, "run_phase", stop_after_the_blocks)
     output = tmp_path / "out.ome.zarr"
-    settings = {"tiling.block_tiles": [1, 1], "labels.mode": "2d"}  # 27 blocks in 3 slabs, each final at once
-    with pytest.raises(RuntimeError, match="stopped after the blocks"):
-        run(volume, output, checkpoint, dask_address, **settings)
-    monkeypatch.setattr(run_module, "run_phase", real_run_phase)
+    stop_after_the_blocks(volume, output, checkpoint, dask_address, monkeypatch)
     for marker in (output / "_markers").rglob("*.marker"):
         buffer = io.BytesIO()
         np.savez(buffer, **decode_payload(marker.read_bytes()))
@@ -250,7 +261,7 @@ def test_a_run_stopped_by_an_earlier_version_resumes_from_its_npz_markers(
         return jobs
 
     monkeypatch.setattr(run_labels.LabelStream, "more", more)
-    record = run(volume, output, checkpoint, dask_address, resume=True, **settings)
+    record = run(volume, output, checkpoint, dask_address, resume=True, **PLANAR_ONE_TILE_BLOCKS)
     assert len(calls_with_jobs) >= 3  # one slab at a time, not all 27 blocks' at the start
     assert record["stages"]["predict"]["skipped_done"] == record["blocks"]["total"] == 27
     assert record["stages"]["relabel"]["computed"] == 27
@@ -266,20 +277,10 @@ def test_a_run_stopped_after_its_relabel_resumes_while_the_merge_paces_its_jobs(
 ) -> None:
     """Every relabel job marked done: the caught-up merge makes them all (nothing runs), whatever
     the pace it keeps for jobs that do run."""
-    real_run_phase = run_module.run_phase
-
-    def stop_after_the_blocks(*args: Any, **kwargs: Any) -> Any:
-        real_run_phase(*args, **kwargs)
-        raise RuntimeError("stopped after the blocks")
-
-    monkeypatch.setattr(run_module, "run_phase", stop_after_the_blocks)
     output = tmp_path / "out.ome.zarr"
-    settings = {"tiling.block_tiles": [1, 1], "labels.mode": "2d"}
-    with pytest.raises(RuntimeError, match="stopped after the blocks"):
-        run(volume, output, checkpoint, dask_address, **settings)
-    monkeypatch.setattr(run_module, "run_phase", real_run_phase)
+    stop_after_the_blocks(volume, output, checkpoint, dask_address, monkeypatch)
     monkeypatch.setattr(run_labels, "MADE_AHEAD", 0)
-    record = run(volume, output, checkpoint, dask_address, resume=True, **settings)
+    record = run(volume, output, checkpoint, dask_address, resume=True, **PLANAR_ONE_TILE_BLOCKS)
     assert record["stages"]["relabel"]["skipped_done"] == record["blocks"]["total"] == 27
     expected, _ = expected_labels(output, "2d")
     assert np.array_equal(zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")[...], expected)
