@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pipeline.bench import save_widened_demo_model, write_bench_volume
+from pipeline.bench import cluster_overrides, save_widened_demo_model, write_bench_volume
 from pipeline.cluster import open_client
 from pipeline.config import load_config
 from pipeline.device_turn import device_turns
@@ -65,9 +65,7 @@ def main() -> None:
         save_widened_demo_model(checkpoint, args.base_channels)
         config = load_config(
             overrides={
-                "cluster.workers": args.workers,
-                "cluster.threads_per_worker": args.tasks_per_worker,
-                "cluster.in_flight_per_worker": args.tasks_per_worker + 1,
+                **cluster_overrides(args.workers, args.tasks_per_worker),
                 "profile.device": args.device,
                 "profile.dtype": "bfloat16",
                 "profile.channels_last": True,

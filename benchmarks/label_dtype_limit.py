@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.bench import save_widened_demo_model, write_bench_volume
+from pipeline.bench import cluster_overrides, save_widened_demo_model, write_bench_volume
 from pipeline.cluster import open_client
 from pipeline.config import load_config
 from pipeline.plan import SegmentRequest
@@ -45,9 +45,7 @@ def main() -> None:
         checkpoint = root / "model.safetensors"
         save_widened_demo_model(checkpoint, args.base_channels)
         overrides = {
-            "cluster.workers": 2,
-            "cluster.threads_per_worker": 2,
-            "cluster.in_flight_per_worker": 3,
+            **cluster_overrides(workers=2, tasks_per_worker=2),
             "profile.dtype": "bfloat16",
             "profile.channels_last": True,
             "profile.batch_size": 1,

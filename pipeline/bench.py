@@ -109,9 +109,7 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         threads = max(1, settings.threads // settings.e2e_workers)
         config = load_config(
             overrides={
-                "cluster.workers": settings.e2e_workers,
-                "cluster.threads_per_worker": settings.e2e_tasks_per_worker,
-                "cluster.in_flight_per_worker": settings.e2e_tasks_per_worker + 1,
+                **cluster_overrides(settings.e2e_workers, settings.e2e_tasks_per_worker),
                 "profile.device": settings.device,
                 "profile.dtype": DTYPE_NAMES[best["dtype"]],
                 "profile.channels_last": best["channels_last"],
@@ -196,6 +194,16 @@ def _process_cpu_seconds() -> float:
 
 
 BENCH_LAYER = 4  # planes of nuclei between two background planes in the end-to-end volume
+
+
+def cluster_overrides(workers: int, tasks_per_worker: int) -> dict[str, int]:
+    """Config overrides for a benchmark's cluster: ``tasks_per_worker`` blocks running in each worker
+    and one more sent, so a worker never waits for the driver between two blocks."""
+    return {
+        "cluster.workers": workers,
+        "cluster.threads_per_worker": tasks_per_worker,
+        "cluster.in_flight_per_worker": tasks_per_worker + 1,
+    }
 
 
 def save_widened_demo_model(path: Path, base_channels: int) -> None:
