@@ -33,8 +33,9 @@ from pipeline.stage_jobs import (
     relabel_job,
 )
 
-READ_AHEAD = 1024  # blocks whose markers a resumed run reads at once
+READ_AHEAD = 1024  # blocks whose markers a resumed run reads at once, with no job outstanding
 MADE_AHEAD = 1024  # relabel jobs made and not done: the merge waits beyond (a resumed run's catch-up)
+CATCH_UP_SECONDS = 0.05  # merging per result while jobs are outstanding, beyond the first slab
 
 
 def label_merge(plan: RunPlan, labelled: str, record: dict[str, Any]) -> LabelStream:
@@ -75,7 +76,10 @@ class LabelStream:
     every block's labels and contacts are in (markers), though not jobs of the phase.
 
     Where slabs are in faster than their jobs run (a resumed run catching up), the merge waits while
-    more than ``MADE_AHEAD`` relabel jobs are made and not done: each holds its block's table."""
+    more than ``MADE_AHEAD`` relabel jobs are made and not done: each holds its block's table. While
+    jobs are outstanding, a call merges one slab and more only for ``CATCH_UP_SECONDS``: a resumed
+    run sends its unfinished blocks first and catches up between their results (at a TB-scale
+    resume, minutes of marker reads and merging with the devices idle otherwise)."""
 
     def __init__(
         self,
@@ -127,13 +131,18 @@ class LabelStream:
 
     def more(self, graph: JobGraph, reports: Reports) -> list[Job]:
         jobs: list[Job] = []
+        called = time.perf_counter()
         while (
             not self.merge.finished
             and self._slab_in(graph, blocks := self._blocks(self.merge.next_slab))
             and self._made_ahead(graph, jobs) <= MADE_AHEAD
         ):
-            summaries = [BlockLabels.from_arrays(p) for p in self._payloads(self.labelled, blocks, reports)]
-            pairs = [payload["pairs"] for payload in self._payloads("contacts", blocks, reports)]
+            outstanding = graph.unfinished > 0  # their results call again
+            ahead = self.per_slab if outstanding else READ_AHEAD
+            summaries = [
+                BlockLabels.from_arrays(p) for p in self._payloads(self.labelled, blocks, reports, ahead)
+            ]
+            pairs = [payload["pairs"] for payload in self._payloads("contacts", blocks, reports, ahead)]
             started = time.perf_counter()
             ready = self.merge.add_slab(summaries, pairs)
             self.seconds += time.perf_counter() - started
@@ -153,6 +162,8 @@ class LabelStream:
                 )
                 self._used(block)
                 jobs.extend(self._shards_complete(block))
+            if outstanding and time.perf_counter() - called >= CATCH_UP_SECONDS:
+                break
         jobs.extend(self._release_held([job.name for job in jobs]))
         if self.merge.finished and not self.exhausted:
             self.exhausted = True
@@ -169,18 +180,20 @@ class LabelStream:
         in_graph = 0 if times is None else times.computed - times.finished
         return in_graph + sum(job.stage == "relabel" and job.block_id not in self.relabelled for job in made)
 
-    def _payloads(self, stage: str, blocks: range, reports: Reports) -> list[dict[str, Any]]:
+    def _payloads(self, stage: str, blocks: range, reports: Reports, ahead: int) -> list[dict[str, Any]]:
         """The blocks' payloads of ``stage``: from this run's reports, else from the markers of an
-        earlier attempt, read together with those of the finished blocks after them (a resumed run
-        reads every finished block's before it sends one)."""
+        earlier attempt, read together with those of the finished blocks after them, up to ``ahead``
+        blocks in all."""
         reported = reports.get(stage, {})
         if any(b not in reported and (stage, b) not in self.read_ahead for b in blocks):
-            ahead = [
+            to_read = [
                 b
-                for b in range(blocks.start, max(blocks.stop, min(self.cursor, blocks.start + READ_AHEAD)))
+                for b in range(blocks.start, max(blocks.stop, min(self.cursor, blocks.start + ahead)))
                 if b not in reported and (stage, b) not in self.read_ahead
             ]
-            for block, payload in zip(ahead, read_markers(self.plan.output_url, stage, ahead), strict=True):
+            for block, payload in zip(
+                to_read, read_markers(self.plan.output_url, stage, to_read), strict=True
+            ):
                 self.read_ahead[stage, block] = payload
         return [reported[b].payload if b in reported else self.read_ahead.pop((stage, b)) for b in blocks]
 

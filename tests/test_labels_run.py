@@ -22,6 +22,7 @@ from pipeline import omezarr, run_labels
 from pipeline import run as run_module
 from pipeline.checkpoint import save_checkpoint
 from pipeline.config import load_config
+from pipeline.label_stream import StreamingMerge
 from pipeline.labels import Connectivity
 from pipeline.markers import decode_payload
 from pipeline.model import UNet
@@ -284,6 +285,46 @@ def test_a_run_stopped_after_its_relabel_resumes_while_the_merge_paces_its_jobs(
     assert record["stages"]["relabel"]["skipped_done"] == record["blocks"]["total"] == 27
     expected, _ = expected_labels(output, "2d")
     assert np.array_equal(zarr.open_array(str(output / "labels" / "cells" / "s0"), mode="r")[...], expected)
+
+
+def test_a_resumed_run_sends_its_unfinished_blocks_before_its_merge_catches_up(
+    volume: str, checkpoint: Path, dask_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier attempt finished the first two slabs (planes) of blocks and not the third: the
+    third's blocks are sent after the first slab is merged from the markers, not after both, and the
+    second is merged between their results."""
+    output = tmp_path / "out.ome.zarr"
+    stop_after_the_blocks(volume, output, checkpoint, dask_address, monkeypatch)
+    last_slab = range(18, 27)  # 9 blocks of one tile a plane
+    for stage in ("predict", "contacts", "relabel"):
+        for block in last_slab:
+            (output / "_markers" / stage / f"{block}.marker").unlink()
+    events: list[tuple[str, int]] = []
+    real_take, real_add_slab = JobGraph.take, StreamingMerge.add_slab
+
+    def take(graph: JobGraph, follow_up: bool) -> Any:
+        job = real_take(graph, follow_up)
+        if job is not None:
+            events.append((job.stage, job.block_id))
+        return job
+
+    def add_slab(merge: StreamingMerge, *args: Any) -> Any:
+        events.append(("slab", merge.next_slab))
+        return real_add_slab(merge, *args)
+
+    monkeypatch.setattr(JobGraph, "take", take)
+    monkeypatch.setattr(StreamingMerge, "add_slab", add_slab)
+    monkeypatch.setattr(run_labels, "CATCH_UP_SECONDS", 0.0)  # one slab a result while jobs are outstanding
+    record = run(volume, output, checkpoint, dask_address, resume=True, **PLANAR_ONE_TILE_BLOCKS)
+    first_sent = next(index for index, event in enumerate(events) if event[0] == "predict")
+    assert events[:first_sent] == [("slab", 0)]
+    assert events.index(("slab", 1)) < events.index(("slab", 2))
+    assert record["stages"]["predict"]["computed"] == record["stages"]["relabel"]["computed"] == 9
+    expected, count = expected_labels(output, "2d")
+    assert record["labels"]["objects"] == count
+    for level in range(4):
+        stored = zarr.open_array(str(output / "labels" / "cells" / f"s{level}"), mode="r")
+        assert np.array_equal(stored[...], expected[:, :: 2**level, :: 2**level]), level
 
 
 def test_an_object_spanning_every_block(volume: str, dask_address: str, tmp_path: Path) -> None:
