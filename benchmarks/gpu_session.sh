@@ -14,16 +14,20 @@
 #   9. end to end with fewer CUDA contexts: 2 workers x 8 tasks and 4 x 4,
 #  10. `segment --cluster cuda --workers-per-gpu 4` (GPU-sharing workers pinned per GPU) on the demo model,
 #  11. step 4 with the demo model zero-padded to the paper's width (its cells instead of speckle, the same cost),
-#  12. four acquisitions on one cluster one after another, then taking turns at the GPU (benchmarks/back_to_back.py).
+#  12. four acquisitions on one cluster one after another, then taking turns at the GPU (benchmarks/back_to_back.py),
+#  13. the driver's job rate on this host's cores, scheduler in the driver and in a process of its own (no GPU used:
+#      benchmarks/driver_job_rate.py),
+#  14. step 4 with blocks of one plane (the default config's; 4x the jobs per Mpix of step 4's 4 planes).
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
-# The default steps (0 4 11 8 9 2: host work after zarr_direct, cc3d labelling and the slab-by-slab label
+# The default steps (0 4 11 8 9 2 13: host work after zarr_direct, cc3d labelling and the slab-by-slab label
 # merge (step 11, cells, shows the time after the last block) with speckle and with cells, with 8, 4 and 2
-# GPU-sharing workers, then exactness) take about 6 minutes on an H100 after the machine starts; a second
-# call fits STEPS="12 5 10 7" (back to back, one worker, the pinned cluster, max-autotune).
+# GPU-sharing workers, then exactness, then the driver's job rate) take about 7 minutes on an H100 after the
+# machine starts; a second call fits STEPS="14 12 5 10 7" (one-plane blocks, back to back, one worker, the
+# pinned cluster, max-autotune).
 # Run from the repository root with the wheels in .whl (the list: docs/benchmarks.md).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
-STEPS=${STEPS:-0 4 11 8 9 2}
+STEPS=${STEPS:-0 4 11 8 9 2 13}
 VARIANTS=${VARIANTS:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -115,6 +119,18 @@ for step in $STEPS; do
     timeout 240 python3 benchmarks/back_to_back.py --device cuda --base-channels 64 --acquisitions 4 \
       --shape 8x4656x4656 --workers 8 --tasks-per-worker 2 --block-planes 4 --batch-size 16 \
       --json "$OUT/back-to-back-gpu.json" 2>&1 | grep -v INFO | tail -4
+    ;;
+  13)
+    for scheduler in driver subprocess; do
+      echo "== 13. the driver's job rate, scheduler in the $scheduler"
+      timeout 90 python3 benchmarks/driver_job_rate.py --jobs 4000 --in-flight 24 --scheduler "$scheduler" \
+        --json "$OUT/driver-job-rate-$scheduler.json" 2>&1 | grep -v INFO | tail -2
+    done
+    ;;
+  14)
+    echo "== 14. end to end, 8 workers x 2 tasks, blocks of one plane"
+    timeout 150 "${bench[@]}" "${e2e[@]}" --block-planes 1 --workers 8 --tasks-per-worker 2 \
+      --json "$OUT/bench-gpu-e2e-one-plane-blocks.json" 2>&1 | grep -v INFO | tail -5
     ;;
   *) echo "no step $step" ;;
   esac
