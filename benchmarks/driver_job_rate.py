@@ -5,7 +5,7 @@ the driver submits it, the scheduler sends it to a worker, and the result comes 
 scheduler to the driver, which then sends the next ones. With a local cluster the scheduler runs
 in the driver's process, beside the client: one interpreter does both. This sends jobs that do
 nothing but carry real block tasks (those of a 16384² acquisition) through
-:func:`pipeline.cluster.run_jobs` on a local cluster of 2 workers, as fast as it goes, and reports
+:func:`pipeline.cluster.run_jobs` on a local cluster (``--workers``), as fast as it goes, and reports
 the jobs per second, the driver's CPU time per job, and the output rate at which that many jobs a
 second would be needed, for blocks of 1 and 4 planes (all of a run's jobs per block counted from
 its plan). ``--scheduler subprocess`` runs the scheduler in a process of its own instead. From the
@@ -33,7 +33,6 @@ from distributed import Client
 from distributed.deploy.subprocess import SubprocessCluster
 
 from pipeline import plan as plan_module
-from pipeline.blocks import BlockReport, PredictTask
 from pipeline.cluster import open_client, run_jobs
 from pipeline.config import load_config
 from pipeline.demo import DEMO_MODEL
@@ -52,13 +51,10 @@ PLANE = 16384
 STATS = (NormalizationStats(0.0, 1.0),)
 
 
-def nothing(task: PredictTask) -> BlockReport:
-    return BlockReport("predict", task.block.block_id, 0)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=3000)
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--in-flight", type=int, default=6, help="jobs sent at a time (2 workers x 3)")
     parser.add_argument("--scheduler", choices=("driver", "subprocess"), default="driver")
     parser.add_argument("--json", type=Path)
@@ -67,8 +63,9 @@ def main() -> None:
         plan_module._check_free_space = lambda *_: None  # nothing is written
         planes = max(4, -(-args.jobs // (-(-PLANE // 1552)) ** 2))  # blocks of 4 x 4 tiles of 388
         plans = {block_planes: _plan(Path(folder), block_planes, planes) for block_planes in (1, 4)}
-        jobs = [dataclasses.replace(job, function=nothing) for job in _predict_jobs(plans[1])][: args.jobs]
-        with _client(args.scheduler) as client:
+        # id: a function the workers import (as a run's are), doing nothing with the task it is sent
+        jobs = [dataclasses.replace(job, function=id) for job in _predict_jobs(plans[1])][: args.jobs]
+        with _client(args.scheduler, args.workers) as client:
             graph = JobGraph(jobs, set())
             cpu, wall = time.process_time(), time.perf_counter()
             run_jobs(
@@ -85,6 +82,7 @@ def main() -> None:
     rate = len(jobs) / wall
     report: dict[str, Any] = {
         "scheduler": args.scheduler,
+        "workers": args.workers,
         "jobs": len(jobs),
         "in_flight": args.in_flight,
         "jobs_per_second": round(rate, 1),
@@ -131,14 +129,14 @@ def _jobs_per_block(plan: RunPlan) -> float:
 
 
 @contextmanager
-def _client(scheduler: str) -> Iterator[Client]:
+def _client(scheduler: str, workers: int) -> Iterator[Client]:
     if scheduler == "driver":
-        with open_client(load_config().cluster) as client:
+        with open_client(load_config(overrides={"cluster.workers": workers}).cluster) as client:
             yield client
         return
     with (
         SubprocessCluster(
-            host="127.0.0.1", n_workers=2, threads_per_worker=2, dashboard_address="127.0.0.1:0"
+            host="127.0.0.1", n_workers=workers, threads_per_worker=2, dashboard_address="127.0.0.1:0"
         ) as cluster,
         Client(cluster) as client,
     ):

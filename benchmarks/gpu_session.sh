@@ -123,7 +123,7 @@ for step in $STEPS; do
   13)
     for scheduler in driver subprocess; do
       echo "== 13. the driver's job rate, scheduler in the $scheduler"
-      timeout 90 python3 benchmarks/driver_job_rate.py --jobs 4000 --in-flight 24 --scheduler "$scheduler" \
+      timeout 90 python3 benchmarks/driver_job_rate.py --jobs 4000 --workers 8 --in-flight 24 --scheduler "$scheduler" \
         --json "$OUT/driver-job-rate-$scheduler.json" 2>&1 | grep -v INFO | tail -2
     done
     ;;
