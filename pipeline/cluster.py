@@ -244,7 +244,8 @@ def run_jobs(
     by_key: dict[str, Job] = {}
     sent = {False: 0, True: 0}
     limits = {False: in_flight, True: follow_ups_in_flight}
-    window: as_completed = as_completed(loop=client.loop)
+    # results fetched in the client's event loop as jobs finish, not one blocking call each here
+    window: as_completed = as_completed(loop=client.loop, with_results=True, raise_errors=False)
 
     def room(follow_up: bool) -> bool:
         """Main slots no main job is ready for go to follow-ups (a run's tail: relabel, pyramids)."""
@@ -276,11 +277,12 @@ def run_jobs(
 
     send_ready()
     try:
-        for future in window:
+        for future, result in window:
             job = by_key.pop(future.key)
             sent[job.follow_up] -= 1
             try:
-                result = future.result()
+                if future.status != "finished":
+                    future.result()  # raises its error
             except Exception as error:
                 kind = BadInputBlockError if isinstance(error, InputDataError) else BlockFailedError
                 raise kind(
