@@ -244,8 +244,7 @@ def run_jobs(
     by_key: dict[str, Job] = {}
     sent = {False: 0, True: 0}
     limits = {False: in_flight, True: follow_ups_in_flight}
-    # results fetched in the client's event loop as jobs finish, not one blocking call each here
-    window: as_completed = as_completed(loop=client.loop, with_results=True, raise_errors=False)
+    window: as_completed = as_completed(loop=client.loop)
 
     def room(follow_up: bool) -> bool:
         """Main slots no main job is ready for go to follow-ups (a run's tail: relabel, pyramids)."""
@@ -277,20 +276,29 @@ def run_jobs(
 
     send_ready()
     try:
-        for future, result in window:
-            job = by_key.pop(future.key)
-            sent[job.follow_up] -= 1
+        while not window.is_empty():
+            # every job done by now, their results in one fetch: one each cost the driver a blocking
+            # hand-over to the client's event loop per job (benchmarks/driver_job_rate.py)
+            finished = window.next_batch(block=True)
+            jobs = [by_key.pop(future.key) for future in finished]
+            for future, job in zip(finished, jobs, strict=True):
+                if future.status == "error":
+                    try:
+                        future.result()
+                    except Exception as error:
+                        raise _failed(job, error, describe, retries) from error
             try:
-                if future.status != "finished":
-                    future.result()  # raises its error
-            except Exception as error:
-                kind = BadInputBlockError if isinstance(error, InputDataError) else BlockFailedError
-                raise kind(
-                    f"{describe(job)} failed after {retries + 1} attempt(s): {type(error).__name__}: {error}"
-                ) from error
-            future.release()
-            graph.finish(job)
-            on_result(job, result)
+                results = client.gather(finished)
+            except Exception as error:  # a result lost with its worker, and its recomputation failed
+                lost = [
+                    job for job, future in zip(jobs, finished, strict=True) if future.status != "finished"
+                ]
+                raise _failed((lost or jobs)[0], error, describe, retries) from error
+            for future, job, result in zip(finished, jobs, results, strict=True):
+                sent[job.follow_up] -= 1
+                future.release()
+                graph.finish(job)
+                on_result(job, result)
             send_ready()
     finally:
         leftover = list(window.futures)
@@ -298,6 +306,11 @@ def run_jobs(
             client.cancel(leftover)
     if graph.unfinished:
         raise PipelineError(f"internal: {graph.unfinished} block tasks wait for tasks that never ran")
+
+
+def _failed(job: Job, error: Exception, describe: Callable[[Job], str], retries: int) -> PipelineError:
+    kind = BadInputBlockError if isinstance(error, InputDataError) else BlockFailedError
+    return kind(f"{describe(job)} failed after {retries + 1} attempt(s): {type(error).__name__}: {error}")
 
 
 def location_exists(location: str) -> bool:
