@@ -28,16 +28,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import zarr
 from distributed import Client
 from distributed.deploy.subprocess import SubprocessCluster
+from empty_input import empty_input_request
 
-from pipeline import plan as plan_module
 from pipeline.cluster import open_client, run_jobs
 from pipeline.config import load_config
-from pipeline.demo import DEMO_MODEL
 from pipeline.normalization import NormalizationStats
-from pipeline.plan import RunPlan, SegmentRequest, plan_run
+from pipeline.plan import RunPlan, plan_run
 from pipeline.schedule import JobGraph
 from pipeline.stage_jobs import (
     contact_jobs,
@@ -60,7 +58,6 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="driver-job-rate-") as folder:
-        plan_module._check_free_space = lambda *_: None  # nothing is written
         planes = max(4, -(-args.jobs // (-(-PLANE // 1552)) ** 2))  # blocks of 4 x 4 tiles of 388
         plans = {block_planes: _plan(Path(folder), block_planes, planes) for block_planes in (1, 4)}
         # id: a function the workers import (as a run's are), doing nothing with the task it is sent
@@ -104,11 +101,8 @@ def main() -> None:
 
 def _plan(folder: Path, block_planes: int, planes: int) -> RunPlan:
     """The plan of an empty uint16 input of ``planes`` x 16384²."""
-    source = folder / f"in-{block_planes}.zarr"
-    zarr.create_array(str(source), shape=(planes, PLANE, PLANE), chunks=(1, 1024, 1024), dtype="uint16")
-    config = load_config(overrides={"tiling.block_planes": block_planes})
-    output = str(folder / f"out-{block_planes}.ome.zarr")
-    return plan_run(SegmentRequest(str(source), output, DEMO_MODEL, config, show_progress=False))
+    overrides = {"tiling.block_planes": block_planes}
+    return plan_run(empty_input_request(folder, (planes, PLANE, PLANE), overrides, f"in-{block_planes}"))
 
 
 def _predict_jobs(plan: RunPlan) -> list[Any]:

@@ -23,14 +23,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
-import zarr
+from empty_input import empty_input_request
 
-from pipeline import plan as plan_module
-from pipeline.config import load_config
-from pipeline.demo import DEMO_MODEL
 from pipeline.normalization import NormalizationStats
 from pipeline.omezarr import create_output
-from pipeline.plan import SegmentRequest, plan_run
+from pipeline.plan import plan_run
 from pipeline.run_labels import label_merge
 from pipeline.schedule import JobGraph
 from pipeline.stage_jobs import contact_jobs, predict_jobs, pyramid_jobs
@@ -59,13 +56,8 @@ def main() -> None:
         return made
 
     with tempfile.TemporaryDirectory(prefix="driver-scale-") as folder:
-        root = Path(folder)
-        zarr.create_array(str(root / "in.zarr"), shape=shape, chunks=(1, 1024, 1024), dtype="uint16")
-        plan_module._check_free_space = lambda *_: None  # the output is never written in full here
-        config = load_config(overrides={"tiling.block_tiles": [args.block_tiles] * 2})
-        request = SegmentRequest(
-            str(root / "in.zarr"), str(root / "out.ome.zarr"), DEMO_MODEL, config, show_progress=False
-        )
+        request = empty_input_request(Path(folder), shape, {"tiling.block_tiles": [args.block_tiles] * 2})
+        config = request.config
         plan = step("plan", lambda: plan_run(request))
         create_output(plan.output_url, plan.layout, label_blocks=plan.grid.block_edges)
         stats = (NormalizationStats(0.0, 1.0),)

@@ -23,15 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zarr
+from empty_input import empty_input_request
 
-from pipeline import plan as plan_module
-from pipeline.config import load_config
-from pipeline.demo import DEMO_MODEL
 from pipeline.markers import done_blocks, write_marker
 from pipeline.normalization import NormalizationStats
 from pipeline.omezarr import create_output
-from pipeline.plan import RunPlan, SegmentRequest, plan_run
+from pipeline.plan import RunPlan, plan_run
 from pipeline.run_labels import label_merge
 from pipeline.schedule import JobGraph
 from pipeline.stage_jobs import contact_jobs, predict_jobs, pyramid_jobs
@@ -46,14 +43,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="resume-catch-up-") as folder:
-        root = Path(folder)
         shape = (args.slabs, args.plane, args.plane)
-        zarr.create_array(str(root / "in.zarr"), shape=shape, chunks=(1, 1024, 1024), dtype="uint16")
-        plan_module._check_free_space = lambda *_: None  # the output is never written in full here
-        config = load_config()
-        request = SegmentRequest(
-            str(root / "in.zarr"), str(root / "out.ome.zarr"), DEMO_MODEL, config, show_progress=False
-        )
+        request = empty_input_request(Path(folder), shape)
+        config = request.config
         plan = plan_run(request)
         create_output(plan.output_url, plan.layout, label_blocks=plan.grid.block_edges)
         per_slab = len(plan.blocks) // plan.grid.shape[0]
