@@ -221,6 +221,9 @@ def run_bounded(
     )
 
 
+JOBS_TOGETHER = 4  # jobs of a kind sent as one Dask task, while more are ready than free slots
+
+
 def run_jobs(
     client: Client,
     graph: JobGraph,
@@ -237,36 +240,55 @@ def run_jobs(
 
     Follow-ups go first on a worker (they are short, and the main jobs keep
     the device fed meanwhile); main slots that no main job is ready for take
-    follow-ups too. Each job is retried up to ``retries`` times by
-    Dask; if it still fails, the others are cancelled and BlockFailedError
-    names it.
+    follow-ups too. Slots count Dask tasks: while more jobs of a kind are
+    ready than its free slots, up to ``JOBS_TOGETHER`` of them go as one task,
+    run one after the other (each task costs the driver a round trip through
+    the scheduler: benchmarks/driver_cpu_per_job.py). Each task is retried up
+    to ``retries`` times by Dask (its jobs are idempotent); if it still fails,
+    the others are cancelled and BlockFailedError names the job that failed.
     """
-    by_key: dict[str, Job] = {}
-    sent = {False: 0, True: 0}
+    by_key: dict[str, list[Job]] = {}
+    sent = {False: 0, True: 0}  # Dask tasks in flight, of one job or several
     limits = {False: in_flight, True: follow_ups_in_flight}
     window: as_completed = as_completed(loop=client.loop)
 
-    def room(follow_up: bool) -> bool:
+    def free_slots(follow_up: bool) -> int:
         """Main slots no main job is ready for go to follow-ups (a run's tail: relabel, pyramids)."""
         borrowed = max(0, sent[True] - limits[True])
+        main = limits[False] - sent[False] - borrowed
         if not follow_up:
-            return sent[False] + borrowed < limits[False]
-        spare = 0 if graph.has_ready(False) else limits[False] - sent[False] - borrowed
-        return sent[True] < limits[True] or spare > 0
+            return main
+        spare = 0 if graph.has_ready(False) else max(0, main)
+        return max(0, limits[True] - sent[True]) + spare
+
+    def take(follow_up: bool) -> list[Job]:
+        first = graph.take(follow_up)
+        if first is None:
+            return []
+        taken = [first]
+        together = min(JOBS_TOGETHER, -(-(graph.ready(follow_up) + 1) // free_slots(follow_up)))
+        while len(taken) < together and (job := graph.take(follow_up)) is not None:
+            taken.append(job)
+        return taken
 
     def send_ready() -> None:
         for follow_up in (True, False):
-            while room(follow_up):
-                job = graph.take(follow_up)
-                if job is None:
+            while free_slots(follow_up) > 0:
+                jobs = take(follow_up)
+                if not jobs:
                     break
-                name = key(job)
-                by_key[name] = job
+                name = key(jobs[0]) if len(jobs) == 1 else f"{key(jobs[0])}+{len(jobs) - 1}"
+                by_key[name] = jobs
                 sent[follow_up] += 1
+                function, argument = (
+                    (jobs[0].function, jobs[0].task)
+                    if len(jobs) == 1
+                    else (run_together, tuple((job.function, job.task) for job in jobs))
+                )
                 window.add(
                     client.submit(
-                        job.function,
-                        job.task,
+                        function,
+                        argument,
                         key=name,
                         pure=False,
                         retries=retries,
@@ -277,28 +299,32 @@ def run_jobs(
     send_ready()
     try:
         while not window.is_empty():
-            # every job done by now, their results in one fetch: one each cost the driver a blocking
-            # hand-over to the client's event loop per job (benchmarks/driver_job_rate.py)
+            # every task done by now, their results in one fetch: one each cost the driver a blocking
+            # hand-over to the client's event loop per task (benchmarks/driver_job_rate.py)
             finished = window.next_batch(block=True)
-            jobs = [by_key.pop(future.key) for future in finished]
-            for future, job in zip(finished, jobs, strict=True):
+            taken = [by_key.pop(future.key) for future in finished]
+            for future, jobs in zip(finished, taken, strict=True):
                 if future.status == "error":
                     try:
                         future.result()
                     except Exception as error:
-                        raise _failed(job, error, describe, retries) from error
+                        failed = jobs[getattr(error, TOGETHER_INDEX, 0)] if len(jobs) > 1 else jobs[0]
+                        raise _failed(failed, error, describe, retries) from error
             try:
                 results = client.gather(finished)
             except Exception as error:  # a result lost with its worker, and its recomputation failed
                 lost = [
-                    job for job, future in zip(jobs, finished, strict=True) if future.status != "finished"
+                    jobs[0]
+                    for jobs, future in zip(taken, finished, strict=True)
+                    if future.status != "finished"
                 ]
-                raise _failed((lost or jobs)[0], error, describe, retries) from error
-            for future, job, result in zip(finished, jobs, results, strict=True):
-                sent[job.follow_up] -= 1
+                raise _failed((lost or taken[0])[0], error, describe, retries) from error
+            for future, jobs, result in zip(finished, taken, results, strict=True):
+                sent[jobs[0].follow_up] -= 1
                 future.release()
-                graph.finish(job)
-                on_result(job, result)
+                for job, job_result in zip(jobs, result if len(jobs) > 1 else [result], strict=True):
+                    graph.finish(job)
+                    on_result(job, job_result)
             send_ready()
     finally:
         leftover = list(window.futures)
@@ -306,6 +332,21 @@ def run_jobs(
             client.cancel(leftover)
     if graph.unfinished:
         raise PipelineError(f"internal: {graph.unfinished} block tasks wait for tasks that never ran")
+
+
+TOGETHER_INDEX = "unet_pipeline_job_index"  # set on the error of a job run together with others
+
+
+def run_together(calls: tuple[tuple[Callable[[Any], Any], Any], ...]) -> list[Any]:
+    """Several jobs' block tasks in one Dask task, one after the other; a failure says whose it was."""
+    results = []
+    for index, (function, task) in enumerate(calls):
+        try:
+            results.append(function(task))
+        except Exception as error:
+            setattr(error, TOGETHER_INDEX, index)  # travels back with the pickled error
+            raise
+    return results
 
 
 def _failed(job: Job, error: Exception, describe: Callable[[Job], str], retries: int) -> PipelineError:

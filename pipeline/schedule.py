@@ -96,6 +96,10 @@ class JobGraph:
         """Whether a job of that kind could be taken now."""
         return bool(self._ready[follow_up])
 
+    def ready(self, follow_up: bool) -> int:
+        """How many jobs of that kind could be taken now."""
+        return len(self._ready[follow_up])
+
     def take(self, follow_up: bool) -> Job | None:
         """A job whose needs are met (a follow-up or a main one), or None if none is ready now."""
         queue = self._ready[follow_up]

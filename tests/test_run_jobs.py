@@ -1,0 +1,97 @@
+"""How a graph's jobs go to Dask: jobs that queue up share a task, and a failure still names its job."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from distributed import Client, get_worker
+
+from pipeline.cluster import JOBS_TOGETHER, BadInputBlockError, BlockFailedError, run_jobs
+from pipeline.errors import InputDataError
+from pipeline.schedule import Job, JobGraph, JobName
+
+
+def task_and_dask_key(task: int) -> tuple[int, str]:
+    """The task it was given and the key of the Dask task it ran in; a negative task fails."""
+    if task < 0:
+        raise (InputDataError if task == -1 else ValueError)(f"task {task} fails")
+    return task, get_worker().get_current_task()
+
+
+def ready_jobs(main: int, follow_ups: int, failing: int | None = None, error: int = -1) -> JobGraph:
+    """Main jobs 0.. and follow-ups 100.., all ready at once; block ``failing`` raises."""
+    return JobGraph(
+        [Job("predict", block, task_and_dask_key, block) for block in range(main)]
+        + [
+            Job("relabel", block, task_and_dask_key, error if block == failing else block, follow_up=True)
+            for block in range(100, 100 + follow_ups)
+        ]
+    )
+
+
+def run(
+    client: Client,
+    graph: JobGraph,
+    in_flight: int,
+    follow_ups_in_flight: int,
+    on_result: Callable[[Job, Any], None] = lambda job, result: None,
+) -> None:
+    run_jobs(
+        client,
+        graph,
+        in_flight=in_flight,
+        follow_ups_in_flight=follow_ups_in_flight,
+        retries=0,
+        key=lambda job: f"{job.stage}-{job.block_id}",
+        describe=lambda job: f"{job.stage} of block {job.block_id}",
+        on_result=on_result,
+    )
+
+
+def results_by_job(dask_address: str, graph: JobGraph, in_flight: int, follow_ups: int) -> dict[JobName, Any]:
+    results: dict[JobName, tuple[int, str]] = {}
+    with Client(dask_address) as client:
+        run(client, graph, in_flight, follow_ups, lambda job, result: results.setdefault(job.name, result))
+    assert graph.unfinished == 0
+    return results
+
+
+def test_jobs_that_queue_up_share_dask_tasks_of_their_kind_and_each_gets_its_own_result(
+    dask_address: str,
+) -> None:
+    results = results_by_job(dask_address, ready_jobs(main=8, follow_ups=12), in_flight=1, follow_ups=1)
+    assert sorted(results) == [
+        *(("predict", block) for block in range(8)),
+        *(("relabel", block) for block in range(100, 112)),
+    ]
+    assert all(task == block for (_, block), (task, _) in results.items())
+    stages_by_dask_task: dict[str, list[str]] = {}
+    for (stage, _), (_, key) in results.items():
+        stages_by_dask_task.setdefault(key, []).append(stage)
+    assert all(len(set(stages)) == 1 for stages in stages_by_dask_task.values())
+    assert max(len(stages) for stages in stages_by_dask_task.values()) == JOBS_TOGETHER
+    assert len(stages_by_dask_task) < len(results)
+
+
+def test_jobs_that_free_slots_can_take_go_alone(dask_address: str) -> None:
+    results = results_by_job(dask_address, ready_jobs(main=3, follow_ups=2), in_flight=6, follow_ups=2)
+    assert len(results) == 5
+    assert Counter(key for _, key in results.values()).most_common(1)[0][1] == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "raised", "kind"),
+    [(-1, BadInputBlockError, "InputDataError"), (-2, BlockFailedError, "ValueError")],
+)
+def test_a_job_failing_among_others_in_one_dask_task_is_the_one_named(
+    dask_address: str, error: int, raised: type[Exception], kind: str
+) -> None:
+    failing = 100 + JOBS_TOGETHER + 1  # the second job of the second task of follow-ups
+    with Client(dask_address) as client, pytest.raises(raised) as caught:
+        run(client, ready_jobs(1, 12, failing, error), in_flight=1, follow_ups_in_flight=1)
+    assert str(caught.value) == (
+        f"relabel of block {failing} failed after 1 attempt(s): {kind}: task {error} fails"
+    )
