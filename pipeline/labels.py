@@ -256,7 +256,8 @@ def slab_contacts(
             keys_by_block.setdefault(w_block, []).append(touching_keys(slab[u_box], slab[w_box]))
     rows = [np.empty((0, 4), np.int64)]
     for w_block in sorted(keys_by_block):
-        keys = np.unique(np.concatenate(keys_by_block[w_block]))
+        pieces = keys_by_block[w_block]
+        keys = pieces[0] if len(pieces) == 1 else np.unique(np.concatenate(pieces))  # each sorted, distinct
         rows.append(
             np.stack(
                 [
@@ -268,7 +269,8 @@ def slab_contacts(
                 axis=1,
             )
         )
-    return unique_rows(np.concatenate(rows))
+    # distinct already (a pair's w_block and its key tell it apart); sorted if one block was touched
+    return np.concatenate(rows) if len(rows) <= 2 else unique_rows(np.concatenate(rows))
 
 
 def _boxes_with_one_neighbour_block(
