@@ -18,7 +18,7 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from functools import partial
 from typing import Any, TypeVar
@@ -39,7 +39,6 @@ from pipeline.worker_environment import MALLOC_ENVIRONMENT, dask_settings, zarr_
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 
 class BlockFailedError(PipelineError):
@@ -191,34 +190,6 @@ def _wait_for_workers(client: Client, address: str, seconds: float) -> None:
             "(`dask worker ADDRESS --nthreads 2` on each node, `dask cuda worker ADDRESS` on GPU nodes) "
             "or raise cluster.connect_timeout_seconds"
         ) from None
-
-
-def run_bounded(
-    client: Client,
-    function: Callable[[T], R],
-    tasks: Sequence[T],
-    *,
-    in_flight: int,
-    retries: int,
-    key: Callable[[T], str],
-    describe: Callable[[T], str],
-    on_result: Callable[[R], None],
-) -> None:
-    """Run ``function`` over ``tasks`` with at most ``in_flight`` submitted at a time.
-
-    Each task is retried up to ``retries`` times by Dask; if it still fails,
-    the others are cancelled and BlockFailedError names the task.
-    """
-    run_jobs(
-        client,
-        JobGraph([Job("", index, function, task) for index, task in enumerate(tasks)]),
-        in_flight=in_flight,
-        follow_ups_in_flight=0,
-        retries=retries,
-        key=lambda job: key(job.task),
-        describe=lambda job: describe(job.task),
-        on_result=lambda _, result: on_result(result),
-    )
 
 
 JOBS_TOGETHER = 4  # jobs of a kind sent as one Dask task, while more are ready than free slots

@@ -26,11 +26,12 @@ from distributed import Client, LocalCluster
 
 from pipeline.checkpoint import save_checkpoint
 from pipeline.cli import cli
-from pipeline.cluster import BlockFailedError, open_client, run_bounded
+from pipeline.cluster import BlockFailedError, open_client, run_jobs
 from pipeline.config import ClusterConfig
 from pipeline.lock import OutputLockedError, hold_lock
 from pipeline.model import UNet
 from pipeline.normalization import Normalization
+from pipeline.schedule import Job, JobGraph
 from pipeline.synthetic import cell_image
 from tests.conftest import write_small_setup, write_volume
 
@@ -404,15 +405,15 @@ def test_a_cluster_left_without_workers_fails_its_blocks_instead_of_waiting() ->
 
     def run_one_block(client: Client) -> None:
         try:
-            run_bounded(
+            run_jobs(
                 client,
-                abs,
-                [-7],
+                JobGraph([Job("predict", 7, abs, -7)]),
                 in_flight=1,
+                follow_ups_in_flight=0,
                 retries=0,
-                key=lambda task: f"block-{-task}",
-                describe=lambda task: f"block {-task}",
-                on_result=lambda _: None,
+                key=lambda job: f"block-{job.block_id}",
+                describe=lambda job: f"block {job.block_id}",
+                on_result=lambda job, result: None,
             )
         except BlockFailedError as error:
             failures.append(error)
