@@ -19,13 +19,14 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from functools import partial
 from typing import Any, TypeVar
 
 import dask
 import fsspec
-from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, as_completed
+from dask.utils import key_split
+from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, as_completed, wait
 from distributed.system import MEMORY_LIMIT
 
 from pipeline.blocks import prepare_worker
@@ -356,21 +357,40 @@ def check_workers_see(client: Client, locations: list[str]) -> None:
 
 
 CHECK_PRIORITY = 100  # a run's checks on the workers, before the blocks (priority 0) and follow-ups (1)
+LEFT_WORKER_CHECK_SECONDS = 1.0  # how often on_each_worker looks for workers that left
 
 
 def on_each_worker(client: Client, function: Callable[[], T]) -> dict[str, T]:
     """``function()`` on every worker as a task (in its thread pool, not its event loop), by address.
 
     Ahead of every block queued there (a run setting up beside another's blocks waits for a free
-    thread, not for the queue)."""
+    thread, not for the queue). A worker that leaves first (killed, its nanny starting another) is
+    left out with a warning: its task, bound to it, would wait for it until the scheduler gave up
+    and failed the run (found by benchmarks/soak.py)."""
     futures = {
         address: client.submit(
             function, workers=[address], allow_other_workers=False, pure=False, priority=CHECK_PRIORITY
         )
         for address in client.scheduler_info(n_workers=-1)["workers"]
     }
+    results: dict[str, T] = {}
     try:
-        return {address: future.result() for address, future in futures.items()}
+        waiting = dict(futures)
+        while waiting:
+            with suppress(TimeoutError):  # none done yet: see who is still there
+                wait(list(waiting.values()), timeout=LEFT_WORKER_CHECK_SECONDS, return_when="FIRST_COMPLETED")
+            present = set(client.scheduler_info(n_workers=-1)["workers"])
+            for address, future in list(waiting.items()):
+                if future.done() and (future.status == "finished" or address in present):
+                    results[address] = future.result()  # an error of a worker still there is raised
+                elif address not in present:
+                    log.warning(
+                        "Dask worker %s left before it ran %s: left out", address, key_split(future.key)
+                    )
+                else:
+                    continue
+                del waiting[address]
+        return results
     finally:
         # forgotten by the scheduler before this returns: a worker holding a result it still
         # counts could not be retired (nowhere to move the result to)

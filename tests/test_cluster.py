@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,32 @@ def test_on_each_worker_runs_once_in_every_worker(separate_cluster: DaskProcesse
         processes = on_each_worker(client, os.getpid)
     assert set(processes) == workers and len(workers) == 2
     assert len(set(processes.values())) == 2 and os.getpid() not in processes.values()
+
+
+def exit_if_first(claim: str) -> int:
+    """The first worker to run it exits (as one SIGKILLed would); the others give their pid."""
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return os.getpid()
+    os._exit(1)
+
+
+def test_a_worker_that_leaves_before_its_turn_is_left_out(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    timeout = 20  # the scheduler fails a task bound to a worker that is gone after this long
+    config = ClusterConfig(workers=2, threads_per_worker=1, no_workers_timeout_seconds=timeout)
+    with open_client(config, forward_logs=False) as client:
+        workers = set(client.scheduler_info(n_workers=-1)["workers"])
+        started = time.perf_counter()
+        with caplog.at_level(logging.WARNING, logger="pipeline.cluster"):
+            processes = on_each_worker(client, partial(exit_if_first, str(tmp_path / "claimed")))
+        seconds = time.perf_counter() - started
+    assert len(processes) == 1 and set(processes) < workers
+    (left,) = workers - set(processes)
+    assert f"Dask worker {left} left before it ran exit_if_first: left out" in caplog.text
+    assert seconds < timeout
 
 
 def test_local_workers_get_a_zarr_codec_pool_for_their_share_of_cores(
