@@ -342,7 +342,7 @@ def location_exists(location: str) -> bool:
 def check_workers_see(client: Client, locations: list[str]) -> None:
     """InputError naming the workers (and hosts) that cannot see these paths or URLs (the input, the output)."""
     for location in locations:
-        seen = client.run(location_exists, location)
+        seen = client.run(location_exists, location, on_error="ignore")  # none from a worker gone meanwhile
         blind = sorted(address for address, exists in seen.items() if not exists)
         if blind:
             fix = (
@@ -452,7 +452,7 @@ def worker_cpu_seconds(client: Client) -> dict[str, float]:
     """CPU seconds the workers' live threads have used so far, summed over workers per role
     (:mod:`pipeline.cpu_time`)."""
     totals = dict.fromkeys(ROLES, 0.0)
-    for seconds in client.run(cpu_seconds_by_role).values():
+    for seconds in client.run(cpu_seconds_by_role, on_error="ignore").values():
         for name, value in seconds.items():
             totals[name] += value
     return totals
@@ -460,4 +460,4 @@ def worker_cpu_seconds(client: Client) -> dict[str, float]:
 
 def worker_peak_rss(client: Client) -> dict[str, int]:
     """Peak resident memory of each worker process over its lifetime."""
-    return dict(client.run(_peak_rss_bytes))
+    return dict(client.run(_peak_rss_bytes, on_error="ignore"))  # of the workers still there

@@ -319,10 +319,13 @@ def _run_stages(
         plan = replace(plan, label_rule=kept)
     resampled = plan.model_grid is not None
     labelled = "resample" if resampled else "predict"  # the stage that writes s0 and the local labels
-    before = client.run(device_statistics)
+    # a worker lost meanwhile (its blocks retried elsewhere) is left out of the statistics, not the run's end
+    before = client.run(device_statistics, on_error="ignore")
     if resampled:
         run_phase(client, plan, predict_jobs(plan, profile, stats), run, record, turn=turn)
-        record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
+        record["stages"]["predict"]["device"] = _device_work(
+            before, client.run(device_statistics, on_error="ignore")
+        )
         save()
         first = resample_jobs(plan)
     else:
@@ -339,7 +342,9 @@ def _run_stages(
         turn=turn,
     )
     if not resampled:
-        record["stages"]["predict"]["device"] = _device_work(before, client.run(device_statistics))
+        record["stages"]["predict"]["device"] = _device_work(
+            before, client.run(device_statistics, on_error="ignore")
+        )
     save()
     if merge is not None and merge.passed_limit is not None:  # more objects than uint32 holds
         run_phase(client, plan, [], run, record, labels_as_uint64(plan, labelled, merge, record), turn=turn)
