@@ -252,15 +252,10 @@ def run_jobs(
                 name = key(jobs[0]) if len(jobs) == 1 else f"{key(jobs[0])}+{len(jobs) - 1}"
                 by_key[name] = jobs
                 sent[follow_up] += 1
-                function, argument = (
-                    (jobs[0].function, jobs[0].task)
-                    if len(jobs) == 1
-                    else (run_together, tuple((job.function, job.task) for job in jobs))
-                )
                 window.add(
                     client.submit(
-                        function,
-                        argument,
+                        run_together,
+                        tuple((job.function, job.task) for job in jobs),
                         key=name,
                         pure=False,
                         retries=retries,
@@ -280,23 +275,26 @@ def run_jobs(
                     try:
                         future.result()
                     except Exception as error:
-                        failed = jobs[getattr(error, TOGETHER_INDEX, 0)] if len(jobs) > 1 else jobs[0]
+                        failed = jobs[getattr(error, TOGETHER_INDEX, 0)]
                         raise _failed(failed, error, describe, retries) from error
             try:
                 results = client.gather(finished)
             except Exception as error:  # a result lost with its worker, and its recomputation failed
-                lost = [
-                    jobs[0]
-                    for jobs, future in zip(taken, finished, strict=True)
-                    if future.status != "finished"
-                ]
-                raise _failed((lost or taken[0])[0], error, describe, retries) from error
-            for future, jobs, result in zip(finished, taken, results, strict=True):
+                lost = next(
+                    (
+                        jobs
+                        for jobs, future in zip(taken, finished, strict=True)
+                        if future.status != "finished"
+                    ),
+                    taken[0],
+                )
+                raise _failed(lost[0], error, describe, retries) from error
+            for future, jobs, job_results in zip(finished, taken, results, strict=True):
                 sent[jobs[0].follow_up] -= 1
                 future.release()
-                for job, job_result in zip(jobs, result if len(jobs) > 1 else [result], strict=True):
+                for job, result in zip(jobs, job_results, strict=True):
                     graph.finish(job)
-                    on_result(job, job_result)
+                    on_result(job, result)
             send_ready()
     finally:
         leftover = list(window.futures)
@@ -306,11 +304,12 @@ def run_jobs(
         raise PipelineError(f"internal: {graph.unfinished} block tasks wait for tasks that never ran")
 
 
-TOGETHER_INDEX = "unet_pipeline_job_index"  # set on the error of a job run together with others
+TOGETHER_INDEX = "unet_pipeline_job_index"  # set on the error of a job run in a Dask task with others
 
 
 def run_together(calls: tuple[tuple[Callable[[Any], Any], Any], ...]) -> list[Any]:
-    """Several jobs' block tasks in one Dask task, one after the other; a failure says whose it was."""
+    """The block tasks of a Dask task's jobs (one or several), one after the other; a failure says
+    whose it was."""
     results = []
     for index, (function, task) in enumerate(calls):
         try:
