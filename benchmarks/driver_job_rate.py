@@ -3,8 +3,9 @@
 Every job of a run (a block's predict, contacts and relabel, a pyramid shard) travels in a Dask
 task, alone or with up to :data:`pipeline.cluster.JOBS_TOGETHER` others of its kind while more are
 ready than free slots: the driver submits the task, the scheduler sends it to a worker, and the
-result comes back through the scheduler to the driver, which then sends the next ones. With a local cluster the scheduler runs
-in the driver's process, beside the client: one interpreter does both. This sends jobs that do
+result comes back through the scheduler to the driver, which then sends the next ones. With a
+local cluster the scheduler runs in the driver's process, beside the client: one interpreter does
+both. This sends jobs that do
 nothing but carry real block tasks (those of a 16384² acquisition) through
 :func:`pipeline.cluster.run_jobs` on a local cluster (``--workers``), as fast as it goes, and reports
 the jobs per second, the driver's CPU time per job, and the output rate at which that many jobs a
