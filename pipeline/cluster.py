@@ -19,6 +19,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from contextlib import ExitStack, contextmanager, suppress
 from functools import partial
 from typing import Any, TypeVar
@@ -27,6 +28,7 @@ import dask
 import fsspec
 from dask.utils import key_split
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, as_completed, wait
+from distributed.comm.core import CommClosedError
 from distributed.system import MEMORY_LIMIT
 
 from pipeline.blocks import prepare_worker
@@ -48,6 +50,13 @@ class BlockFailedError(PipelineError):
 
 class BadInputBlockError(BlockFailedError, InputError):
     """A block failed on every attempt because of the input's data (exit 2, like any bad input)."""
+
+
+class SchedulerLostError(PipelineError):
+    """The run lost its connection to the Dask scheduler; the output stays incomplete, to resume."""
+
+
+SCHEDULER_LOST = (CommClosedError, CancelledError)  # what a client raises once its scheduler is gone
 
 
 @contextmanager
@@ -279,6 +288,8 @@ def run_jobs(
                         raise _failed(failed, error, describe, retries) from error
             try:
                 results = client.gather(finished)
+            except SCHEDULER_LOST:
+                raise
             except Exception as error:  # a result lost with its worker, and its recomputation failed
                 lost = next(
                     (

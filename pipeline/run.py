@@ -22,6 +22,8 @@ from typing import Any
 from distributed import Client
 
 from pipeline.cluster import (
+    SCHEDULER_LOST,
+    SchedulerLostError,
     check_workers_have_gpus,
     check_workers_see,
     cluster_shape,
@@ -78,12 +80,19 @@ def segment(
     ``client``: reuse a running Dask cluster instead of opening one. ``turn``: this run's turn at
     the cluster's devices among runs that share it (see :mod:`pipeline.device_turn`), given up
     once its last block is predicted. A failed write of the output (disk full, file too large, a
-    store error) becomes an OutputWriteError naming the output; what was written stays, marked
-    incomplete, for ``--resume``.
+    store error) becomes an OutputWriteError naming the output, a lost Dask scheduler a
+    SchedulerLostError; what was written stays, marked incomplete, for ``--resume``.
     """
     turn = turn or DeviceTurn()
     try:
         return _segment(request, client, turn)
+    except SCHEDULER_LOST as error:  # a CommClosedError is an OSError too, but not the output's
+        said = " ".join(str(error).split())  # Dask's messages span lines
+        raise SchedulerLostError(
+            f"lost the connection to the Dask scheduler during the run of {request.output_url} "
+            f"({type(error).__name__}: {said}); what was written is left incomplete: once the scheduler "
+            "is back, run again (with --resume to continue the output)"
+        ) from error
     except OSError as error:
         raise OutputWriteError(
             f"writing {request.output_url} failed: {error}; the output is left incomplete: free space "

@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -31,11 +33,12 @@ from pipeline.cluster import check_workers_have_gpus, on_each_worker, open_clien
 from pipeline.config import ClusterConfig
 from pipeline.errors import InputError
 from pipeline.normalization import NormalizationStats
+from pipeline.omezarr import open_output, read_state
 from pipeline.synthetic import cell_image
 from pipeline.worker_environment import ZARR_CODEC_POOL, zarr_pool_environment
 from tests.canonical import canonical_prediction
-from tests.conftest import write_volume
-from tests.processes import DaskProcesses, dask_cluster, start_worker
+from tests.conftest import write_small_setup, write_volume
+from tests.processes import DaskProcesses, dask_cluster, start_worker, wait_until
 
 SETTINGS: dict[str, Any] = {
     "tiling": {"shard_tiles": 1, "block_tiles": [1, 1]},  # 2 planes x 1 x 2 tiles: 4 blocks for 2 workers
@@ -101,6 +104,51 @@ def test_workers_started_apart_give_the_canonical_tiling_bitwise(
     finally:
         torch.set_num_threads(previous)
     assert np.array_equal(zarr.open_array(str(output / "s0"), mode="r")[...], expected)
+
+
+def test_a_scheduler_lost_mid_run_is_named_and_the_output_resumes_on_a_new_one(tmp_path: Path) -> None:
+    settings = {
+        "tiling": {"tile": 36, "shard_tiles": 1, "block_tiles": [1, 1]},  # 240 blocks of one tile
+        "output": {"dtype": "float32", "pyramid_levels": 1},
+        "normalization_sample": {"regions": 1},
+    }
+    checkpoint, _ = write_small_setup(tmp_path, settings, seed=3)
+    volume = write_volume(tmp_path / "in.zarr", cell_image((8, 180, 216), seed=5), (1, 64, 64))
+    output, clean = tmp_path / "out.ome.zarr", tmp_path / "clean.ome.zarr"
+    markers = output / "_markers" / "predict"
+
+    def run(target: Path, address: str, *extra: str) -> tuple[int, str]:
+        return segment(
+            volume, str(target), "--model", str(checkpoint), "--cluster", address, *extra,
+            settings=settings, folder=tmp_path,
+        )  # fmt: skip
+
+    with dask_cluster(tmp_path / "first", workers=1) as first:
+        waiting = threading.Thread(target=lambda: results.append(run(output, first.address)))
+        results: list[tuple[int, str]] = []
+        waiting.start()
+        wait_until(
+            lambda: markers.is_dir() and any(markers.iterdir()), "a first block", tmp_path / "run.yaml"
+        )
+        os.killpg(first.scheduler.pid, signal.SIGKILL)
+        waiting.join(120)
+    ((code, text),) = results
+    assert code == 1, text
+    assert last_line(text).startswith(
+        f"error: lost the connection to the Dask scheduler during the run of {output} ("
+    )
+    assert last_line(text).endswith("run again (with --resume to continue the output)")
+    assert not read_state(open_output(str(output)))["complete"]
+    with dask_cluster(tmp_path / "second", workers=1) as second:
+        code, text = run(output, second.address, "--resume")
+        assert code == 0, text
+        code, text = run(clean, second.address)
+        assert code == 0, text
+    for array in ("s0", "labels/cells/s0"):
+        assert np.array_equal(
+            zarr.open_array(str(output / array), mode="r")[...],
+            zarr.open_array(str(clean / array), mode="r")[...],
+        )
 
 
 def test_device_cuda_without_a_gpu_worker_is_refused_before_writing(
