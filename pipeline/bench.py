@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import subprocess
 import tempfile
 import threading
@@ -181,11 +182,28 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
         "host_cpu_seconds_per_mpix": round(host / (predict["pixels"] / 1e6), 4),
         # the cores all that needs to keep pace with the network at its model-only rate
         "host_cores_at_model_only_rate": round(host / (predict["pixels"] / 1e6) * model_only, 2),
+        "shared_cores_ceiling": shared_cores_ceiling(
+            predict["pixels"] / 1e6, cpu["network"] + host, model_only
+        )
+        if settings.device == "cpu"
+        else None,
         "device_batcher": predict.get("device", {}),
         "peak_worker_rss_bytes": record.get("worker_peak_rss_bytes"),
         "gpu_utilisation_percent": round(float(np.mean([u for u, _ in samples])), 1) if samples else None,
         "gpu_memory_used_peak_mib": max(m for _, m in samples) if samples else None,
     }
+
+
+def shared_cores_ceiling(mpix: float, cpu_seconds: float, model_only: float) -> float | None:
+    """The most end to end can reach of model-only on the CPU, where the network and the host work
+    share this machine's cores: the run takes at least all its CPU time spread over all of them."""
+    if cpu_seconds <= 0 or model_only <= 0:
+        return None
+    return round(min(1.0, mpix * usable_cores() / cpu_seconds / model_only), 3)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _process_cpu_seconds() -> float:
@@ -300,6 +318,11 @@ def table(report: dict[str, Any]) -> str:
             lines.append(
                 f"CPU seconds: {roles}; outside the network {e2e['host_cpu_seconds_per_mpix']:.4f} per Mpix, "
                 f"{e2e['host_cores_at_model_only_rate']:.2f} cores at the model-only rate"
+            )
+        if (e2e.get("shared_cores_ceiling") or 1.0) < 1.0:
+            lines.append(
+                f"the host work shares the cores with the network: end to end at most "
+                f"{e2e['shared_cores_ceiling']:.0%} of model-only here"
             )
         device = e2e.get("device_batcher") or {}
         if device:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from pipeline.bench import usable_cores
 from pipeline.bench_model import NAIVE, BenchSettings, profiles
 from pipeline.cli import cli
 from pipeline.cpu_time import ROLES
@@ -63,6 +64,10 @@ def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> No
     assert e2e["host_cores_at_model_only_rate"] == pytest.approx(
         e2e["host_cpu_seconds_per_mpix"] * e2e["model_only_mpix_per_second"], rel=0.01, abs=0.01
     )
+    ceiling = e2e["shared_cores_ceiling"]  # all of the run's CPU time spread over all the cores, at best
+    most = 0.04 * usable_cores() / sum(cpu.values()) / e2e["model_only_mpix_per_second"]
+    assert ceiling == pytest.approx(min(1, most), abs=2e-3)
+    assert (f"end to end at most {ceiling:.0%} of model-only here" in result.output) == (ceiling < 1)
     assert {"fill_seconds", "h2d_seconds", "compute_seconds", "d2h_seconds"} <= set(e2e["device_batcher"])
     assert e2e["device_batcher"]["windows"] == 36  # 200 x 200 px in 36 px tiles: 6 x 6
     agreement = report["agreement"]
