@@ -239,7 +239,7 @@ def run_jobs(
         main = limits[False] - sent[False] - borrowed
         if not follow_up:
             return main
-        spare = 0 if graph.has_ready(False) else max(0, main)
+        spare = 0 if graph.ready(False) else max(0, main)
         return max(0, limits[True] - sent[True]) + spare
 
     def take(follow_up: bool) -> list[Job]:

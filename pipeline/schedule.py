@@ -92,10 +92,6 @@ class JobGraph:
         """Whether that job is done (now, or by an earlier attempt)."""
         return name in self._finished
 
-    def has_ready(self, follow_up: bool) -> bool:
-        """Whether a job of that kind could be taken now."""
-        return bool(self._ready[follow_up])
-
     def ready(self, follow_up: bool) -> int:
         """How many jobs of that kind could be taken now."""
         return len(self._ready[follow_up])
