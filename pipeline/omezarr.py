@@ -380,8 +380,7 @@ def output_array(url: str, path: str) -> zarr.Array[Any]:
     deleted, so checking each chunk for emptiness first (a pass over its
     voxels) buys nothing.
     """
-    array = zarr.open_group(store=url, mode="r+")[path]
-    assert isinstance(array, zarr.Array)
+    array = zarr.open_array(store=url, path=path, mode="r+")  # its own metadata only, not the group's
     if path.startswith(f"{SCRATCH}/"):
         return array.with_config({"write_empty_chunks": True})
     return array
