@@ -14,10 +14,13 @@ of thousands of blocks never floods the scheduler.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import pickle
 import resource
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError
 from contextlib import ExitStack, contextmanager, suppress
@@ -36,7 +39,7 @@ from pipeline.config import SLURM_PREFIX, ClusterConfig
 from pipeline.cpu_time import ROLES, cpu_seconds_by_role
 from pipeline.errors import InputDataError, InputError, PipelineError
 from pipeline.locations import is_url
-from pipeline.schedule import Job, JobGraph
+from pipeline.schedule import Job, JobGraph, JobName
 from pipeline.worker_environment import MALLOC_ENVIRONMENT, dask_settings, zarr_pool_environment
 
 log = logging.getLogger(__name__)
@@ -224,11 +227,15 @@ def run_jobs(
     follow-ups too. Slots count Dask tasks: while more jobs of a kind are
     ready than its free slots, up to ``JOBS_TOGETHER`` of them go as one task,
     run one after the other (each task costs the driver a round trip through
-    the scheduler: benchmarks/driver_cpu_per_job.py). Each task is retried up
-    to ``retries`` times by Dask (its jobs are idempotent); if it still fails,
-    the others are cancelled and BlockFailedError names the job that failed.
+    the scheduler: benchmarks/driver_cpu_per_job.py). A job that raises is
+    sent again, with the jobs after it in its task, up to ``retries`` times
+    (jobs are idempotent); if it still fails, the others are cancelled and
+    BlockFailedError names it.
     """
     by_key: dict[str, list[Job]] = {}
+    attempts: Counter[JobName] = Counter()
+    again: set[JobName] = set()  # jobs sent again: their tasks' keys get a count
+    resent = itertools.count(1)
     sent = {False: 0, True: 0}  # Dask tasks in flight, of one job or several
     limits = {False: in_flight, True: follow_ups_in_flight}
     window: as_completed = as_completed(loop=client.loop)
@@ -259,6 +266,8 @@ def run_jobs(
                 if not jobs:
                     break
                 name = key(jobs[0]) if len(jobs) == 1 else f"{key(jobs[0])}+{len(jobs) - 1}"
+                if jobs[0].name in again:  # a key of a task before, which the scheduler may still hold
+                    name = f"{name}~{next(resent)}"
                 by_key[name] = jobs
                 sent[follow_up] += 1
                 window.add(
@@ -267,7 +276,6 @@ def run_jobs(
                         tuple((job.function, job.task) for job in jobs),
                         key=name,
                         pure=False,
-                        retries=retries,
                         priority=1 if follow_up else 0,
                     )
                 )
@@ -280,12 +288,12 @@ def run_jobs(
             finished = window.next_batch(block=True)
             taken = [by_key.pop(future.key) for future in finished]
             for future, jobs in zip(finished, taken, strict=True):
+                # its worker died with it too often, or its result would not pickle
                 if future.status == "error":
                     try:
                         future.result()
                     except Exception as error:
-                        failed = jobs[getattr(error, TOGETHER_INDEX, 0)]
-                        raise _failed(failed, error, describe, retries) from error
+                        raise _failed(jobs[0], error, describe, retries, len(jobs) - 1) from error
             try:
                 results = client.gather(finished)
             except SCHEDULER_LOST:
@@ -300,12 +308,27 @@ def run_jobs(
                     taken[0],
                 )
                 raise _failed(lost[0], error, describe, retries) from error
-            for future, jobs, job_results in zip(finished, taken, results, strict=True):
+            for future, jobs, (job_results, failure) in zip(finished, taken, results, strict=True):
                 sent[jobs[0].follow_up] -= 1
                 future.release()
-                for job, result in zip(jobs, job_results, strict=True):
+                for job, result in zip(jobs[: len(job_results)], job_results, strict=True):
                     graph.finish(job)
                     on_result(job, result)
+                if failure is not None:
+                    failed = jobs[len(job_results)]
+                    attempts[failed.name] += 1
+                    if attempts[failed.name] > retries:
+                        raise _failed(failed, failure, describe, retries) from failure
+                    log.warning(
+                        "%s failed (attempt %d of %d), sent again: %s: %s",
+                        describe(failed),
+                        attempts[failed.name],
+                        retries + 1,
+                        type(failure).__name__,
+                        failure,
+                    )
+                    again.update(job.name for job in jobs[len(job_results) :])
+                    graph.again(jobs[len(job_results) :])
             send_ready()
     finally:
         leftover = list(window.futures)
@@ -315,25 +338,34 @@ def run_jobs(
         raise PipelineError(f"internal: {graph.unfinished} block tasks wait for tasks that never ran")
 
 
-TOGETHER_INDEX = "unet_pipeline_job_index"  # set on the error of a job run in a Dask task with others
-
-
-def run_together(calls: tuple[tuple[Callable[[Any], Any], Any], ...]) -> list[Any]:
-    """The block tasks of a Dask task's jobs (one or several), one after the other; a failure says
-    whose it was."""
+def run_together(calls: tuple[tuple[Callable[[Any], Any], Any], ...]) -> tuple[list[Any], Exception | None]:
+    """The block tasks of a Dask task's jobs (one or several), one after the other, until one raises:
+    the results so far and that error (the driver sends its job again, and those after it)."""
     results = []
-    for index, (function, task) in enumerate(calls):
+    for function, task in calls:
         try:
             results.append(function(task))
-        except Exception as error:
-            setattr(error, TOGETHER_INDEX, index)  # travels back with the pickled error
-            raise
-    return results
+        except Exception as error:  # noqa: BLE001 - handed to the driver, which retries or fails the run
+            return results, error if _pickles(error) else RuntimeError(f"{type(error).__name__}: {error}")
+    return results, None
 
 
-def _failed(job: Job, error: Exception, describe: Callable[[Job], str], retries: int) -> PipelineError:
+def _pickles(error: Exception) -> bool:
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # noqa: BLE001 - any failure to round-trip
+        return False
+    return True
+
+
+def _failed(
+    job: Job, error: Exception, describe: Callable[[Job], str], retries: int, others: int = 0
+) -> PipelineError:
+    """``others``: jobs in the same Dask task, any of which may have been the one that failed."""
     kind = BadInputBlockError if isinstance(error, InputDataError) else BlockFailedError
-    return kind(f"{describe(job)} failed after {retries + 1} attempt(s): {type(error).__name__}: {error}")
+    which = f"{describe(job)} (or one of the {others} jobs sent with it)" if others else describe(job)
+    attempts = f"after {retries + 1} attempt(s)" if not others else "in its Dask task"
+    return kind(f"{which} failed {attempts}: {type(error).__name__}: {error}")
 
 
 def location_exists(location: str) -> bool:

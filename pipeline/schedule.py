@@ -107,6 +107,11 @@ class JobGraph:
             times.first_sent = time.perf_counter()
         return job
 
+    def again(self, jobs: list[Job]) -> None:
+        """Jobs taken but not done (one failed, those after it in its task not run), first in line again."""
+        for job in reversed(jobs):
+            self._ready[job.follow_up].appendleft(job)
+
     def finish(self, job: Job) -> None:
         self.unfinished -= 1
         self._finished.add(job.name)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +22,15 @@ def task_and_dask_key(task: int) -> tuple[int, str]:
     if task < 0:
         raise (InputDataError if task == -1 else ValueError)(f"task {task} fails")
     return task, get_worker().get_current_task()
+
+
+def fails_first_time(claim: str) -> str:
+    """Raises the first time it is run for ``claim`` (a path), as a passing fault would; then returns it."""
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return claim
+    raise OSError(f"{claim}: not yet")
 
 
 def ready_jobs(main: int, follow_ups: int, failing: int | None = None, error: int = -1) -> JobGraph:
@@ -95,3 +107,26 @@ def test_a_job_failing_among_others_in_one_dask_task_is_the_one_named(
     assert str(caught.value) == (
         f"relabel of block {failing} failed after 1 attempt(s): {kind}: task {error} fails"
     )
+
+
+def test_each_job_in_a_shared_task_has_retries_of_its_own(
+    dask_address: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    claims = [str(tmp_path / f"{block}") for block in range(8)]
+    graph = JobGraph(
+        [Job("relabel", block, fails_first_time, claim, follow_up=True) for block, claim in enumerate(claims)]
+    )
+    results: dict[JobName, str] = {}
+    with Client(dask_address) as client, caplog.at_level(logging.WARNING, logger="pipeline.cluster"):
+        run_jobs(
+            client,
+            graph,
+            in_flight=1,
+            follow_ups_in_flight=1,
+            retries=1,  # every job fails once: a task's one retry for all its jobs would not do
+            key=lambda job: f"{job.stage}-{job.block_id}",
+            describe=lambda job: f"{job.stage} of block {job.block_id}",
+            on_result=lambda job, result: results.setdefault(job.name, result),
+        )
+    assert results == {("relabel", block): claim for block, claim in enumerate(claims)}
+    assert caplog.text.count("failed (attempt 1 of 2), sent again: OSError") == 8
