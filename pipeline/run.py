@@ -296,6 +296,13 @@ def _drop_markers(output_url: str, run_id: str) -> None:
         log.warning("run %s: complete, but its block markers could not be removed: %s", run_id, error)
 
 
+def _device_readings(client: Client) -> dict[str, dict[str, float]]:
+    """Each worker's device batcher statistics so far; a worker lost meanwhile (its blocks retried
+    elsewhere) is left out, not the run failed."""
+    readings: dict[str, dict[str, float]] = client.run(device_statistics, on_error="ignore")
+    return readings
+
+
 def _device_work(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
     """What the workers' device batchers did between two readings, summed over workers."""
     totals: dict[str, float] = {}
@@ -328,13 +335,10 @@ def _run_stages(
         plan = replace(plan, label_rule=kept)
     resampled = plan.model_grid is not None
     labelled = "resample" if resampled else "predict"  # the stage that writes s0 and the local labels
-    # a worker lost meanwhile (its blocks retried elsewhere) is left out of the statistics, not the run's end
-    before = client.run(device_statistics, on_error="ignore")
+    before = _device_readings(client)
     if resampled:
         run_phase(client, plan, predict_jobs(plan, profile, stats), run, record, turn=turn)
-        record["stages"]["predict"]["device"] = _device_work(
-            before, client.run(device_statistics, on_error="ignore")
-        )
+        record["stages"]["predict"]["device"] = _device_work(before, _device_readings(client))
         save()
         first = resample_jobs(plan)
     else:
@@ -351,9 +355,7 @@ def _run_stages(
         turn=turn,
     )
     if not resampled:
-        record["stages"]["predict"]["device"] = _device_work(
-            before, client.run(device_statistics, on_error="ignore")
-        )
+        record["stages"]["predict"]["device"] = _device_work(before, _device_readings(client))
     save()
     if merge is not None and merge.passed_limit is not None:  # more objects than uint32 holds
         run_phase(client, plan, [], run, record, labels_as_uint64(plan, labelled, merge, record), turn=turn)
