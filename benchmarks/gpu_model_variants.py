@@ -108,7 +108,10 @@ VARIANTS = [
         "fp16 compiled b32 shuffled upconv benchmark", dtype=torch.float16, shuffle=True, benchmark_mode=True
     ),
 ]
-AUTOTUNE = Variant("bf16 max-autotune-no-cudagraphs b32", mode="max-autotune-no-cudagraphs")
+AUTOTUNE = [
+    Variant("fp16 max-autotune-no-cudagraphs b32", dtype=torch.float16, mode="max-autotune-no-cudagraphs"),
+    Variant("bf16 max-autotune-no-cudagraphs b32", mode="max-autotune-no-cudagraphs"),
+]
 
 
 def median_ms(run: Any, repeats: int = 20) -> float:
@@ -201,7 +204,7 @@ def main() -> None:
         shuffle_error = (shuffled(base)(windows[:2]) - reference).abs().max() / reference.abs().max()
     report["shuffled_upconv_fp32_relative_difference"] = float(shuffle_error)
     rows = report["variants"] = []
-    for variant in [*VARIANTS, *([AUTOTUNE] if args.autotune else [])]:
+    for variant in [*VARIANTS, *(AUTOTUNE if args.autotune else [])]:
         if args.only and not any(text in variant.name for text in args.only.split(",")):
             continue
         try:

@@ -17,7 +17,9 @@
 #  12. four acquisitions on one cluster one after another, then taking turns at the GPU (benchmarks/back_to_back.py),
 #  13. the driver's job rate on this host's cores, scheduler in the driver and in a process of its own (no GPU used:
 #      benchmarks/driver_job_rate.py),
-#  14. step 4 with blocks of one plane (the default config's; 4x the jobs per Mpix of step 4's 4 planes).
+#  14. step 4 with blocks of one plane (the default config's; 4x the jobs per Mpix of step 4's 4 planes),
+#  15. end to end on one volume with several cluster shapes, CUDA's Multi-Process Service too
+#      (benchmarks/gpu_cluster_shapes.py; SHAPES=8x2,4x4 picks them).
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
 # The default steps (0 4 11 8 9 2 13: host work after zarr_direct, cc3d labelling and the slab-by-slab label
 # merge (step 11, cells, shows the time after the last block) with speckle and with cells, with 8, 4 and 2
@@ -83,9 +85,9 @@ for step in $STEPS; do
     fi
     ;;
   7)
-    echo "== 7. max-autotune"
-    timeout 200 python3 benchmarks/gpu_model_variants.py --json "$OUT/autotune-gpu.json" --autotune --only autotune \
-      2>&1 | grep -v INFO | tail -4
+    echo "== 7. max-autotune (fp16, the faster dtype compiled)"
+    timeout 200 python3 benchmarks/gpu_model_variants.py --json "$OUT/autotune-gpu.json" --autotune \
+      --only "fp16 max-autotune" 2>&1 | grep -v INFO | tail -4
     ;;
   8)
     echo "== 8. end to end, 8 workers x 3 tasks, Zarr's codec pool at 4 threads per worker"
@@ -131,6 +133,11 @@ for step in $STEPS; do
     echo "== 14. end to end, 8 workers x 2 tasks, blocks of one plane"
     timeout 150 "${bench[@]}" "${e2e[@]}" --block-planes 1 --workers 8 --tasks-per-worker 2 \
       --json "$OUT/bench-gpu-e2e-one-plane-blocks.json" 2>&1 | grep -v INFO | tail -5
+    ;;
+  15)
+    echo "== 15. end to end on one volume, cluster shapes ${SHAPES:-8x2,4x4,2x8,8x2:mps,4x4:mps,1x16}"
+    timeout 290 python3 benchmarks/gpu_cluster_shapes.py --shapes "${SHAPES:-8x2,4x4,2x8,8x2:mps,4x4:mps,1x16}" \
+      --json "$OUT/cluster-shapes-gpu.json" 2>&1 | grep -v INFO | tail -12
     ;;
   *) echo "no step $step" ;;
   esac

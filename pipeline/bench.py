@@ -82,7 +82,9 @@ def run_bench(settings: BenchSettings, progress: bool = True) -> dict[str, Any]:
     return report
 
 
-def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]) -> dict[str, Any]:
+def measure_end_to_end(
+    settings: BenchSettings, model_rows: list[dict[str, Any]], volume: str | None = None
+) -> dict[str, Any]:
     """`segment` of a synthetic uint16 Zarr volume with the fastest eager profile, against its model-only rate.
 
     The clock runs from the call of `segment` on a started cluster to its complete record (a nightly
@@ -90,6 +92,9 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
     cold figure a one-volume `segment` sees. The model-only rate it is held against is the mean of
     that profile's pass before the run and one more after it: a shared or virtual machine's speed
     drifts by several per cent within a minute (measured here: 2.59 to 2.86 Mpix/s).
+
+    ``volume``: a bench volume of ``settings.e2e_shape`` written before (:func:`write_bench_volume`),
+    read instead of writing one, so runs of several cluster shapes read the same input.
     """
     if settings.device == "cuda":
         torch.cuda.empty_cache()  # the model-only passes' cached memory belongs to the workers now
@@ -98,8 +103,9 @@ def measure_end_to_end(settings: BenchSettings, model_rows: list[dict[str, Any]]
     assert settings.e2e_shape is not None
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        source = f"{root}/input.zarr"
-        write_bench_volume(source, settings.e2e_shape)
+        source = volume or f"{root}/input.zarr"
+        if volume is None:
+            write_bench_volume(source, settings.e2e_shape)
         checkpoint = root / "bench.safetensors"
         if settings.e2e_weights == "demo":
             save_widened_demo_model(checkpoint, settings.base_channels)
