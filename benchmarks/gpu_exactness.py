@@ -14,6 +14,7 @@ Also compares bf16 with fp32 and with the compiled model. Needs CUDA.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import tempfile
 import time
@@ -100,6 +101,8 @@ def main() -> None:
             np.array_equal(first, reference["bfloat16"])
         )
         report["max |run - canonical bf16|"] = float(np.abs(first - reference["bfloat16"]).max())
+        # the same in another session or under MPS: the same kernels, the same bits
+        report["run sha256"] = hashlib.sha256(first.tobytes()).hexdigest()
         difference = np.abs(reference["bfloat16"] - reference["float32"])
         report["bf16 vs fp32 max |dp|"] = float(difference.max())
         report["bf16 vs fp32 foreground voxels equal"] = float(

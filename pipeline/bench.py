@@ -117,6 +117,7 @@ def measure_end_to_end(
         config = load_config(
             overrides={
                 **cluster_overrides(settings.e2e_workers, settings.e2e_tasks_per_worker),
+                "cluster.mps": settings.e2e_mps,
                 "profile.device": settings.device,
                 "profile.dtype": DTYPE_NAMES[best["dtype"]],
                 "profile.channels_last": best["channels_last"],
@@ -160,6 +161,7 @@ def measure_end_to_end(
         "profile": best["profile"],
         "workers": settings.e2e_workers,
         "tasks_per_worker": settings.e2e_tasks_per_worker,
+        "mps": settings.e2e_mps,
         "torch_threads_per_worker": threads,
         "block_tiles": settings.e2e_block_tiles,
         "block_planes": settings.e2e_block_planes,

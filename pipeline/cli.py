@@ -81,6 +81,12 @@ def cli(debug: bool, quiet: bool) -> None:
 @click.option("--cluster", help="local | cuda | tcp://HOST:PORT of a running scheduler | slurm:FILE.")
 @click.option("--workers", type=int, help="Worker processes of a local cluster.")
 @click.option("--workers-per-gpu", type=int, help="Worker processes on each GPU of a cuda cluster.")
+@click.option(
+    "--mps",
+    is_flag=True,
+    default=None,
+    help="Run the workers of a local or cuda cluster under NVIDIA MPS (one CUDA context per GPU).",
+)
 @click.option("--block-tiles", type=int, help="Block edge in tiles (a multiple of the shard edge).")
 @click.option("--threads", type=int, help="Intra-op threads per worker (execution profile).")
 @click.option(
@@ -119,6 +125,7 @@ def segment(
     cluster: str | None,
     workers: int | None,
     workers_per_gpu: int | None,
+    mps: bool | None,
     block_tiles: int | None,
     threads: int | None,
     batch_size: int | str | None,
@@ -139,6 +146,7 @@ def segment(
         "cluster.address": cluster,
         "cluster.workers": workers,
         "cluster.workers_per_gpu": workers_per_gpu,
+        "cluster.mps": mps,
         "tiling.block_tiles": None if block_tiles is None else [block_tiles, block_tiles],
         "profile.threads": threads,
         "profile.batch_size": batch_size,

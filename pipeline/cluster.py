@@ -39,6 +39,7 @@ from pipeline.config import SLURM_PREFIX, ClusterConfig
 from pipeline.cpu_time import ROLES, cpu_seconds_by_role
 from pipeline.errors import InputDataError, InputError, PipelineError
 from pipeline.locations import is_url
+from pipeline.mps import mps_daemon
 from pipeline.schedule import Job, JobGraph, JobName
 from pipeline.worker_environment import MALLOC_ENVIRONMENT, dask_settings, zarr_pool_environment
 
@@ -94,6 +95,14 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
         **dask_settings(config.dashboard),
     }
     with ExitStack() as stack:
+        if config.mps and device == "cuda":
+            if config.address not in ("local", "cuda"):
+                raise InputError(
+                    f"cluster.mps starts MPS for the workers of a cluster this run starts (local, cuda); "
+                    f"the workers of {config.address} run where MPS has to be started by whoever starts "
+                    "them (docs/deploy.md)"
+                )
+            environment.update(stack.enter_context(mps_daemon()))
         stack.enter_context(dask.config.set(settings))
         if config.address == "local":
             cluster: Any = stack.enter_context(
