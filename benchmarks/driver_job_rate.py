@@ -1,12 +1,13 @@
 """How many jobs a second the driver can hand to Dask, and what that caps a run at.
 
 Every job of a run (a block's predict, contacts and relabel, a pyramid shard) travels in a Dask
-task, alone or with up to :data:`pipeline.cluster.JOBS_TOGETHER` others of its kind while more are
-ready than free slots: the driver submits the task, the scheduler sends it to a worker, and the
+task: a main job (predict) alone, a follow-up alone or with up to
+:data:`pipeline.cluster.JOBS_TOGETHER` others while more are ready than free slots: the driver submits the task, the scheduler sends it to a worker, and the
 result comes back through the scheduler to the driver, which then sends the next ones. With a
 local cluster the scheduler runs in the driver's process, beside the client: one interpreter does
 both. This sends jobs that do
-nothing but carry real block tasks (those of a 16384² acquisition) through
+nothing but carry real block tasks (those of a 16384² acquisition), one main job a block and the
+run's follow-ups beside them, through
 :func:`pipeline.cluster.run_jobs` on a local cluster (``--workers``), as fast as it goes, and reports
 the jobs per second, the driver's CPU time per job, and the output rate at which that many jobs a
 second would be needed, for blocks of 1 and 4 planes (all of a run's jobs per block counted from
@@ -62,8 +63,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="driver-job-rate-") as folder:
         planes = max(4, -(-args.jobs // (-(-PLANE // 1552)) ** 2))  # blocks of 4 x 4 tiles of 388
         plans = {block_planes: _plan(Path(folder), block_planes, planes) for block_planes in (1, 4)}
-        # id: a function the workers import (as a run's are), doing nothing with the task it is sent
-        jobs = [dataclasses.replace(job, function=id) for job in _predict_jobs(plans[1])][: args.jobs]
+        # id: a function the workers import (as a run's are), doing nothing with the task it is sent;
+        # a run's mix: one main job a block (predict, one to a Dask task), the rest follow-ups
+        follow_ups_per_block = _jobs_per_block(plans[1]) - 1
+        blocks = round(args.jobs / (1 + follow_ups_per_block))
+        main = [dataclasses.replace(job, function=id) for job in _predict_jobs(plans[1])][:blocks]
+        follow_ups = [
+            dataclasses.replace(main[k % blocks], block_id=blocks + k, follow_up=True)
+            for k in range(args.jobs - blocks)
+        ]
+        jobs = main + follow_ups
         with _client(args.scheduler, args.workers) as client:
             graph = JobGraph(jobs, set())
             cpu, wall = time.process_time(), time.perf_counter()
@@ -83,6 +92,7 @@ def main() -> None:
         "scheduler": args.scheduler,
         "workers": args.workers,
         "jobs": len(jobs),
+        "main_jobs": len(main),
         "in_flight": args.in_flight,
         "jobs_per_second": round(rate, 1),
         "driver_cpu_ms_per_job": round(cpu / len(jobs) * 1e3, 2),

@@ -214,7 +214,7 @@ def _wait_for_workers(client: Client, address: str, seconds: float) -> None:
         ) from None
 
 
-JOBS_TOGETHER = 4  # jobs of a kind sent as one Dask task, while more are ready than free slots
+JOBS_TOGETHER = 4  # follow-ups sent as one Dask task, while more are ready than free slots
 
 
 def run_jobs(
@@ -233,10 +233,12 @@ def run_jobs(
 
     Follow-ups go first on a worker (they are short, and the main jobs keep
     the device fed meanwhile); main slots that no main job is ready for take
-    follow-ups too. Slots count Dask tasks: while more jobs of a kind are
-    ready than its free slots, up to ``JOBS_TOGETHER`` of them go as one task,
-    run one after the other (each task costs the driver a round trip through
-    the scheduler: benchmarks/driver_cpu_per_job.py). A job that raises is
+    follow-ups too. Slots count Dask tasks: while more follow-ups are ready
+    than their free slots, up to ``JOBS_TOGETHER`` of them go as one task, run
+    one after the other (each task costs the driver a round trip through the
+    scheduler: benchmarks/driver_cpu_per_job.py). A main job always goes
+    alone: a task's results come back together, and the contacts, merge and
+    relabel behind a block would wait for the last block of its task. A job that raises is
     sent again, with the jobs after it in its task, up to ``retries`` times
     (jobs are idempotent); if it still fails, the others are cancelled and
     BlockFailedError names it.
@@ -263,6 +265,8 @@ def run_jobs(
         if first is None:
             return []
         taken = [first]
+        if not follow_up:  # a task's results come back together: follow-ups would wait for the last
+            return taken
         together = min(JOBS_TOGETHER, -(-(graph.ready(follow_up) + 1) // free_slots(follow_up)))
         while len(taken) < together and (job := graph.take(follow_up)) is not None:
             taken.append(job)
