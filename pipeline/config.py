@@ -110,7 +110,9 @@ class ClusterConfig(_Strict):
         2, ge=1, description="blocks a worker runs at once: one on the device, the others reading and writing"
     )
     in_flight_per_worker: int = Field(
-        3, ge=1, description="Dask tasks sent per worker at a time (a block each; up to 4 follow-ups each while more wait)"
+        3,
+        ge=1,
+        description="Dask tasks sent per worker at a time (a block each; up to 4 follow-ups each while more wait)",
     )
     dashboard: bool = Field(False, description="serve the Dask dashboard on 127.0.0.1")
     memory_limit: str = Field("auto", description="per worker, as Dask understands it")

@@ -32,7 +32,7 @@ LOG = "CUDA_MPS_LOG_DIRECTORY"
 
 @contextmanager
 def mps_daemon() -> Iterator[dict[str, str]]:
-    """An MPS control daemon while the block runs; yields what the workers' environment needs."""
+    """An MPS control daemon for the duration of the `with`; yields what the workers' environment needs."""
     if os.environ.get(PIPE):
         log.info("MPS: using the daemon of %s=%s", PIPE, os.environ[PIPE])
         yield {PIPE: os.environ[PIPE], **({LOG: os.environ[LOG]} if os.environ.get(LOG) else {})}
