@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 CONTROL = "nvidia-cuda-mps-control"
 PIPE = "CUDA_MPS_PIPE_DIRECTORY"
 LOG = "CUDA_MPS_LOG_DIRECTORY"
+CONTROL_SECONDS = 30
 
 
 @contextmanager
@@ -47,10 +48,7 @@ def mps_daemon() -> Iterator[dict[str, str]]:
         environment = {PIPE: str(Path(folder, "pipe")), LOG: str(Path(folder, "log"))}
         for path in environment.values():
             Path(path).mkdir()
-        daemon_environment = {**os.environ, **environment}
-        started = subprocess.run(
-            [control, "-d"], check=False, env=daemon_environment, capture_output=True, text=True, timeout=30
-        )
+        started = _control(control, environment, "-d")
         if started.returncode != 0:
             raise PipelineError(
                 f"cluster.mps is on, but {CONTROL} -d exited {started.returncode}: "
@@ -60,14 +58,24 @@ def mps_daemon() -> Iterator[dict[str, str]]:
         try:
             yield environment
         finally:
-            stopped = subprocess.run(
-                [control],
-                input="quit\n",
-                check=False,
-                env=daemon_environment,
-                capture_output=True,
-                text=True,
-                timeout=30,
-            )
+            stopped = _control(control, environment, commands="quit\n")
             if stopped.returncode != 0:
                 log.warning("MPS: `quit` to the control daemon exited %d", stopped.returncode)
+
+
+def _control(
+    control: str, environment: dict[str, str], *arguments: str, commands: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The control program with the daemon's folders: started with ``-d``, or ``commands`` on its input."""
+    try:
+        return subprocess.run(
+            [control, *arguments],
+            input=commands,
+            check=False,
+            env={**os.environ, **environment},
+            capture_output=True,
+            text=True,
+            timeout=CONTROL_SECONDS,
+        )
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess([control, *arguments], -1, "", f"no answer in {CONTROL_SECONDS} s")
