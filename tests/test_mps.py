@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import cluster
+from pipeline import cluster, mps
 from pipeline.cluster import open_client
 from pipeline.config import ClusterConfig
 from pipeline.errors import InputError, PipelineError
@@ -109,4 +109,20 @@ def test_mps_for_workers_started_elsewhere_is_refused() -> None:
         InputError, match="cluster.mps starts MPS for the workers of a cluster this run starts"
     )
     with refused, open_client(config, device="cuda", forward_logs=False):
+        pass
+
+
+def test_a_control_program_that_does_not_answer_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    program = folder / CONTROL
+    program.write_text("#!/bin/sh\nexec sleep 20\n")
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv(PIPE, raising=False)
+    monkeypatch.setattr(mps, "CONTROL_SECONDS", 1)
+    refused = pytest.raises(PipelineError, match=f"{CONTROL} -d exited -1: no answer in 1 s")
+    with refused, open_client(CONFIG, device="cuda", forward_logs=False):
         pass
