@@ -307,8 +307,9 @@ def table(report: dict[str, Any]) -> str:
     )
     if "end_to_end" in report:
         e2e = report["end_to_end"]
+        under_mps = " under MPS" if e2e.get("mps") else ""
         lines.append(
-            f"end to end {'x'.join(map(str, e2e['shape']))} ({e2e['profile']}, {e2e['workers']} worker(s)): "
+            f"end to end {'x'.join(map(str, e2e['shape']))} ({e2e['profile']}, {e2e['workers']} worker(s){under_mps}): "
             f"{e2e['mpix_per_second']:.3f} Mpix/s = {e2e['fraction_of_model_only']:.0%} of model-only (predict stage "
             f"{e2e['predict_stage_fraction_of_model_only']:.0%}; with the cluster's start "
             f"{e2e['cold_fraction_of_model_only']:.0%}); "
