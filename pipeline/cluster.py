@@ -39,6 +39,7 @@ from pipeline.config import SLURM_PREFIX, ClusterConfig
 from pipeline.cpu_time import ROLES, cpu_seconds_by_role
 from pipeline.errors import InputDataError, InputError, PipelineError
 from pipeline.locations import is_url
+from pipeline.mps import PIPE as MPS_PIPE
 from pipeline.mps import mps_daemon
 from pipeline.schedule import Job, JobGraph, JobName
 from pipeline.worker_environment import MALLOC_ENVIRONMENT, dask_settings, zarr_pool_environment
@@ -478,12 +479,14 @@ def check_workers_have_gpus(client: Client) -> None:
 def cluster_shape(client: Client) -> dict[str, Any]:
     """Workers, threads and memory of the cluster, for the run record."""
     workers = client.scheduler_info(n_workers=-1)["workers"]
+    under_mps = client.run(lambda: bool(os.environ.get(MPS_PIPE)), on_error="ignore")
     return {
         "scheduler": client.scheduler.address if client.scheduler else None,
         "workers": len(workers),
         "threads_per_worker": sorted({w["nthreads"] for w in workers.values()}),
         "memory_limit_bytes": sorted({w.get("memory_limit") or 0 for w in workers.values()}),
         "hosts": sorted({w["host"] for w in workers.values()}),
+        "workers_under_mps": sum(value is True for value in under_mps.values()),
     }
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import cluster, mps
-from pipeline.cluster import open_client
+from pipeline.cluster import cluster_shape, open_client
 from pipeline.config import ClusterConfig
 from pipeline.errors import InputError, PipelineError
 from pipeline.mps import CONTROL, PIPE
@@ -57,8 +57,9 @@ def test_the_workers_run_under_a_daemon_started_for_the_cluster_and_quit_after(
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv(PIPE, raising=False)
     seen = workers_environment(monkeypatch)
-    with open_client(CONFIG, device="cuda", forward_logs=False):
+    with open_client(CONFIG, device="cuda", forward_logs=False) as client:
         started = calls.read_text().splitlines()
+        assert cluster_shape(client)["workers_under_mps"] == 2  # the run record says so
     pipes = set(seen.values())
     assert len(seen) == 2 and len(pipes) == 1
     pipe = pipes.pop()
@@ -81,6 +82,7 @@ def test_an_operators_daemon_is_used_and_a_cpu_run_starts_none(
     monkeypatch.delenv(PIPE)
     with open_client(CONFIG, device="cpu", forward_logs=False) as client:
         assert set(client.run(lambda: os.environ.get(PIPE)).values()) == {None}
+        assert cluster_shape(client)["workers_under_mps"] == 0
     assert not calls.exists()
 
 
