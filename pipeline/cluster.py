@@ -104,6 +104,8 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
                     "them (docs/deploy.md)"
                 )
             environment.update(stack.enter_context(mps_daemon()))
+        elif config.mps:
+            log.info("cluster.mps left aside: MPS serves CUDA devices, and this run's device is %s", device)
         stack.enter_context(dask.config.set(settings))
         if config.address == "local":
             cluster: Any = stack.enter_context(
