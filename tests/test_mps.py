@@ -23,17 +23,20 @@ from pipeline.mps import CONTROL, PIPE
 CONFIG = ClusterConfig(workers=2, threads_per_worker=1, memory_limit="1GiB", mps=True)
 
 
-def stand_in_control(folder: Path, exit_code: int = 0, message: str = "") -> Path:
+def stand_in_control(folder: Path, exit_code: int = 0, message: str = "", body: str | None = None) -> Path:
     """A program named like NVIDIA's MPS control that appends each call (arguments, pipe folder,
-    input) to calls.log in ``folder``."""
+    input) to calls.log in ``folder``, or runs ``body`` instead."""
     folder.mkdir(exist_ok=True)
     program = folder / CONTROL
     program.write_text(
         "#!/bin/sh\n"
-        f'input=""; [ "$#" -eq 0 ] && input=$(cat)\n'
-        f'echo "args=$* pipe=${PIPE} input=$input" >> "{folder}/calls.log"\n'
-        f'echo "{message}" >&2\n'
-        f"exit {exit_code}\n"
+        + (
+            body
+            or 'input=""; [ "$#" -eq 0 ] && input=$(cat)\n'
+            f'echo "args=$* pipe=${PIPE} input=$input" >> "{folder}/calls.log"\n'
+            f'echo "{message}" >&2\n'
+            f"exit {exit_code}\n"
+        )
     )
     program.chmod(program.stat().st_mode | stat.S_IXUSR)
     return folder / "calls.log"
@@ -117,12 +120,8 @@ def test_mps_for_workers_started_elsewhere_is_refused() -> None:
 def test_a_control_program_that_does_not_answer_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    program = folder / CONTROL
-    program.write_text("#!/bin/sh\nexec sleep 20\n")
-    program.chmod(program.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ['PATH']}")
+    stand_in_control(tmp_path / "bin", body="exec sleep 20\n")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.delenv(PIPE, raising=False)
     monkeypatch.setattr(mps, "CONTROL_SECONDS", 1)
     refused = pytest.raises(PipelineError, match=f"{CONTROL} -d exited -1: no answer in 1 s")
