@@ -196,10 +196,19 @@ def measure_end_to_end(
         if settings.device == "cpu"
         else None,
         "device_batcher": predict.get("device", {}),
+        # above 1: the device was shared (processes' CUDA contexts taking turns, or cores on a CPU)
+        "batch_seconds_vs_alone": batch_seconds_vs_alone(predict.get("device", {}), best),
         "peak_worker_rss_bytes": record.get("worker_peak_rss_bytes"),
         "gpu_utilisation_percent": round(float(np.mean([u for u, _ in samples])), 1) if samples else None,
         "gpu_memory_used_peak_mib": max(m for _, m in samples) if samples else None,
     }
+
+
+def batch_seconds_vs_alone(device: dict[str, float], best: dict[str, Any]) -> float | None:
+    """A run's device time per batch against the same profile's model-only time per batch."""
+    if not device.get("batches") or not best.get("seconds_per_batch"):
+        return None
+    return round(device["compute_seconds"] / device["batches"] / float(best["seconds_per_batch"]), 2)
 
 
 def shared_cores_ceiling(mpix: float, cpu_seconds: float, model_only: float) -> float | None:
@@ -339,5 +348,21 @@ def table(report: dict[str, Any]) -> str:
             lines.append(
                 f"device batchers: {device.get('batches', 0):.0f} batches, {device.get('windows', 0):.0f} windows "
                 f"(+{device.get('padding_windows', 0):.0f} padding); {steps}"
+            )
+        shared = e2e.get("batch_seconds_vs_alone")
+        if (
+            shared is not None
+            and shared > 1.5
+            and report["settings"]["device"] == "cuda"
+            and e2e["workers"] > 1
+        ):
+            how = (
+                "under MPS"
+                if e2e.get("mps")
+                else "each with a CUDA context of its own, which the GPU runs in turns: --mps gives them one "
+                "(docs/deploy.md)"
+            )
+            lines.append(
+                f"a batch took {shared:.1f}x its model-only time: {e2e['workers']} worker processes shared the GPU, {how}"
             )
     return "\n".join(lines)

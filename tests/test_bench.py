@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipeline.bench import usable_cores
+from pipeline.bench import batch_seconds_vs_alone, table, usable_cores
 from pipeline.bench_model import NAIVE, BenchSettings, profiles
 from pipeline.cli import cli
 from pipeline.cpu_time import ROLES
+
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 def test_the_naive_profile_comes_first_and_no_profile_twice() -> None:
@@ -70,6 +72,7 @@ def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> No
     assert (f"end to end at most {ceiling:.0%} of model-only here" in result.output) == (ceiling < 1)
     assert {"fill_seconds", "h2d_seconds", "compute_seconds", "d2h_seconds"} <= set(e2e["device_batcher"])
     assert e2e["device_batcher"]["windows"] == 36  # 200 x 200 px in 36 px tiles: 6 x 6
+    assert e2e["batch_seconds_vs_alone"] > 0
     agreement = report["agreement"]
     assert 0.0 <= agreement["max_abs_probability_difference"] < 1.0
     assert 0.9 <= agreement["foreground_voxels_equal"] <= 1.0
@@ -86,3 +89,18 @@ def test_demo_weights_need_at_least_the_demo_models_width() -> None:
     result = CliRunner().invoke(cli, ["bench", "--base-channels", "4", "--e2e-weights", "demo"])
     assert result.exit_code == 2
     assert "the demo model has 8 base channels" in result.output
+
+
+def test_a_gpu_shared_by_worker_processes_is_pointed_out() -> None:
+    """The H100 run of docs/gpu-2026-11-27b: 8 workers, batches at 6.5x their model-only time."""
+    report = json.loads((REPOSITORY / "docs/gpu-2026-11-27b/bench-gpu-e2e.json").read_text())
+    best = next(row for row in report["model_only"] if row["profile"] == report["end_to_end"]["profile"])
+    report["end_to_end"]["batch_seconds_vs_alone"] = batch_seconds_vs_alone(
+        report["end_to_end"]["device_batcher"], best
+    )
+    assert report["end_to_end"]["batch_seconds_vs_alone"] == 6.47
+    assert "8 worker processes shared the GPU, each with a CUDA context of its own" in table(report)
+    report["end_to_end"]["mps"] = True
+    assert table(report).splitlines()[-1].endswith("shared the GPU, under MPS")
+    report["settings"]["device"] = "cpu"
+    assert "shared the GPU" not in table(report)
