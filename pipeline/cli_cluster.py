@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.cluster import serve_gpu_workers
 from pipeline.slurm import load_slurm_settings, new_cluster
 from pipeline.worker_environment import shell_exports
 
@@ -13,6 +14,36 @@ from pipeline.worker_environment import shell_exports
 @click.group("cluster")
 def cluster_command() -> None:
     """Cluster set-ups (--cluster slurm:FILE, or workers started by hand)."""
+
+
+@cluster_command.command("workers")
+@click.argument("address")
+@click.option(
+    "--workers-per-gpu",
+    default=8,
+    show_default=True,
+    help="Worker processes on each visible GPU, each pinned to it.",
+)
+@click.option(
+    "--threads", default=2, show_default=True, help="Blocks each worker runs at once (Dask threads)."
+)
+@click.option("--mps", is_flag=True, help="Run the workers under an NVIDIA MPS daemon started for them.")
+@click.option("--health-port", type=int, help="The first worker answers /health on this port.")
+@click.option("--local-directory", help="Folder for the workers' scratch files.")
+def workers(
+    address: str,
+    workers_per_gpu: int,
+    threads: int,
+    mps: bool,
+    health_port: int | None,
+    local_directory: str | None,
+) -> None:
+    """Worker processes for the Dask scheduler at ADDRESS: --workers-per-gpu on each GPU of
+    CUDA_VISIBLE_DEVICES (or every GPU), each seeing only its own, until stopped (Ctrl-C, SIGTERM).
+    dask-cuda's `dask cuda worker` starts one per GPU, too few to keep a fast GPU busy."""
+    serve_gpu_workers(
+        address, workers_per_gpu, threads, mps=mps, health_port=health_port, local_directory=local_directory
+    )
 
 
 @cluster_command.command("job-script")

@@ -14,11 +14,14 @@ of thousands of blocks never floods the scheduler.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
 import pickle
 import resource
+import signal
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -152,7 +155,7 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
         yield client
 
 
-def visible_gpus() -> list[str]:
+def visible_gpus(asked_by: str = "--cluster cuda") -> list[str]:
     """The GPUs this process may use: ``CUDA_VISIBLE_DEVICES`` as it is, or every one the driver finds."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
@@ -163,7 +166,7 @@ def visible_gpus() -> list[str]:
         gpus = [str(index) for index in range(torch.cuda.device_count())]
     if not gpus:
         raise InputError(
-            "--cluster cuda found no GPU (CUDA_VISIBLE_DEVICES="
+            f"{asked_by} found no GPU (CUDA_VISIBLE_DEVICES="
             f"{listed!r}): run on a GPU node, or use --cluster local for the CPU"
         )
     return gpus
@@ -203,6 +206,71 @@ def gpu_sharing_cluster(gpus: list[str], per_gpu: int, options: dict[str, Any]) 
         },
         silence_logs=options["silence_logs"],
     )
+
+
+def serve_gpu_workers(
+    address: str,
+    per_gpu: int,
+    threads: int,
+    *,
+    mps: bool = False,
+    health_port: int | None = None,
+    local_directory: str | None = None,
+) -> None:
+    """Worker processes for a running scheduler, ``per_gpu`` on each visible GPU, each seeing only its own,
+    until SIGTERM or SIGINT: what ``--cluster cuda --workers-per-gpu`` starts, for a scheduler of
+    its own (compose's ``dask-worker`` service, a GPU node joining a ``tcp://`` scheduler). ``dask cuda
+    worker`` starts one per GPU, which cannot keep an H100 busy (docs/benchmarks.md). The workers
+    get the environment of the workers a run starts (:func:`open_client`); the first one answers
+    ``/health`` on ``health_port``.
+    """
+    gpus = visible_gpus("unet-pipeline cluster workers")
+    workers = len(gpus) * per_gpu
+    environment = {
+        **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
+        **MALLOC_ENVIRONMENT,
+        **zarr_pool_environment(workers, os.cpu_count() or 1),
+    }
+    with ExitStack() as stack:
+        if mps:
+            environment.update(stack.enter_context(mps_daemon()))
+        stack.enter_context(
+            dask.config.set({"distributed.nanny.pre-spawn-environ": environment, **dask_settings(False)})
+        )
+        asyncio.run(_run_nannies(address, gpus, per_gpu, threads, health_port, local_directory))
+
+
+async def _run_nannies(
+    address: str,
+    gpus: list[str],
+    per_gpu: int,
+    threads: int,
+    health_port: int | None,
+    local_directory: str | None,
+) -> None:
+    names = [(gpu, index) for gpu in gpus for index in range(per_gpu)]
+    nannies = [
+        Nanny(
+            address,
+            nthreads=threads,
+            name=f"{socket.gethostname()}-gpu{gpu}-{index}",
+            env={"CUDA_VISIBLE_DEVICES": gpu},
+            memory_limit=int(MEMORY_LIMIT / len(names)),
+            local_directory=local_directory,
+            dashboard_address=f":{health_port}" if health_port is not None and k == 0 else ":0",
+            silence_logs=logging.ERROR,
+        )
+        for k, (gpu, index) in enumerate(names)
+    ]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(number, stop.set)
+    await asyncio.gather(*nannies)  # each started, its worker joined the scheduler
+    log.info("%d workers on %d GPU(s) joined %s", len(nannies), len(gpus), address)
+    finished = [asyncio.ensure_future(nanny.finished()) for nanny in nannies]
+    await asyncio.wait([asyncio.ensure_future(stop.wait()), *finished], return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.gather(*(nanny.close() for nanny in nannies), return_exceptions=True)
 
 
 def _wait_for_workers(client: Client, address: str, seconds: float) -> None:
