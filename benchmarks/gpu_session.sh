@@ -21,7 +21,9 @@
 #  15. end to end on one volume with several cluster shapes, under MPS too (cluster.mps: the run starts
 #      the daemon; benchmarks/gpu_cluster_shapes.py; SHAPES=8x2,4x4:mps picks them),
 #  16. step 2 with the workers under an MPS daemon started here (CUDA_MPS_PIPE_DIRECTORY set: the runs
-#      use it); "run sha256" equal to step 2's: MPS changes no bits.
+#      use it); "run sha256" equal to step 2's: MPS changes no bits,
+#  17. compose's way: `dask scheduler`, `unet-pipeline cluster workers` (8 per GPU, under MPS), then
+#      `segment --cluster tcp://` of 8 x 4656² with the demo model (DEVICE=cpu MPS_FLAG= tries it on a CPU).
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
 # The default steps (2 16 15: exactness without and under MPS, then cluster shapes with and without MPS) take
 # about 6.5 minutes on an H100 after the machine starts; step 7 (max-autotune) did not finish in 200 s on
@@ -148,6 +150,25 @@ for step in $STEPS; do
       2>&1 | grep -v INFO | tail -20
     echo quit | nvidia-cuda-mps-control
     unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    ;;
+  17)
+    echo "== 17. dask scheduler + unet-pipeline cluster workers + segment --cluster tcp://"
+    cli=(python3 -c "from pipeline.cli import main; main()")
+    rm -rf /tmp/tcp-in.zarr /tmp/tcp-out.ome.zarr /tmp/tcp-scheduler.json
+    "${cli[@]}" synth /tmp/tcp-in.zarr --shape 8x4656x4656 --chunks 1x512x512 --seed 3 > /dev/null
+    python3 -c "from distributed.cli.dask_scheduler import main; main()" --host 127.0.0.1 --port 0 \
+      --no-dashboard --scheduler-file /tmp/tcp-scheduler.json > "$OUT/tcp-scheduler.log" 2>&1 &
+    scheduler=$!
+    for _ in $(seq 60); do [[ -s /tmp/tcp-scheduler.json ]] && break; sleep 0.5; done
+    address=$(python3 -c "import json; print(json.load(open('/tmp/tcp-scheduler.json'))['address'])")
+    "${cli[@]}" cluster workers "$address" --workers-per-gpu 8 ${MPS_FLAG---mps} > "$OUT/tcp-workers.log" 2>&1 &
+    workers=$!
+    timeout 150 "${cli[@]}" segment /tmp/tcp-in.zarr /tmp/tcp-out.ome.zarr --model models/demo-unet.safetensors \
+      --cluster "$address" --device "${DEVICE:-cuda}" --no-progress 2>&1 | grep -v INFO | tail -4
+    "${cli[@]}" inspect /tmp/tcp-out.ome.zarr --json > "$OUT/tcp-run-record.json"
+    python3 -c "import json; r=json.load(open('$OUT/tcp-run-record.json'))['runs'][-1]; \
+print(r['status'], r['wall_seconds'], r['cluster'], r['stages']['predict'].get('mpix_per_second'))"
+    kill -TERM "$workers"; wait "$workers"; echo "workers exited $?"; kill "$scheduler"
     ;;
   *) echo "no step $step" ;;
   esac

@@ -22,7 +22,10 @@ def test_workers_for_a_running_scheduler_are_pinned_per_gpu_and_stop_on_sigterm(
     command = [str(BIN / "unet-pipeline"), "cluster", "workers", "--workers-per-gpu", "2", "--threads", "1"]
     with dask_cluster(tmp_path / "dask", workers=0) as bare, Client(bare.address) as client:
         launcher_command = [*command, "--health-port", str(health), bare.address]
-        with process(launcher_command, log, {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5"}) as launcher:
+        # a node's environment: Dask's nannies of earlier tests left their malloc settings in this
+        # process's, and a variable set in the environment outranks the one the workers are given
+        node = {name: value for name, value in os.environ.items() if not name.startswith("MALLOC_")}
+        with process(launcher_command, log, {**node, "CUDA_VISIBLE_DEVICES": "3,5"}) as launcher:
             wait_until(lambda: len(client.scheduler_info(n_workers=-1)["workers"]) == 4, "4 workers", log)
             seen = client.run(
                 lambda: (os.environ["CUDA_VISIBLE_DEVICES"], os.environ.get("MALLOC_TRIM_THRESHOLD_"))
