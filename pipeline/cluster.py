@@ -85,12 +85,11 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
         "memory_limit": config.memory_limit,
         "silence_logs": logging.ERROR,
     }
-    environment = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **MALLOC_ENVIRONMENT}
     gpus = visible_gpus() if config.address == "cuda" and config.workers_per_gpu > 1 else []
     if config.address == "local":
-        environment.update(zarr_pool_environment(config.workers, os.cpu_count() or 1))
-    elif gpus:
-        environment.update(zarr_pool_environment(len(gpus) * config.workers_per_gpu, os.cpu_count() or 1))
+        environment = spawn_environment(config.workers)
+    else:
+        environment = spawn_environment(len(gpus) * config.workers_per_gpu if gpus else None)
     # a SIGKILLed worker now and then takes its nanny down with it (measured: benchmarks/soak.py), so a
     # cluster we start can end with no worker at all: its blocks then fail instead of waiting forever
     settings = {
@@ -153,6 +152,16 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
             on_each_worker(client, partial(prepare_worker, device))
         log.info("workers ready for blocks in %.1f s", time.perf_counter() - started)
         yield client
+
+
+def spawn_environment(workers_here: int | None) -> dict[str, str]:
+    """The environment of the worker processes we start: Dask's pre-spawn variables, glibc's malloc
+    settings, and Zarr's codec pool shared out among ``workers_here`` processes on this host (None:
+    Zarr's own pool, as for workers on other hosts and dask-cuda's one per GPU)."""
+    environment = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **MALLOC_ENVIRONMENT}
+    if workers_here:
+        environment.update(zarr_pool_environment(workers_here, os.cpu_count() or 1))
+    return environment
 
 
 def visible_gpus(asked_by: str = "--cluster cuda") -> list[str]:
@@ -225,12 +234,7 @@ def serve_gpu_workers(
     ``/health`` on ``health_port``.
     """
     gpus = visible_gpus("unet-pipeline cluster workers")
-    workers = len(gpus) * per_gpu
-    environment = {
-        **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
-        **MALLOC_ENVIRONMENT,
-        **zarr_pool_environment(workers, os.cpu_count() or 1),
-    }
+    environment = spawn_environment(len(gpus) * per_gpu)
     with ExitStack() as stack:
         if mps:
             environment.update(stack.enter_context(mps_daemon()))
