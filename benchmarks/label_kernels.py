@@ -8,7 +8,8 @@ milliseconds of process CPU time:
 
 - connected components: ``scipy.ndimage.label`` against :func:`pipeline.labels.components` (cc3d);
 - relabel, :func:`pipeline.labels.relabel` (``mapping[local]``), for scale;
-- 2x2 mean of a uint8 plane: the four strided sums against :func:`pipeline.omezarr.downsample_mean`.
+- 2x2 mean of a uint8 plane: the four strided sums against :func:`pipeline.omezarr.downsample_mean`;
+- distinct values: ``np.unique`` (hashing, numpy 2.3+) against :func:`pipeline.labels.distinct` (a sort).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import scipy.ndimage
 
-from pipeline.labels import Connectivity, components, relabel
+from pipeline.labels import Connectivity, components, distinct, relabel
 from pipeline.omezarr import downsample_mean
 
 SHAPE = (4, 1552, 1552)
@@ -50,6 +51,17 @@ def strided_mean(values: np.ndarray) -> np.ndarray:
     total >>= 2
     total += up
     return total.astype(values.dtype)
+
+
+def touching_keys_unsorted(foreground: np.ndarray, faces: Connectivity) -> np.ndarray:
+    """The keys :func:`pipeline.labels.touching_keys` sorts, of the first two planes' labels, as it
+    makes them (runs of one pair kept once)."""
+    local, _ = components(foreground, faces)
+    u, w = local[0].ravel(), local[1].ravel()
+    starts = (u != 0) & (w != 0)
+    starts[1:] &= (u[1:] != u[:-1]) | (w[1:] != w[:-1])
+    at = np.flatnonzero(starts)
+    return (u.take(at).astype(np.uint64) << np.uint64(32)) | w.take(at).astype(np.uint64)
 
 
 def main() -> None:
@@ -83,6 +95,15 @@ def main() -> None:
     report["ms"]["2x2 mean uint8"] = {
         "strided sums": cpu_ms(lambda: strided_mean(probability)),
         "now (rows, then columns)": cpu_ms(lambda: downsample_mean(probability)),
+    }
+    keys = rng.integers(0, 2**40, 400_000).astype(np.uint64)
+    pairs = touching_keys_unsorted(foregrounds["speckle"], faces)
+    assert np.array_equal(distinct(keys), np.unique(keys)) and np.array_equal(distinct(pairs), np.unique(pairs))
+    report["ms"]["distinct values"] = {
+        "400,000 random uint64: np.unique": cpu_ms(lambda: np.unique(keys)),
+        "400,000 random uint64: distinct (a sort)": cpu_ms(lambda: distinct(keys)),
+        f"{pairs.size:,} touching pairs of speckle planes: np.unique": cpu_ms(lambda: np.unique(pairs)),
+        f"{pairs.size:,} touching pairs of speckle planes: distinct": cpu_ms(lambda: distinct(pairs)),
     }
     print(json.dumps(report, indent=2))
     if args.json:

@@ -17,6 +17,7 @@ open it as it is.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from pipeline.errors import InputError
 from pipeline.geometry import ceil_div
-from pipeline.locations import filesystem
+from pipeline.locations import filesystem, is_url
 from pipeline.store import PixelSize
 
 RECORD_KEY = "unet_pipeline"  # our key in the root attributes
@@ -374,16 +375,37 @@ def remove_output(url: str) -> None:
 def output_array(url: str, path: str) -> zarr.Array[Any]:
     """An array of the output (``s0``, ``labels/cells/s1``, ...), opened for writing.
 
-    Not cached: a long-lived worker may see the same URL recreated by a later
-    run, and one metadata read is nothing next to a block's work. Scratch
-    arrays store every chunk as written: they are read back whole and soon
-    deleted, so checking each chunk for emptiness first (a pass over its
-    voxels) buys nothing.
+    Scratch arrays store every chunk as written: they are read back whole and
+    soon deleted, so checking each chunk for emptiness first (a pass over its
+    voxels) buys nothing. An array in a local folder is opened once per
+    process while its metadata reads the same (a block's tasks open a dozen,
+    0.65 CPU-ms each; reading the metadata file takes 0.02).
     """
-    array = zarr.open_array(store=url, path=path, mode="r+")  # its own metadata only, not the group's
-    if path.startswith(f"{SCRATCH}/"):
-        return array.with_config({"write_empty_chunks": True})
+    identity = None if is_url(url) else _metadata(Path(url) / path)
+    array = _OPENED.get((url, path, identity)) if identity else None
+    if array is None:
+        array = zarr.open_array(store=url, path=path, mode="r+")  # its own metadata only, not the group's
+        if path.startswith(f"{SCRATCH}/"):
+            array = array.with_config({"write_empty_chunks": True})
+        if identity:
+            if len(_OPENED) >= _OPENED_KEPT:
+                _OPENED.clear()
+            _OPENED[(url, path, identity)] = array
     return array
+
+
+_OPENED: dict[tuple[str, str, bytes], zarr.Array[Any]] = {}
+_OPENED_KEPT = 256
+
+
+def _metadata(folder: Path) -> bytes | None:
+    """An array's metadata file as stored (Zarr v3, else v2); None if there is none."""
+    for name in ("zarr.json", ".zarray"):
+        try:
+            return (folder / name).read_bytes()
+        except OSError:
+            continue
+    return None
 
 
 def encode_probability(probability: npt.NDArray[np.float32], dtype: str) -> npt.NDArray[Any]:

@@ -19,8 +19,10 @@ through Zarr.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import google_crc32c
@@ -30,6 +32,7 @@ import zarr
 from numcodecs import Blosc, Zstd
 from numcodecs.abc import Codec
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+from zarr.storage import LocalStore
 
 try:  # Zarr's internals for one batch of store calls from this thread; a release without them: Zarr's path
     from zarr.core.buffer import default_buffer_prototype
@@ -232,8 +235,16 @@ def morton_order(counts: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 
 def _store_all(array: zarr.Array[Any], stored: list[tuple[str, bytes]], removed: list[str]) -> None:
-    """Set and delete the objects concurrently, in one pass of Zarr's event loop."""
+    """Set and delete the objects: a local store's files here, one after another; other stores'
+    concurrently, in one pass of Zarr's event loop."""
     store = array.store_path.store
+    root = _local_root(store)
+    if root is not None and not store.read_only:
+        for key, data in stored:
+            _write_file(root / key, data)
+        for key in removed:
+            (root / key).unlink(missing_ok=True)
+        return
     buffer = default_buffer_prototype().buffer
 
     async def put_all() -> None:
@@ -305,8 +316,12 @@ def _decode_shard(
 
 
 def _fetch_all(array: zarr.Array[Any], keys: list[str]) -> list[bytes | None]:
-    """The stored objects, concurrently, in one pass of Zarr's event loop; None where one is absent."""
+    """The stored objects, None where one is absent: a local store's files read here, one after
+    another; other stores' concurrently, in one pass of Zarr's event loop."""
     store = array.store_path.store
+    root = _local_root(store)
+    if root is not None:
+        return [_read_file(root / key) for key in keys]
     prototype = default_buffer_prototype()
 
     async def get_all() -> list[Any]:
@@ -316,6 +331,32 @@ def _fetch_all(array: zarr.Array[Any], keys: list[str]) -> list[bytes | None]:
 
 
 # --- both ------------------------------------------------------------------------------------
+
+
+def _local_root(store: Any) -> Path | None:
+    """The folder of a local store, whose files the calling thread reads and writes itself: the hop to
+    Zarr's event loop and its thread pool cost more CPU than the files' IO (16 chunks of a block's
+    input: 5.0 against 2.1 CPU-ms)."""
+    return store.root if isinstance(store, LocalStore) else None
+
+
+def _read_file(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` whole, as Zarr's LocalStore does: a new file beside it, renamed over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
+    try:
+        partial.write_bytes(data)
+        partial.replace(path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _region(array: zarr.Array[Any], index: tuple[slice | int, ...]) -> list[tuple[int, int]] | None:

@@ -14,9 +14,11 @@ from pipeline.labels import (
     Connectivity,
     components,
     contact_slabs,
+    distinct,
     label_block,
     merge_labels,
     relabel,
+    touching_keys,
 )
 from tests.blockwise import block_reports
 
@@ -191,6 +193,33 @@ def test_block_summary_is_each_labels_first_voxel_and_size(
     keep = labels > 0
     assert np.array_equal(summary.first_voxel, first[keep])
     assert np.array_equal(summary.sizes, sizes[keep])
+
+
+@settings(max_examples=60)
+@given(
+    shape=st.sampled_from([(1, 9, 11), (4, 1, 13), (5, 7, 1), (3, 4, 5), (1, 1, 1), (0, 3, 4)]),
+    objects=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_touching_keys_are_every_pair_of_objects_on_the_same_voxels(
+    shape: tuple[int, int, int], objects: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    u, w = (rng.integers(0, objects, shape).astype(np.uint32) for _ in range(2))
+    both = (u != 0) & (w != 0)
+    pairs = {(int(a), int(b)) for a, b in zip(u[both], w[both])}
+    keys = touching_keys(u, w)
+    assert keys.dtype == np.uint64
+    assert [(int(k) >> 32, int(k) & 0xFFFFFFFF) for k in keys] == sorted(pairs)
+
+
+@pytest.mark.parametrize("dtype", [np.uint64, np.int64, np.uint32])
+@pytest.mark.parametrize("size", [0, 1, 2, 1000])
+def test_distinct_is_numpys_unique(dtype: type, size: int) -> None:
+    values = np.random.default_rng(size).integers(0, 40, size).astype(dtype)
+    found = distinct(values)
+    assert found.dtype == values.dtype
+    assert np.array_equal(found, np.unique(values))
 
 
 def test_contacts_read_only_the_faces_the_connectivity_crosses() -> None:

@@ -26,13 +26,14 @@ class Layout:
     keep_empty: bool = False
     zarr_format: int = 3
 
-    def create(self, path: Path) -> zarr.Array[Any]:
+    def create(self, path: Path | Any) -> zarr.Array[Any]:
+        """At ``path`` (a local store), or in the store given."""
         sharding = (
             None if self.shards is None else {"shape": self.shards, "index_location": self.index_location}
         )
         extra: dict[str, Any] = {"shards": sharding} if self.zarr_format == 3 else {"zarr_format": 2}
         array = zarr.create_array(
-            store=str(path),
+            store=str(path) if isinstance(path, Path) else path,
             shape=self.shape,
             chunks=self.chunks,
             dtype=self.dtype,
@@ -68,12 +69,15 @@ LAYOUTS = {
 }
 
 
+METADATA = ("zarr.json", ".zarray", ".zattrs")
+
+
 def stored_objects(root: Path) -> dict[str, bytes]:
     """Every file under an array but its metadata, by relative path."""
     return {
         str(path.relative_to(root)): path.read_bytes()
         for path in sorted(root.rglob("*"))
-        if path.is_file() and path.name not in ("zarr.json", ".zarray", ".zattrs")
+        if path.is_file() and path.name not in METADATA
     }
 
 
@@ -123,6 +127,49 @@ def test_reads_equal_zarrs(tmp_path: Path, rng: np.random.Generator, name: str) 
     plane = (1, *whole[1:]) if len(layout.shape) == 3 else whole
     for index in (whole, part, plane, *halves(layout.shape, encoding(array).unit)):  # type: ignore[union-attr]
         assert np.array_equal(read_region(array, index), values[index]), index
+
+
+@pytest.mark.parametrize(
+    "name", ["sharded uint8, edge shards", "chunks, Zstd, empty left out", "Zarr v2, Zstd"]
+)
+def test_other_stores_get_the_same_objects_through_zarr(
+    tmp_path: Path, rng: np.random.Generator, name: str
+) -> None:
+    """A local store's files are written and read here; any other store's objects go through Zarr's
+    event loop: the same bytes, read back the same, removed the same."""
+    layout = LAYOUTS[name]
+    objects: dict[str, Any] = {}
+    local, other = layout.create(tmp_path / "a"), layout.create(zarr.storage.MemoryStore(objects))
+    assert zarr_direct._local_root(local.store_path.store) == tmp_path / "a"
+    assert zarr_direct._local_root(other.store_path.store) is None
+
+    def in_memory() -> dict[str, bytes]:
+        return {key: buffer.to_bytes() for key, buffer in objects.items() if not key.endswith(METADATA)}
+
+    whole = tuple(slice(0, n) for n in layout.shape)
+    for values in (speckle(rng, layout.shape, layout.dtype), np.zeros(layout.shape, layout.dtype)):
+        for array in (local, other):
+            write_region(array, whole, values)
+            assert np.array_equal(read_region(array, whole), values)
+        assert in_memory() == stored_objects(tmp_path / "a")
+    assert in_memory() == {}
+
+
+def test_a_local_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that fails midway leaves the object as it was, and nothing beside it."""
+    layout = Layout((1, 16, 16), (1, 8, 8), (1, 16, 16), compressor=ZSTD)
+    array = layout.create(tmp_path / "a")
+    region = (slice(0, 1), slice(0, 16), slice(0, 16))
+    write_region(array, region, np.ones((1, 16, 16), np.uint8))
+    before = stored_objects(tmp_path / "a")
+
+    def fail(self: Path, target: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Path, "replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_region(array, region, np.full((1, 16, 16), 2, np.uint8))
+    assert stored_objects(tmp_path / "a") == before
 
 
 def test_shards_that_become_empty_are_removed(tmp_path: Path) -> None:
