@@ -22,6 +22,7 @@ from safetensors.torch import load as load_safetensors
 
 from pipeline import __version__
 from pipeline.errors import CheckpointError
+from pipeline.locations import write_whole
 from pipeline.model import UNet, UNetConfig, build_model, parameter_shapes
 from pipeline.normalization import Normalization
 
@@ -75,11 +76,7 @@ def save_checkpoint(
         "weights_sha256": hashlib.sha256(data).hexdigest(),
     }
     blob = _encode_safetensors(tensors, metadata, data)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    partial.write_bytes(blob)
-    os.replace(partial, target)
+    write_whole(os.fspath(path), blob)
     return hashlib.sha256(blob).hexdigest()
 
 

@@ -10,6 +10,7 @@ AWS variables, profile or instance role) and never pass through here.
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,13 @@ def write_whole(location: str, data: bytes) -> None:
         return
     target = Path(location)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    partial.write_bytes(data)
-    partial.replace(target)
+    partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")  # two writers never share one
+    try:
+        partial.write_bytes(data)
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 # stores whose fsspec filesystem creates a file only if absent in one request (S3's If-None-Match);

@@ -19,7 +19,6 @@ through Zarr.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,8 @@ from numcodecs import Blosc, Zstd
 from numcodecs.abc import Codec
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
 from zarr.storage import LocalStore
+
+from pipeline.locations import write_whole
 
 try:  # Zarr's internals for one batch of store calls from this thread; a release without them: Zarr's path
     from zarr.core.buffer import default_buffer_prototype
@@ -241,7 +242,7 @@ def _store_all(array: zarr.Array[Any], stored: list[tuple[str, bytes]], removed:
     root = _local_root(store)
     if root is not None and not store.read_only:
         for key, data in stored:
-            _write_file(root / key, data)
+            write_whole(str(root / key), data)
         for key in removed:
             (root / key).unlink(missing_ok=True)
         return
@@ -345,18 +346,6 @@ def _read_file(path: Path) -> bytes | None:
         return path.read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` whole, as Zarr's LocalStore does: a new file beside it, renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{uuid.uuid4().hex}.partial")
-    try:
-        partial.write_bytes(data)
-        partial.replace(path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def _region(array: zarr.Array[Any], index: tuple[slice | int, ...]) -> list[tuple[int, int]] | None:
