@@ -13,14 +13,16 @@ import threading
 
 import psutil
 
+from pipeline.zarr_direct import FILE_THREADS
+
 ROLES = ("network", "block tasks", "zarr event loop", "zarr codecs", "dask event loop", "other")
 
 
 def role(thread_name: str) -> str:
     if thread_name == "unet-device-batcher":
         return "network"
-    if "Dask-Default-Threads" in thread_name:
-        return "block tasks"
+    if "Dask-Default-Threads" in thread_name or thread_name.startswith(FILE_THREADS):
+        return "block tasks"  # and the threads that read and write their files
     if thread_name == "zarr_io":
         return "zarr event loop"
     if thread_name.startswith(("asyncio_", "zarr_pool")):

@@ -19,10 +19,12 @@ through Zarr.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import google_crc32c
 import numpy as np
@@ -43,6 +45,9 @@ try:  # Zarr's internals for one batch of store calls from this thread; a releas
 except ImportError:  # pragma: no cover
     AVAILABLE = False
 
+T = TypeVar("T")
+R = TypeVar("R")
+FILE_THREADS = "zarr-direct-files"  # the local files' threads; their CPU time is the block tasks'
 EMPTY = np.uint64(2**64 - 1)  # offset and length of an inner chunk the shard does not hold
 BLOSC_SHUFFLES = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
 
@@ -236,15 +241,13 @@ def morton_order(counts: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 
 def _store_all(array: zarr.Array[Any], stored: list[tuple[str, bytes]], removed: list[str]) -> None:
-    """Set and delete the objects: a local store's files here, one after another; other stores'
-    concurrently, in one pass of Zarr's event loop."""
+    """Set and delete the objects concurrently: a local store's files in :func:`_local_io`'s threads,
+    other stores' in one pass of Zarr's event loop."""
     store = array.store_path.store
     root = _local_root(store)
     if root is not None and not store.read_only:
-        for key, data in stored:
-            write_whole(str(root / key), data)
-        for key in removed:
-            (root / key).unlink(missing_ok=True)
+        _local_io(lambda key_data: write_whole(str(root / key_data[0]), key_data[1]), stored)
+        _local_io(lambda key: (root / key).unlink(missing_ok=True), removed)
         return
     buffer = default_buffer_prototype().buffer
 
@@ -317,12 +320,12 @@ def _decode_shard(
 
 
 def _fetch_all(array: zarr.Array[Any], keys: list[str]) -> list[bytes | None]:
-    """The stored objects, None where one is absent: a local store's files read here, one after
-    another; other stores' concurrently, in one pass of Zarr's event loop."""
+    """The stored objects, None where one is absent, read concurrently: a local store's files in
+    :func:`_local_io`'s threads, other stores' in one pass of Zarr's event loop."""
     store = array.store_path.store
     root = _local_root(store)
     if root is not None:
-        return [_read_file(root / key) for key in keys]
+        return _local_io(lambda key: _read_file(root / key), keys)
     prototype = default_buffer_prototype()
 
     async def get_all() -> list[Any]:
@@ -335,10 +338,27 @@ def _fetch_all(array: zarr.Array[Any], keys: list[str]) -> list[bytes | None]:
 
 
 def _local_root(store: Any) -> Path | None:
-    """The folder of a local store, whose files the calling thread reads and writes itself: the hop to
-    Zarr's event loop and its thread pool cost more CPU than the files' IO (16 chunks of a block's
-    input: 5.0 against 2.1 CPU-ms)."""
+    """The folder of a local store, whose files are read and written without Zarr's event loop: the
+    hop to it and on to its thread pool cost more CPU than the files' IO (16 chunks of a block's
+    input: 3.0-5.0 CPU-ms that way, 2.3 in :func:`_local_io`)."""
     return store.root if isinstance(store, LocalStore) else None
+
+
+LOCAL_IO_THREADS = 8  # a network file system mounted as a folder answers each file in a round trip
+
+
+def _local_io(work: Callable[[T], R], items: list[T]) -> list[R]:
+    """``work`` of every item, in order: several at once in this process's file threads, one alone in
+    the calling thread. On a local disk the threads cost no more CPU than a loop (2.25 against 2.27
+    ms for 16 chunks)."""
+    if len(items) < 2:
+        return [work(item) for item in items]
+    return list(_file_threads().map(work, items))
+
+
+@functools.cache
+def _file_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(LOCAL_IO_THREADS, thread_name_prefix=FILE_THREADS)
 
 
 def _read_file(path: Path) -> bytes | None:

@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from pipeline import zarr_direct
 from pipeline.cpu_time import ROLES, cpu_seconds_by_role, role
 
 
@@ -25,6 +26,12 @@ from pipeline.cpu_time import ROLES, cpu_seconds_by_role, role
 )
 def test_thread_names_map_to_roles(name: str, expected: str) -> None:
     assert role(name) == expected
+
+
+def test_the_threads_of_local_files_count_as_block_tasks() -> None:
+    """zarr_direct reads and writes a block's local files in threads of its own: the block's work."""
+    name = zarr_direct._file_threads().submit(lambda: threading.current_thread().name).result()
+    assert role(name) == "block tasks"
 
 
 def test_a_busy_thread_is_counted_in_its_role() -> None:
