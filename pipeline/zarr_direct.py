@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -359,6 +360,10 @@ def _local_io(work: Callable[[T], R], items: list[T]) -> list[R]:
 @functools.cache
 def _file_threads() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(LOCAL_IO_THREADS, thread_name_prefix=FILE_THREADS)
+
+
+# a forked child has none of the threads, and an executor that counts them idle would hand them its work
+os.register_at_fork(after_in_child=_file_threads.cache_clear)
 
 
 def _read_file(path: Path) -> bytes | None:

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,3 +281,19 @@ def test_a_broadcast_value_is_left_to_zarr(tmp_path: Path) -> None:
     expected = np.zeros((32, 32), np.uint8)
     expected[:16] = 4
     assert np.array_equal(read_region(array, (0, slice(0, 32), slice(0, 32))), expected)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_process_reads_local_files_with_threads_of_its_own(tmp_path: Path) -> None:
+    """The file threads of a process are not its forked child's: the child starts its own."""
+    array = Layout((1, 64, 64), (1, 16, 16), compressor=ZSTD).create(tmp_path / "a")
+    whole = (slice(0, 1), slice(0, 64), slice(0, 64))
+    write_region(array, whole, np.ones((1, 64, 64), np.uint8))
+    threads = zarr_direct._file_threads()
+    list(threads.map(time.sleep, [0.01] * 2 * zarr_direct.LOCAL_IO_THREADS))  # every thread started, idle
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child's exit status is the result
+        signal.alarm(20)  # waiting on threads that are not there would hang
+        os._exit(0 if read_region(array, whole).min() == 1 else 3)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
