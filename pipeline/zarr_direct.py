@@ -1,5 +1,8 @@
 """Zarr arrays read and written in the calling thread: whole chunks, and whole shards, one store batch each.
 
+The objects of a local store are read and written in a few threads of the
+process, those of other stores (buckets) in one pass of Zarr's event loop.
+
 Through ``array[region]`` Zarr spends about as much CPU again as the
 compression itself: each chunk (each inner chunk of a shard) is a coroutine
 and a hop to its codec thread pool, and the data is copied on the way.
