@@ -161,7 +161,7 @@ def measure_end_to_end(
         "profile": best["profile"],
         "workers": settings.e2e_workers,
         "tasks_per_worker": settings.e2e_tasks_per_worker,
-        "mps": settings.e2e_mps,
+        "mps": record["cluster"]["workers_under_mps"] > 0,  # cluster.mps auto: what the run did
         "torch_threads_per_worker": threads,
         "block_tiles": settings.e2e_block_tiles,
         "block_planes": settings.e2e_block_planes,

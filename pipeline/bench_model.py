@@ -74,7 +74,7 @@ class BenchSettings:
     e2e_block_tiles: int = 4
     e2e_block_planes: int = 1
     e2e_weights: str = "random"  # random | demo (the shipped model, cells: widened to base_channels)
-    e2e_mps: bool = False  # the end-to-end run's workers under an NVIDIA MPS daemon (cluster.mps)
+    e2e_mps: bool | str = "auto"  # the end-to-end run's workers under an NVIDIA MPS daemon (cluster.mps)
     profiles: tuple[BenchProfile, ...] = ()  # explicit list instead of the matrix (the naive one is added)
 
 

@@ -82,10 +82,10 @@ def cli(debug: bool, quiet: bool) -> None:
 @click.option("--workers", type=int, help="Worker processes of a local cluster.")
 @click.option("--workers-per-gpu", type=int, help="Worker processes on each GPU of a cuda cluster.")
 @click.option(
-    "--mps",
-    is_flag=True,
+    "--mps/--no-mps",
     default=None,
-    help="Run the workers of a local or cuda cluster under NVIDIA MPS (one CUDA context per GPU).",
+    help="Run the workers of a local or cuda cluster under NVIDIA MPS (one CUDA context per GPU), or not "
+    "(default: cluster.mps, auto: under MPS where several workers share a GPU).",
 )
 @click.option("--block-tiles", type=int, help="Block edge in tiles (a multiple of the shard edge).")
 @click.option("--threads", type=int, help="Intra-op threads per worker (execution profile).")

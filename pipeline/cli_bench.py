@@ -60,7 +60,10 @@ from pipeline.errors import InputError
     "to --base-channels (the same function at that width's cost).",
 )
 @click.option(
-    "--mps", is_flag=True, help="End to end: the workers under an NVIDIA MPS daemon (cluster.mps; cuda only)."
+    "--mps/--no-mps",
+    default=None,
+    help="End to end: the workers under an NVIDIA MPS daemon, or not (cluster.mps; cuda only; default: auto, "
+    "under MPS where several workers share a GPU and NVIDIA's control program is there).",
 )
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
@@ -83,7 +86,7 @@ def bench_command(
     block_tiles: int,
     block_planes: int,
     e2e_weights: str,
-    mps: bool,
+    mps: bool | None,
     json_path: Path | None,
 ) -> None:
     """Throughput of the model over execution profiles (the naive one included) and of segment end to end."""
@@ -115,7 +118,7 @@ def bench_command(
         e2e_block_tiles=block_tiles,
         e2e_block_planes=block_planes,
         e2e_weights=e2e_weights,
-        e2e_mps=mps,
+        e2e_mps="auto" if mps is None else mps,
         profiles=chosen,
     )
     unknown = set(settings.dtypes) - set(DTYPE_NAMES)

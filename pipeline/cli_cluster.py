@@ -27,14 +27,19 @@ def cluster_command() -> None:
 @click.option(
     "--threads", default=2, show_default=True, help="Blocks each worker runs at once (Dask threads)."
 )
-@click.option("--mps", is_flag=True, help="Run the workers under an NVIDIA MPS daemon started for them.")
+@click.option(
+    "--mps/--no-mps",
+    default=None,
+    help="Run the workers under an NVIDIA MPS daemon started for them, or not (default: where several "
+    "share a GPU and NVIDIA's control program is on PATH).",
+)
 @click.option("--health-port", type=int, help="The first worker answers /health on this port.")
 @click.option("--local-directory", help="Folder for the workers' scratch files.")
 def workers(
     address: str,
     workers_per_gpu: int,
     threads: int,
-    mps: bool,
+    mps: bool | None,
     health_port: int | None,
     local_directory: str | None,
 ) -> None:
@@ -42,7 +47,12 @@ def workers(
     CUDA_VISIBLE_DEVICES (or every GPU), each seeing only its own, until stopped (Ctrl-C, SIGTERM).
     dask-cuda's `dask cuda worker` starts one per GPU, too few to keep a fast GPU busy."""
     serve_gpu_workers(
-        address, workers_per_gpu, threads, mps=mps, health_port=health_port, local_directory=local_directory
+        address,
+        workers_per_gpu,
+        threads,
+        mps="auto" if mps is None else mps,
+        health_port=health_port,
+        local_directory=local_directory,
     )
 
 

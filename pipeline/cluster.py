@@ -43,7 +43,7 @@ from pipeline.cpu_time import ROLES, cpu_seconds_by_role
 from pipeline.errors import InputDataError, InputError, PipelineError
 from pipeline.locations import is_url
 from pipeline.mps import PIPE as MPS_PIPE
-from pipeline.mps import mps_daemon
+from pipeline.mps import cluster_mps
 from pipeline.schedule import Job, JobGraph, JobName
 from pipeline.worker_environment import MALLOC_ENVIRONMENT, dask_settings, zarr_pool_environment
 
@@ -98,16 +98,16 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
         **dask_settings(config.dashboard),
     }
     with ExitStack() as stack:
-        if config.mps and device == "cuda":
-            if config.address not in ("local", "cuda"):
-                raise InputError(
-                    f"cluster.mps starts MPS for the workers of a cluster this run starts (local, cuda); "
-                    f"the workers of {config.address} run where MPS has to be started by whoever starts "
-                    "them (docs/deploy.md)"
-                )
-            environment.update(stack.enter_context(mps_daemon()))
-        elif config.mps:
-            log.info("cluster.mps left aside: MPS serves CUDA devices, and this run's device is %s", device)
+        shared = config.workers > 1 if config.address == "local" else config.workers_per_gpu > 1
+        mps = cluster_mps(
+            config.mps,
+            device=device,
+            starts_workers=config.address in ("local", "cuda"),
+            gpu_shared=shared,
+            address=config.address,
+        )
+        environment.update(stack.enter_context(mps))
+        stack.enter_context(own_environment_kept(environment))
         stack.enter_context(dask.config.set(settings))
         if config.address == "local":
             cluster: Any = stack.enter_context(
@@ -162,6 +162,26 @@ def spawn_environment(workers_here: int | None) -> dict[str, str]:
     if workers_here:
         environment.update(zarr_pool_environment(workers_here, os.cpu_count() or 1))
     return environment
+
+
+@contextmanager
+def own_environment_kept(workers_environment: dict[str, str]) -> Iterator[None]:
+    """This process's environment as it was, after a cluster whose workers got ``workers_environment``.
+
+    A Nanny copies the pre-spawn variables into its own process's environment (os.environ) before
+    it starts a worker, and there they would stay, and outrank the next cluster's (Dask reads
+    each variable from os.environ first): a second cluster would get the first one's MPS pipe folder,
+    its daemon gone.
+    """
+    before = {name: os.environ.get(name) for name in workers_environment}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def visible_gpus(asked_by: str = "--cluster cuda") -> list[str]:
@@ -222,7 +242,7 @@ def serve_gpu_workers(
     per_gpu: int,
     threads: int,
     *,
-    mps: bool = False,
+    mps: bool | str = "auto",
     health_port: int | None = None,
     local_directory: str | None = None,
 ) -> None:
@@ -236,8 +256,9 @@ def serve_gpu_workers(
     gpus = visible_gpus("unet-pipeline cluster workers")
     environment = spawn_environment(len(gpus) * per_gpu)
     with ExitStack() as stack:
-        if mps:
-            environment.update(stack.enter_context(mps_daemon()))
+        daemon = cluster_mps(mps, device="cuda", starts_workers=True, gpu_shared=per_gpu > 1, address=address)
+        environment.update(stack.enter_context(daemon))
+        stack.enter_context(own_environment_kept(environment))
         stack.enter_context(
             dask.config.set({"distributed.nanny.pre-spawn-environ": environment, **dask_settings(False)})
         )

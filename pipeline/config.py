@@ -101,10 +101,11 @@ class ClusterConfig(_Strict):
         description="cuda: worker processes on each visible GPU, each pinned to it (1: dask-cuda's "
         "LocalCUDACluster); several keep a GPU busy where one worker's host side cannot",
     )
-    mps: bool = Field(
-        False,
+    mps: bool | Literal["auto"] = Field(
+        "auto",
         description="local and cuda clusters with --device cuda: run the workers under an NVIDIA MPS control "
-        "daemon started for the cluster (one CUDA context per GPU for all its workers)",
+        "daemon started for the cluster (one CUDA context per GPU for all its workers); auto: where several "
+        "of them share a GPU and NVIDIA's control program is on PATH",
     )
     threads_per_worker: int = Field(
         2, ge=1, description="blocks a worker runs at once: one on the device, the others reading and writing"

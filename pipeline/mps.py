@@ -18,7 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from pipeline.errors import InputError, PipelineError
@@ -29,6 +29,48 @@ CONTROL = "nvidia-cuda-mps-control"
 PIPE = "CUDA_MPS_PIPE_DIRECTORY"
 LOG = "CUDA_MPS_LOG_DIRECTORY"
 CONTROL_SECONDS = 30
+
+
+@contextmanager
+def cluster_mps(
+    setting: bool | str, *, device: str, starts_workers: bool, gpu_shared: bool, address: str
+) -> Iterator[dict[str, str]]:
+    """What the workers' environment needs to run under MPS, for the duration of the `with` (empty: no MPS).
+
+    ``setting`` is cluster.mps: true starts a daemon for the workers the run starts (``starts_workers``)
+    or fails saying why not; "auto" does so where several of them share a GPU (``gpu_shared``),
+    and where it cannot, says so and goes on without; false, or a device other than cuda, none.
+    """
+    if setting is False or device != "cuda":
+        if setting is True:
+            log.info("cluster.mps left aside: MPS serves CUDA devices, and this run's device is %s", device)
+        yield {}
+        return
+    if not starts_workers:
+        if setting is True:
+            raise InputError(
+                f"cluster.mps starts MPS for the workers of a cluster this run starts (local, cuda); "
+                f"the workers of {address} run where MPS has to be started by whoever starts "
+                "them (docs/deploy.md)"
+            )
+        yield {}
+        return
+    if setting == "auto" and not gpu_shared:
+        yield {}
+        return
+    if setting == "auto" and not os.environ.get(PIPE) and shutil.which(CONTROL) is None:
+        log.info("cluster.mps auto: %s is not on PATH; the workers share the GPU without MPS", CONTROL)
+        yield {}
+        return
+    with ExitStack() as stack:
+        try:
+            environment = stack.enter_context(mps_daemon())
+        except PipelineError as error:
+            if setting is True:
+                raise
+            log.warning("cluster.mps auto: the workers share the GPU without MPS: %s", error)
+            environment = {}
+        yield environment
 
 
 @contextmanager

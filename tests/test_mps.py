@@ -8,6 +8,7 @@ environment: what is checked is the daemon's lifetime and what the workers see, 
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from pathlib import Path
@@ -127,3 +128,54 @@ def test_a_control_program_that_does_not_answer_is_named(
     refused = pytest.raises(PipelineError, match=f"{CONTROL} -d exited -1: no answer in 1 s")
     with refused, open_client(CONFIG, device="cuda", forward_logs=False):
         pass
+
+
+AUTO = ClusterConfig(workers=2, threads_per_worker=1, memory_limit="1GiB")  # cluster.mps: auto
+
+
+def test_auto_starts_a_daemon_where_workers_share_a_gpu_and_none_for_one_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = stand_in_control(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv(PIPE, raising=False)
+    seen = workers_environment(monkeypatch)
+    assert AUTO.mps == "auto"
+    with open_client(AUTO, device="cuda", forward_logs=False) as client:
+        assert cluster_shape(client)["workers_under_mps"] == 2
+    assert len(set(seen.values())) == 1 and None not in seen.values()
+    assert [line.split()[0] for line in calls.read_text().splitlines()] == ["args=-d", "args="]
+    calls.unlink()
+    seen.clear()
+    with open_client(AUTO.model_copy(update={"workers": 1}), device="cuda", forward_logs=False):
+        pass
+    assert list(seen.values()) == [None] and not calls.exists()
+
+
+def test_auto_without_the_control_program_or_with_a_failing_daemon_goes_on_without_mps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pipeline.mps")
+    monkeypatch.delenv(PIPE, raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    seen = workers_environment(monkeypatch)
+    with open_client(AUTO, device="cuda", forward_logs=False):
+        pass
+    assert set(seen.values()) == {None}
+    assert f"cluster.mps auto: {CONTROL} is not on PATH" in caplog.text
+    stand_in_control(tmp_path / "bin", exit_code=1, message="An instance of this daemon is already running")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    seen.clear()
+    with open_client(AUTO, device="cuda", forward_logs=False):
+        pass
+    assert set(seen.values()) == {None}
+    assert "the workers share the GPU without MPS" in caplog.text
+    assert "exited 1: An instance of this daemon is already running" in caplog.text
+
+
+def test_auto_leaves_workers_started_elsewhere_and_cpu_runs_alone() -> None:
+    for device, starts_workers in (("cuda", False), ("cpu", True)):
+        with mps.cluster_mps(
+            "auto", device=device, starts_workers=starts_workers, gpu_shared=True, address="tcp://127.0.0.1:1"
+        ) as environment:
+            assert environment == {}
