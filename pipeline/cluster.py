@@ -385,7 +385,7 @@ def run_jobs(
                         tuple((job.function, job.task) for job in jobs),
                         key=name,
                         pure=False,
-                        priority=1 if follow_up else 0,
+                        priority=1 + jobs[0].precedence if follow_up else 0,
                     )
                 )
 

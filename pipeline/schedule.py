@@ -9,8 +9,9 @@ runs instead of after it. Pure bookkeeping; the Dask wiring is in
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,9 @@ class Job:
     task: Any
     needs: tuple[JobName, ...] = ()  # jobs that write what this one reads
     follow_up: bool = False  # short work behind the main stage (contacts, pyramids): sent first
+    # among ready jobs of its kind, higher goes first: after the last block, the chain that
+    # ends the run (contacts, the label merge, relabel) should not queue behind pyramid shards
+    precedence: int = 0
 
     @property
     def name(self) -> JobName:
@@ -59,7 +63,9 @@ class JobGraph:
         self._finished: set[JobName] = set(self.done)
         self._unmet: dict[JobName, int] = {}
         self._dependants: dict[JobName, list[Job]] = {}
-        self._ready: dict[bool, deque[Job]] = {False: deque(), True: deque()}
+        self._ready: dict[bool, list[tuple[int, int, Job]]] = {False: [], True: []}  # heaps
+        self._order = itertools.count()  # first ready, first taken, within a precedence
+        self._again = itertools.count(-1, -1)  # ahead of all of it
         self.unfinished = 0
         self.add(self.jobs, set())
 
@@ -81,7 +87,7 @@ class JobGraph:
             if unmet:
                 self._unmet[job.name] = len(unmet)
             else:
-                self._ready[job.follow_up].append(job)
+                self._make_ready(job, next(self._order))
 
     def finished(self, stage: str) -> bool:
         """Whether every job of ``stage`` is done (true of a stage with none)."""
@@ -101,16 +107,17 @@ class JobGraph:
         queue = self._ready[follow_up]
         if not queue:
             return None
-        job = queue.popleft()
+        job = heapq.heappop(queue)[2]
         times = self.stages[job.stage]
         if times.first_sent is None:
             times.first_sent = time.perf_counter()
         return job
 
     def again(self, jobs: list[Job]) -> None:
-        """Jobs taken but not done (one failed, those after it in its task not run), first in line again."""
+        """Jobs taken but not done (one failed, those after it in its task not run), first in line
+        again among the jobs of their precedence."""
         for job in reversed(jobs):
-            self._ready[job.follow_up].appendleft(job)
+            self._make_ready(job, next(self._again))
 
     def finish(self, job: Job) -> None:
         self.unfinished -= 1
@@ -122,4 +129,7 @@ class JobGraph:
             self._unmet[dependant.name] -= 1
             if not self._unmet[dependant.name]:
                 del self._unmet[dependant.name]
-                self._ready[dependant.follow_up].append(dependant)
+                self._make_ready(dependant, next(self._order))
+
+    def _make_ready(self, job: Job, order: int) -> None:
+        heapq.heappush(self._ready[job.follow_up], (-job.precedence, order, job))

@@ -40,13 +40,19 @@ from pipeline.worker_device import CheckpointRef
 LABEL_LEVELS_FROM_LOCAL = SCRATCH_LABEL_LEVELS
 
 
+# the follow-ups' precedence (Job.precedence): contacts settle IDs, and IDs let a block's labels be written
+CONTACTS = 2
+LABELS_WRITTEN = 1
+
 MappingOf = Callable[[int], npt.NDArray[np.uint64]]  # block id -> its lookup table (local label -> ID)
 
 
 def relabel_job(plan: RunPlan, block: Block, mapping: npt.NDArray[np.uint64], dtype: str) -> Job:
     target = f"labels/{plan.request.config.labels.name}/s0"
     task = RelabelTask(block, plan.grid, plan.output_url, target, mapping, dtype)
-    return Job("relabel", block.block_id, relabel_block, task, follow_up=True)  # beside the network
+    return Job(  # beside the network
+        "relabel", block.block_id, relabel_block, task, follow_up=True, precedence=LABELS_WRITTEN
+    )
 
 
 def predict_jobs(plan: RunPlan, profile: ProfileConfig, stats: tuple[NormalizationStats, ...]) -> list[Job]:
@@ -118,6 +124,7 @@ def contact_jobs(plan: RunPlan, labelled: str) -> list[Job]:
                 ),
                 needs=tuple((labelled, b) for b in sorted(needs)),
                 follow_up=True,
+                precedence=CONTACTS,
             )
         )
     return jobs
@@ -177,7 +184,9 @@ def label_level_job(plan: RunPlan, shard: LabelShard, mapping_of: MappingOf, dty
         output_url=plan.output_url,
         subsampled=shard.level <= plan.label_rule.scratch_levels,
     )
-    return Job(shard.stage, shard.block_id, label_level_block, task, follow_up=True)
+    return Job(
+        shard.stage, shard.block_id, label_level_block, task, follow_up=True, precedence=LABELS_WRITTEN
+    )
 
 
 def halved_label_levels(plan: RunPlan) -> list[Job]:

@@ -170,8 +170,10 @@ def killed_output(
     if stage == "pyramid s1":
         return killed_in_pyramid[1]
     resumed = start_driver(setup, output, "--resume")
-    # relabel and the label pyramid run side by side: the run is past its last block once both are done
-    return kill_when(resumed, output, {"relabel": BLOCKS["relabel"], marker_folder(STAGES[-1]): count})
+    # the probability pyramid, relabel and the label pyramid run side by side (the labels' chain first):
+    # the run is past its last block once all three are done
+    done = {marker_folder("pyramid s1"): LAST_STAGE_BLOCKS, "relabel": BLOCKS["relabel"]}
+    return kill_when(resumed, output, {**done, marker_folder(STAGES[-1]): count})
 
 
 @contextmanager

@@ -68,6 +68,32 @@ def test_jobs_that_join_later_wait_only_for_unfinished_needs() -> None:
     assert (graph.stages["relabel"].blocks, graph.stages["relabel"].computed) == (2, 1)
 
 
+def test_ready_follow_ups_of_higher_precedence_go_first_and_a_job_sent_again_leads_its_own() -> None:
+    """After the last block, its contacts (then relabel) go before the pyramid shards ready
+    with them: they end the run."""
+    predict = job("predict", 0)
+    pyramids = [
+        Job(f"pyramid s{level}", 0, abs, 0, needs=(("predict", 0),), follow_up=True) for level in (1, 2)
+    ]
+    contacts = Job("contacts", 0, abs, 0, needs=(("predict", 0),), follow_up=True, precedence=2)
+    relabels = [Job("relabel", b, abs, b, follow_up=True, precedence=1) for b in range(2)]
+    graph = JobGraph([predict, *pyramids, contacts])
+    assert drain(graph, follow_up=False) == [("predict", 0)]
+    graph.finish(predict)
+    graph.add(relabels, set())
+    assert drain(graph, follow_up=True) == [
+        ("contacts", 0),
+        ("relabel", 0),
+        ("relabel", 1),
+        ("pyramid s1", 0),
+        ("pyramid s2", 0),
+    ]
+    graph.again([pyramids[1]])
+    graph.again([relabels[1]])
+    graph.add([Job("relabel", 2, abs, 2, follow_up=True, precedence=1)], set())
+    assert drain(graph, follow_up=True) == [("relabel", 1), ("relabel", 2), ("pyramid s2", 0)]
+
+
 def test_block_ids_in_a_box_are_the_blocks_it_touches() -> None:
     grid = BlockGrid((4, 100, 100), 10, (2, 3), block_planes=2)  # blocks 2 x 20 x 30 voxels
     assert grid.shape == (2, 5, 4)
