@@ -25,6 +25,7 @@ import numpy as np
 import psutil
 import torch
 import zarr
+from distributed import get_task_stream
 
 from pipeline.bench_model import (
     DTYPE_NAMES,
@@ -36,6 +37,7 @@ from pipeline.bench_model import (
     precision_agreement,
     profiles,
 )
+from pipeline.bench_tail import tail_by_stage
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.cluster import open_client, worker_cpu_seconds
 from pipeline.config import load_config
@@ -135,7 +137,7 @@ def measure_end_to_end(
         with open_client(config.cluster, device=settings.device) as client:
             cluster_seconds = time.perf_counter() - cluster_started
             workers_before, driver_before = worker_cpu_seconds(client), _process_cpu_seconds()
-            with gpu_utilisation(settings.device) as samples:
+            with gpu_utilisation(settings.device) as samples, get_task_stream(client) as stream:
                 record = segment(
                     SegmentRequest(
                         source, str(root / "out.ome.zarr"), checkpoint, config, show_progress=False
@@ -181,6 +183,7 @@ def measure_end_to_end(
         # where the end-to-end figure loses to the predict stage's: no block is predicted then
         "before_first_block_seconds": round(before_first, 3),
         "after_last_block_seconds": round(after_last, 3),
+        "tail_by_stage": tail_by_stage(stream.data),  # what ran after the last predict task stopped
         "stage_wall_seconds": {stage: values["wall_seconds"] for stage, values in record["stages"].items()},
         "stage_started_after_seconds": {
             stage: values["started_after_seconds"] for stage, values in record["stages"].items()
@@ -331,6 +334,12 @@ def table(report: dict[str, Any]) -> str:
                 f"{e2e['after_last_block_seconds']:.2f} s after the last ({idle / e2e['wall_seconds']:.0%} of "
                 f"{e2e['wall_seconds']:.2f} s)"
             )
+        if e2e.get("tail_by_stage"):
+            stages = ", ".join(
+                f"{stage} x{figures['tasks']} {figures['first_start']:+.2f}..{figures['last_stop']:+.2f} s"
+                for stage, figures in e2e["tail_by_stage"].items()
+            )
+            lines.append(f"after the last predict task (its stop = 0; first start..last stop): {stages}")
         if "cpu_seconds" in e2e:
             roles = ", ".join(f"{role} {seconds:.2f}" for role, seconds in e2e["cpu_seconds"].items())
             lines.append(
