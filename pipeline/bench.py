@@ -179,6 +179,7 @@ def measure_end_to_end(
         "cold_fraction_of_model_only": round(cold / model_only, 3),
         "predict_stage_fraction_of_model_only": round(predict["mpix_per_second"] / model_only, 3),
         "setup_seconds": record.get("setup_seconds"),
+        "finish_seconds": record.get("finish_seconds"),
         "worker_warm_up_seconds": record.get("worker_warm_up_seconds"),  # beside the set-up: model, cuDNN
         # where the end-to-end figure loses to the predict stage's: no block is predicted then
         "before_first_block_seconds": round(before_first, 3),

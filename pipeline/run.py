@@ -103,7 +103,8 @@ def segment(
 
 
 class Laps:
-    """Seconds between named moments of a run's set-up, in order: where the time before the first block goes."""
+    """Seconds between named moments, in order: where a run's time before its first block (and after
+    its last block's work) goes."""
 
     def __init__(self, started: float) -> None:
         self._last = started
@@ -259,9 +260,13 @@ def _write(
                 record["setup_seconds"] = laps.seconds
                 save()
                 _run_stages(client, plan, profile, stats, Clock(run_id, started), record, save, turn)
+                finish = Laps(time.perf_counter())  # where the time after the last block's work goes
                 record["worker_warm_up_seconds"] = _warm_up_seconds(client, warmed)
                 record["worker_peak_rss_bytes"] = worker_peak_rss(client)
+                finish("worker readings")
                 remove_scratch(plan.output_url)
+                finish("scratch removed")
+                record["finish_seconds"] = finish.seconds
             except BaseException as error:
                 # KeyboardInterrupt, or a cancellation signal from the orchestrator: resumable
                 interrupted = not isinstance(error, Exception)

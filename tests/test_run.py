@@ -264,6 +264,7 @@ def test_run_record(
         "run record, execution profile",
         "the previous run's blocks",  # none: no run shares the cluster before this one
     ]
+    assert list(stored["finish_seconds"]) == ["worker readings", "scratch removed"]  # after the last block
     assert min(setup.values()) >= 0
     assert sum(setup.values()) <= predict["started_after_seconds"] + 0.002  # laps rounded to 1 ms
     assert stored["labels"]["objects"] > 0
