@@ -21,7 +21,6 @@ voxel (benchmarks/labels_merge_memory.py --slab-blocks: 4 MiB for 4 million loca
 from __future__ import annotations
 
 from collections.abc import Callable
-from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -100,11 +99,7 @@ class StreamingMerge:
         new = self.local_labels - slab_start
         open_before = self._open_first.size
         node_u, node_w = self._contact_nodes(contacts, first_block, slab_start, open_before)
-        nodes = open_before + new
-        graph = scipy.sparse.coo_matrix(
-            (np.ones(node_u.size, np.int8), (node_u, node_w)), shape=(nodes, nodes)
-        ).tocsr()
-        objects, component = scipy.sparse.csgraph.connected_components(graph, directed=False)
+        objects, component = components(open_before + new, node_u, node_w)
         new_first = np.concatenate([np.empty(0, np.int64), *(s.first_voxel for s in summaries)])
         new_size = np.concatenate([np.empty(0, np.int64), *(s.sizes for s in summaries)])
         first = np.full(objects, NO_VOXEL, np.int64)
@@ -115,15 +110,17 @@ class StreamingMerge:
             + np.bincount(component[open_before:], new_size, objects)
         ).astype(np.int64)
         number = np.zeros(objects, np.uint64)
-        np.maximum.at(number, component[:open_before], self._open_id)
+        if self._open_id.any():
+            np.maximum.at(number, component[:open_before], self._open_id)
         is_open = np.zeros(objects, bool)
         if slab + 1 < self.slabs and self._joins_next(slab):
             is_open[component[open_before:]] = True
         labels = np.concatenate([self._open_labels, np.arange(slab_start, self.local_labels, dtype=np.int64)])
         of_label = np.concatenate([component[self._open_of_label], component[open_before:]])
-        numbered = number[of_label] > 0  # labels joining the object that has its ID
-        self._settle(labels[numbered], number[of_label[numbered]])
-        labels, of_label = labels[~numbered], of_label[~numbered]
+        if number.any():  # labels joining the object that has its ID
+            numbered = number[of_label] > 0
+            self._settle(labels[numbered], number[of_label[numbered]])
+            labels, of_label = labels[~numbered], of_label[~numbered]
         self._close(is_open, first, size, labels, of_label, number > 0)
         open_index = np.cumsum(is_open) - 1
         self._open_first, self._open_size, self._open_id = first[is_open], size[is_open], number[is_open]
@@ -174,12 +171,13 @@ class StreamingMerge:
         closed = ~is_open & ~numbered
         kept = closed & (size >= self._min_size)
         dropped = closed & ~kept
-        self._settle(labels[dropped[of_label]], np.zeros(int(dropped[of_label].sum()), np.uint64))
+        if dropped.any():
+            self._settle(labels[dropped[of_label]], np.zeros(int(dropped[of_label].sum()), np.uint64))
         waiting_index = np.cumsum(kept) - 1 + self._waiting_first.size
-        self._waiting_first = np.concatenate([self._waiting_first, first[kept]])
+        self._waiting_first = _joined(self._waiting_first, first[kept])
         mine = kept[of_label]
-        self._waiting_labels = np.concatenate([self._waiting_labels, labels[mine]])
-        self._waiting_of_label = np.concatenate([self._waiting_of_label, waiting_index[of_label[mine]]])
+        self._waiting_labels = _joined(self._waiting_labels, labels[mine])
+        self._waiting_of_label = _joined(self._waiting_of_label, waiting_index[of_label[mine]])
 
     def _number(self) -> None:
         """IDs, in first-voxel order, for every object whose rank nothing can change any more.
@@ -223,6 +221,10 @@ class StreamingMerge:
         ids = np.zeros(self._waiting_first.size, np.uint64)
         ids[due] = ranks[: due.size]
         settled = ids > 0
+        if settled.all():  # every waiting object: no open one before the last of them
+            self._settle(self._waiting_labels, ids[self._waiting_of_label])
+            self._waiting_first = self._waiting_labels = self._waiting_of_label = np.empty(0, np.int64)
+            return
         now = settled[self._waiting_of_label]
         self._settle(self._waiting_labels[now], ids[self._waiting_of_label[now]])
         left = ~settled
@@ -235,14 +237,54 @@ class StreamingMerge:
         """Final IDs of some labels (global index); blocks left with none unsettled are ready."""
         if not labels.size:
             return
-        order = np.argsort(labels, kind="stable")  # a block's labels are one run of indices
-        labels, ids = labels[order], ids[order]
+        if labels.size > 1 and not (labels[1:] >= labels[:-1]).all():
+            order = np.argsort(labels, kind="stable")  # a block's labels are one run of indices
+            labels, ids = labels[order], ids[order]
         starts = self._starts[: self._blocks_in]
-        block = np.searchsorted(starts, labels, side="right") - 1
-        cuts = [0, *(np.flatnonzero(block[1:] != block[:-1]) + 1).tolist(), labels.size]
-        for low, high in pairwise(cuts):
-            b = int(block[low])
+        first_block = int(np.searchsorted(starts, labels[0], side="right")) - 1
+        last_block = int(np.searchsorted(starts, labels[-1], side="right")) - 1
+        bounds = np.concatenate(  # each block's run of the labels, from first_block on
+            [[0], np.searchsorted(labels, starts[first_block + 1 : last_block + 1]), [labels.size]]
+        )
+        for offset in np.flatnonzero(bounds[1:] > bounds[:-1]).tolist():
+            b, low, high = first_block + offset, int(bounds[offset]), int(bounds[offset + 1])
             self._ids[b][labels[low:high] - starts[b] + 1] = ids[low:high]
             self._unresolved[b] -= high - low
             if self._unresolved[b] == 0:
                 self._ready.append(b)
+
+
+def components(nodes: int, node_u: Int64Array, node_w: Int64Array) -> tuple[int, Int64Array]:
+    """Connected components of a graph of ``nodes`` nodes and edges (u, w): their count, and each node's,
+    numbered in the order of their lowest node (as scipy numbers them).
+
+    A slab brings a million labels or more and a few contact pairs: the graph search runs on the nodes
+    of some edge alone, every other node is a component of its own.
+    """
+    if not node_u.size:
+        return nodes, np.arange(nodes, dtype=np.int64)
+    ends = np.concatenate([node_u, node_w])
+    order = np.argsort(ends, kind="stable")
+    step = np.empty(ends.size, bool)
+    step[0] = True
+    np.not_equal(ends[order][1:], ends[order][:-1], out=step[1:])
+    involved = ends[order][step]  # ascending
+    inverse = np.empty(ends.size, np.int64)
+    inverse[order] = np.cumsum(step) - 1
+    graph = scipy.sparse.coo_matrix(
+        (np.ones(node_u.size, np.int8), (inverse[: node_u.size], inverse[node_u.size :])),
+        shape=(involved.size, involved.size),
+    ).tocsr()
+    _, joined = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    lowest = np.full(int(joined.max()) + 1, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(lowest, joined, involved)
+    representative = np.arange(nodes, dtype=np.int64)
+    representative[involved] = lowest[joined]
+    is_representative = representative == np.arange(nodes)
+    number = np.cumsum(is_representative) - 1
+    return int(number[-1]) + 1, number[representative]
+
+
+def _joined(kept: Int64Array, more: Int64Array) -> Int64Array:
+    """``kept`` followed by ``more`` (``more`` itself where nothing is kept: no copy)."""
+    return np.concatenate([kept, more]) if kept.size else more

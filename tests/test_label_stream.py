@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse
+import scipy.sparse.csgraph
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.geometry import BlockGrid
-from pipeline.label_stream import StreamingMerge
+from pipeline.label_stream import StreamingMerge, components
 from pipeline.labels import BlockLabels, Connectivity, merge_labels
 from tests.blockwise import block_reports
 
@@ -104,3 +106,17 @@ def test_slabs_come_in_order() -> None:
     merge.add_slab([empty], [np.empty((0, 4), np.int64)])
     with pytest.raises(ValueError, match="all 1 slabs were added"):
         merge.add_slab([empty], [np.empty((0, 4), np.int64)])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    nodes=st.integers(1, 60),
+    edges=st.lists(st.tuples(st.integers(0, 59), st.integers(0, 59)), max_size=40),
+)
+def test_components_number_nodes_as_scipy_does(nodes: int, edges: list[tuple[int, int]]) -> None:
+    """Only the nodes of some edge go through the graph search; the numbering is scipy's all the same."""
+    pairs = np.array([(u % nodes, w % nodes) for u, w in edges], np.int64).reshape(-1, 2)
+    graph = scipy.sparse.coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(nodes, nodes))
+    expected_count, expected = scipy.sparse.csgraph.connected_components(graph, directed=False)
+    count, component = components(nodes, pairs[:, 0], pairs[:, 1])
+    assert count == expected_count and np.array_equal(component, expected)
