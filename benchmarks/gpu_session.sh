@@ -25,15 +25,18 @@
 #  17. compose's way: `dask scheduler`, `unet-pipeline cluster workers` (8 per GPU, under MPS), then
 #      `segment --cluster tcp://` of 8 x 4656² with the demo model (DEVICE=cpu MPS_FLAG= tries it on a CPU).
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
-# The default steps (2 16 15 17: exactness without and under MPS, cluster shapes with and without MPS, then
-# compose's way) take about 8 minutes on an H100 after the machine starts (2026-11-27 estimate: 2 and 16 about
-# 50 s each, 15 up to 290 s, 17 about 90 s). Step 7 (max-autotune) did not finish in 200 s on 2026-11-27 and now
-# has 420 s: it does not fit a 15-minute session beside the defaults; run it alone (or with 2) in a session of its
-# own. Earlier sessions ran 0 4 11 8 9 2 13 and 14 12 5 10 (docs/benchmarks.md).
+# Since 2026-11-27 (the H200 session) cluster.mps is auto: the end-to-end steps' 8 GPU-sharing workers run
+# under MPS where nvidia-cuda-mps-control is on PATH (bench prints "under MPS"); earlier sessions' figures of
+# steps 4, 8, 9, 11 and 14 were without. bench's JSON now holds tail_by_stage and finish_seconds: what ran
+# after the last predict task. The default steps (2 4 11 15: exactness, end to end with speckle and with
+# cells, cluster shapes) take about 7 minutes after the machine starts (2 about 50 s, 4 and 11 about 100 s
+# each, 15 with three shapes about 140 s). Step 7 (max-autotune) did not finish in 200 s on 2026-11-27 and now
+# has 420 s: it does not fit a 15-minute session beside the defaults; run it alone (or with 2) in a session of
+# its own. Earlier sessions ran 0 4 11 8 9 2 13, 14 12 5 10, 0 2 4 14 11, 15 7 and 2 16 15 17 (docs/benchmarks.md).
 # Run from the repository root with the wheels in .whl (the list: docs/benchmarks.md).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
-STEPS=${STEPS:-2 16 15 17}
+STEPS=${STEPS:-2 4 11 15}
 VARIANTS=${VARIANTS:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -139,8 +142,8 @@ for step in $STEPS; do
       --json "$OUT/bench-gpu-e2e-one-plane-blocks.json" 2>&1 | grep -v INFO | tail -5
     ;;
   15)
-    echo "== 15. end to end on one volume, cluster shapes ${SHAPES:-8x2,8x2:mps,12x2:mps,16x1:mps}"
-    timeout 290 python3 benchmarks/gpu_cluster_shapes.py --shapes "${SHAPES:-8x2,8x2:mps,12x2:mps,16x1:mps}" \
+    echo "== 15. end to end on one volume, cluster shapes ${SHAPES:-12x2:mps,8x3:mps,8x2}"
+    timeout 290 python3 benchmarks/gpu_cluster_shapes.py --shapes "${SHAPES:-12x2:mps,8x3:mps,8x2}" \
       --json "$OUT/cluster-shapes-gpu.json" 2>&1 | grep -v INFO | tail -12
     ;;
   16)
