@@ -39,7 +39,7 @@ from pipeline.bench_model import (
 )
 from pipeline.bench_tail import tail_by_stage
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.cluster import open_client, worker_cpu_seconds
+from pipeline.cluster import open_client, worker_cpu_seconds, worker_other_threads_cpu_seconds
 from pipeline.config import load_config
 from pipeline.demo import DEMO_MODEL
 from pipeline.errors import InputError
@@ -137,6 +137,7 @@ def measure_end_to_end(
         with open_client(config.cluster, device=settings.device) as client:
             cluster_seconds = time.perf_counter() - cluster_started
             workers_before, driver_before = worker_cpu_seconds(client), _process_cpu_seconds()
+            others_before = worker_other_threads_cpu_seconds(client)
             with gpu_utilisation(settings.device) as samples, get_task_stream(client) as stream:
                 record = segment(
                     SegmentRequest(
@@ -145,6 +146,7 @@ def measure_end_to_end(
                     client,
                 )
             workers_after, driver_after = worker_cpu_seconds(client), _process_cpu_seconds()
+            others = worker_other_threads_cpu_seconds(client)
         shape = zarr.open_array(f"{root}/out.ome.zarr/s0", mode="r").shape
     again = measure_model(
         settings, BenchProfile(**{name: best[name] for name in BenchProfile.__dataclass_fields__})
@@ -191,6 +193,15 @@ def measure_end_to_end(
         },
         "predict_worker_seconds": predict["worker_seconds"],
         "cpu_seconds": cpu,  # by role, workers summed (pipeline.cpu_time); the driver's whole process
+        "other_threads_cpu_seconds": dict(  # role "other" by thread name, the largest
+            sorted(
+                (
+                    (name, round(seconds - others_before.get(name, 0.0), 2))
+                    for name, seconds in others.items()
+                ),
+                key=lambda item: -item[1],
+            )[:8]
+        ),
         "host_cpu_seconds_per_mpix": round(host / (predict["pixels"] / 1e6), 4),
         # the cores all that needs to keep pace with the network at its model-only rate
         "host_cores_at_model_only_rate": round(host / (predict["pixels"] / 1e6) * model_only, 2),

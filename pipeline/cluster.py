@@ -39,7 +39,7 @@ from distributed.system import MEMORY_LIMIT
 
 from pipeline.blocks import prepare_worker
 from pipeline.config import SLURM_PREFIX, ClusterConfig
-from pipeline.cpu_time import ROLES, cpu_seconds_by_role
+from pipeline.cpu_time import ROLES, cpu_seconds_by_role, other_threads_cpu_seconds
 from pipeline.errors import InputDataError, InputError, PipelineError
 from pipeline.locations import is_url
 from pipeline.mps import PIPE as MPS_PIPE
@@ -608,6 +608,15 @@ def worker_cpu_seconds(client: Client) -> dict[str, float]:
     for seconds in client.run(cpu_seconds_by_role, on_error="ignore").values():
         for name, value in seconds.items():
             totals[name] += value
+    return totals
+
+
+def worker_other_threads_cpu_seconds(client: Client) -> dict[str, float]:
+    """CPU seconds of the workers' threads of no known role, summed over workers by thread name."""
+    totals: dict[str, float] = {}
+    for seconds in client.run(other_threads_cpu_seconds, on_error="ignore").values():
+        for name, value in seconds.items():
+            totals[name] = totals.get(name, 0.0) + value
     return totals
 
 

@@ -52,3 +52,27 @@ def cpu_seconds_by_role() -> dict[str, float]:
     for thread in psutil.Process().threads():
         totals[role(names.get(thread.id, ""))] += thread.user_time + thread.system_time
     return totals
+
+
+def other_threads_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of this process's live threads of role "other", by the name the OS has for them.
+
+    Threads started outside Python (CUDA's, torch's, OpenMP's) have no Python name; on Linux their
+    own name (``/proc/self/task/<id>/comm``) or the process's says what they are.
+    """
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    totals: dict[str, float] = {}
+    for thread in psutil.Process().threads():
+        if role(names.get(thread.id, "")) != "other":
+            continue
+        name = names.get(thread.id) or os_thread_name(thread.id)
+        totals[name] = totals.get(name, 0.0) + thread.user_time + thread.system_time
+    return totals
+
+
+def os_thread_name(thread_id: int) -> str:
+    try:
+        with open(f"/proc/self/task/{thread_id}/comm") as comm:
+            return comm.read().strip() or "?"
+    except OSError:
+        return "?"
