@@ -46,6 +46,13 @@ def main() -> None:
     parser.add_argument("--block-tiles", type=int, default=4)
     parser.add_argument("--block-planes", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=2.0, help="model-only seconds after warm-up")
+    parser.add_argument(
+        "--weights",
+        choices=["random", "demo"],
+        default="random",
+        help="random: speckle (columns through every plane hold every block's relabel back to the end); "
+        "demo: the demo model widened (cells)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     planes, height, width = (int(n) for n in args.shape.split("x"))
@@ -58,6 +65,7 @@ def main() -> None:
         e2e_shape=(planes, height, width),
         e2e_block_tiles=args.block_tiles,
         e2e_block_planes=args.block_planes,
+        e2e_weights=args.weights,
         profiles=(profile,),
     )
     torch.set_num_threads(settings.threads)

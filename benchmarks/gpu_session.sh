@@ -19,7 +19,8 @@
 #      benchmarks/driver_job_rate.py),
 #  14. step 4 with blocks of one plane (the default config's; 4x the jobs per Mpix of step 4's 4 planes),
 #  15. end to end on one volume with several cluster shapes, under MPS too (cluster.mps: the run starts
-#      the daemon; benchmarks/gpu_cluster_shapes.py; SHAPES=8x2,4x4:mps picks them),
+#      the daemon; benchmarks/gpu_cluster_shapes.py; SHAPES=8x2,4x4:mps picks them; WEIGHTS=random for
+#      speckle, demo (cells) by default since 2026-11-27's H200 session),
 #  16. step 2 with the workers under an MPS daemon started here (CUDA_MPS_PIPE_DIRECTORY set: the runs
 #      use it); "run sha256" equal to step 2's: MPS changes no bits,
 #  17. compose's way: `dask scheduler`, `unet-pipeline cluster workers` (8 per GPU, under MPS), then
@@ -142,8 +143,8 @@ for step in $STEPS; do
       --json "$OUT/bench-gpu-e2e-one-plane-blocks.json" 2>&1 | grep -v INFO | tail -5
     ;;
   15)
-    echo "== 15. end to end on one volume, cluster shapes ${SHAPES:-12x2:mps,8x3:mps,8x2}"
-    timeout 290 python3 benchmarks/gpu_cluster_shapes.py --shapes "${SHAPES:-12x2:mps,8x3:mps,8x2}" \
+    echo "== 15. end to end on one volume, cluster shapes ${SHAPES:-12x2:mps,8x3:mps,8x2}, ${WEIGHTS:-demo} weights"
+    timeout 290 python3 benchmarks/gpu_cluster_shapes.py --shapes "${SHAPES:-12x2:mps,8x3:mps,8x2}" --weights "${WEIGHTS:-demo}" \
       --json "$OUT/cluster-shapes-gpu.json" 2>&1 | grep -v INFO | tail -12
     ;;
   16)
