@@ -106,7 +106,7 @@ def stream(summaries: list[BlockLabels], contacts: list[np.ndarray], per_slab: i
         for block in ready:
             merge.forget(block)
         most_open = max(most_open, merge._open_first.size)  # the working set, for the report
-        most_waiting = max(most_waiting, merge._waiting_first.size)
+        most_waiting = max(most_waiting, merge._waiting.objects)
     seconds = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()

@@ -15,7 +15,9 @@ A block's mapping is final once every one of its labels has its ID (or 0, for an
 minimum size); the IDs are exactly those of :func:`merge_labels` (tested). The working set is the
 open objects and the closed ones waiting for an earlier open one: about two slabs of labels,
 unless two objects reach over many slabs and hold back every object after the second's first
-voxel (benchmarks/labels_merge_memory.py --slab-blocks: 4 MiB for 4 million local labels).
+voxel (benchmarks/labels_merge_memory.py --slab-blocks: 4 MiB for 4 million local labels). Then
+every block waits for the last slab, and so does its relabel; a slab's merge still costs only its
+own labels (benchmarks/label_merge_hold_back.py: about 1 ms a slab of 20,000 labels at any depth).
 """
 
 from __future__ import annotations
@@ -62,10 +64,7 @@ class StreamingMerge:
         self._open_of_label: Int64Array = np.empty(0, np.int64)
         self._previous_open: Int64Array = np.empty(0, np.int64)  # open object of each label of the last slab
         self._previous_start = 0
-        # closed objects waiting for an earlier open one to close: first voxel; their labels
-        self._waiting_first: Int64Array = np.empty(0, np.int64)
-        self._waiting_labels: Int64Array = np.empty(0, np.int64)
-        self._waiting_of_label: Int64Array = np.empty(0, np.int64)
+        self._waiting = Waiting()  # closed objects waiting for an earlier open one to close
 
     @property
     def finished(self) -> bool:
@@ -173,11 +172,8 @@ class StreamingMerge:
         dropped = closed & ~kept
         if dropped.any():
             self._settle(labels[dropped[of_label]], np.zeros(int(dropped[of_label].sum()), np.uint64))
-        waiting_index = np.cumsum(kept) - 1 + self._waiting_first.size
-        self._waiting_first = _joined(self._waiting_first, first[kept])
         mine = kept[of_label]
-        self._waiting_labels = _joined(self._waiting_labels, labels[mine])
-        self._waiting_of_label = _joined(self._waiting_of_label, waiting_index[of_label[mine]])
+        self._waiting.add(first[kept], labels[mine], (np.cumsum(kept) - 1)[of_label[mine]])
 
     def _number(self) -> None:
         """IDs, in first-voxel order, for every object whose rank nothing can change any more.
@@ -201,8 +197,8 @@ class StreamingMerge:
 
     def _number_before(self, before: int, leader: int | None) -> None:
         """IDs for the waiting objects that start before voxel ``before``, and for open object ``leader``."""
-        due = np.flatnonzero(self._waiting_first < before)
-        firsts = self._waiting_first[due]
+        firsts, labels, of_label = self._waiting.take_before(before)
+        due = firsts.size
         if leader is not None:
             firsts = np.append(firsts, self._open_first[leader])
         if not firsts.size:
@@ -216,22 +212,8 @@ class StreamingMerge:
             mine = self._open_of_label == leader
             self._settle(self._open_labels[mine], np.full(int(mine.sum()), ranks[-1], np.uint64))
             self._open_labels, self._open_of_label = self._open_labels[~mine], self._open_of_label[~mine]
-        if not due.size:
-            return
-        ids = np.zeros(self._waiting_first.size, np.uint64)
-        ids[due] = ranks[: due.size]
-        settled = ids > 0
-        if settled.all():  # every waiting object: no open one before the last of them
-            self._settle(self._waiting_labels, ids[self._waiting_of_label])
-            self._waiting_first = self._waiting_labels = self._waiting_of_label = np.empty(0, np.int64)
-            return
-        now = settled[self._waiting_of_label]
-        self._settle(self._waiting_labels[now], ids[self._waiting_of_label[now]])
-        left = ~settled
-        renumber = np.cumsum(left) - 1
-        self._waiting_first = self._waiting_first[left]
-        self._waiting_labels = self._waiting_labels[~now]
-        self._waiting_of_label = renumber[self._waiting_of_label[~now]]
+        if due:
+            self._settle(labels, ranks[of_label])
 
     def _settle(self, labels: Int64Array, ids: npt.NDArray[np.uint64]) -> None:
         """Final IDs of some labels (global index); blocks left with none unsettled are ready."""
@@ -285,6 +267,62 @@ def components(nodes: int, node_u: Int64Array, node_w: Int64Array) -> tuple[int,
     return int(number[-1]) + 1, number[representative]
 
 
-def _joined(kept: Int64Array, more: Int64Array) -> Int64Array:
-    """``kept`` followed by ``more`` (``more`` itself where nothing is kept: no copy)."""
-    return np.concatenate([kept, more]) if kept.size else more
+class Waiting:
+    """Closed objects waiting for their IDs, in batches (one a slab).
+
+    Objects start waiting in the slab that closes them and are taken, earliest first, once no open
+    object before them can change their rank. Where a structure through many slabs holds them back,
+    millions wait: a slab's work is its own objects and those it takes, and a look at each batch's
+    earliest first voxel (one array of them all, grown and scanned every slab, cost the merge
+    quadratic time).
+    """
+
+    def __init__(self) -> None:
+        # per batch: first voxels, labels (ascending), each label's object (index into the first voxels)
+        self._batches: list[tuple[Int64Array, Int64Array, Int64Array]] = []
+        self._earliest: Int64Array = np.empty(0, np.int64)  # each batch's earliest first voxel
+
+    @property
+    def objects(self) -> int:
+        return sum(first.size for first, _, _ in self._batches)
+
+    def add(self, first: Int64Array, labels: Int64Array, of_label: Int64Array) -> None:
+        """Objects with first voxels ``first``, and their labels (``of_label``: each label's object)."""
+        if first.size:
+            self._batches.append((first, labels, of_label))
+            self._earliest = np.append(self._earliest, first.min())
+
+    def take_before(self, before: int) -> tuple[Int64Array, Int64Array, Int64Array]:
+        """The objects that start before voxel ``before``, no longer waiting: their first voxels, their
+        labels, and each label's object (index into those first voxels)."""
+        firsts, labels, objects = [], [], []
+        taken = 0
+        for index in np.flatnonzero(self._earliest < before).tolist():
+            first, batch_labels, of_label = self._batches[index]
+            due = first < before
+            if due.all():
+                firsts.append(first)
+                labels.append(batch_labels)
+                objects.append(of_label + taken)
+                taken += first.size
+                self._earliest[index] = NO_VOXEL
+                continue
+            now = due[of_label]
+            firsts.append(first[due])
+            labels.append(batch_labels[now])
+            objects.append((np.cumsum(due) - 1)[of_label[now]] + taken)
+            taken += firsts[-1].size
+            left = ~due
+            first = first[left]
+            self._batches[index] = (first, batch_labels[~now], (np.cumsum(left) - 1)[of_label[~now]])
+            self._earliest[index] = first.min()
+        if taken:
+            kept = np.flatnonzero(self._earliest < NO_VOXEL)
+            self._batches = [self._batches[index] for index in kept.tolist()]
+            self._earliest = self._earliest[kept]
+        empty = np.empty(0, np.int64)
+        return (
+            np.concatenate([empty, *firsts]),
+            np.concatenate([empty, *labels]),
+            np.concatenate([empty, *objects]),
+        )

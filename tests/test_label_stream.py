@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.geometry import BlockGrid
-from pipeline.label_stream import StreamingMerge, components
+from pipeline.label_stream import NO_VOXEL, StreamingMerge, Waiting, components
 from pipeline.labels import BlockLabels, Connectivity, merge_labels
 from tests.blockwise import block_reports
 
@@ -120,3 +120,19 @@ def test_components_number_nodes_as_scipy_does(nodes: int, edges: list[tuple[int
     expected_count, expected = scipy.sparse.csgraph.connected_components(graph, directed=False)
     count, component = components(nodes, pairs[:, 0], pairs[:, 1])
     assert count == expected_count and np.array_equal(component, expected)
+
+
+def test_waiting_objects_are_taken_earliest_first_batch_by_batch() -> None:
+    waiting = Waiting()
+    waiting.add(np.array([50, 10, 30], np.int64), np.array([3, 4, 5, 6], np.int64), np.array([1, 0, 2, 1]))
+    waiting.add(np.array([20, 60], np.int64), np.array([8, 9], np.int64), np.array([0, 1]))
+    assert waiting.objects == 5
+    firsts, labels, of_label = waiting.take_before(5)
+    assert firsts.size == labels.size == 0 and waiting.objects == 5
+    firsts, labels, of_label = waiting.take_before(35)  # 10 and 30 of the first batch, 20 of the second
+    assert sorted(firsts.tolist()) == [10, 20, 30]
+    assert sorted(zip(labels.tolist(), firsts[of_label].tolist(), strict=True)) == [(3, 10), (5, 30), (6, 10), (8, 20)]
+    assert waiting.objects == 2
+    firsts, labels, of_label = waiting.take_before(NO_VOXEL)
+    assert sorted(zip(labels.tolist(), firsts[of_label].tolist(), strict=True)) == [(4, 50), (9, 60)]
+    assert waiting.objects == 0
