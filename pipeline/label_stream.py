@@ -197,8 +197,7 @@ class StreamingMerge:
 
     def _number_before(self, before: int, leader: int | None) -> None:
         """IDs for the waiting objects that start before voxel ``before``, and for open object ``leader``."""
-        firsts, labels, of_label = self._waiting.take_before(before)
-        due = firsts.size
+        firsts, pieces = self._waiting.take_before(before)
         if leader is not None:
             firsts = np.append(firsts, self._open_first[leader])
         if not firsts.size:
@@ -212,7 +211,7 @@ class StreamingMerge:
             mine = self._open_of_label == leader
             self._settle(self._open_labels[mine], np.full(int(mine.sum()), ranks[-1], np.uint64))
             self._open_labels, self._open_of_label = self._open_labels[~mine], self._open_of_label[~mine]
-        if due:
+        for labels, of_label in pieces:  # a batch's labels ascending: settled without a sort
             self._settle(labels, ranks[of_label])
 
     def _settle(self, labels: Int64Array, ids: npt.NDArray[np.uint64]) -> None:
@@ -292,25 +291,24 @@ class Waiting:
             self._batches.append((first, labels, of_label))
             self._earliest = np.append(self._earliest, first.min())
 
-    def take_before(self, before: int) -> tuple[Int64Array, Int64Array, Int64Array]:
-        """The objects that start before voxel ``before``, no longer waiting: their first voxels, their
-        labels, and each label's object (index into those first voxels)."""
-        firsts, labels, objects = [], [], []
+    def take_before(self, before: int) -> tuple[Int64Array, list[tuple[Int64Array, Int64Array]]]:
+        """The objects that start before voxel ``before``, no longer waiting: their first voxels, and
+        their labels batch by batch (ascending), each with its object (index into those first voxels)."""
+        firsts: list[Int64Array] = []
+        pieces: list[tuple[Int64Array, Int64Array]] = []
         taken = 0
         for index in np.flatnonzero(self._earliest < before).tolist():
             first, batch_labels, of_label = self._batches[index]
             due = first < before
             if due.all():
                 firsts.append(first)
-                labels.append(batch_labels)
-                objects.append(of_label + taken)
+                pieces.append((batch_labels, of_label + taken))
                 taken += first.size
                 self._earliest[index] = NO_VOXEL
                 continue
             now = due[of_label]
             firsts.append(first[due])
-            labels.append(batch_labels[now])
-            objects.append((np.cumsum(due) - 1)[of_label[now]] + taken)
+            pieces.append((batch_labels[now], (np.cumsum(due) - 1)[of_label[now]] + taken))
             taken += firsts[-1].size
             left = ~due
             first = first[left]
@@ -320,9 +318,4 @@ class Waiting:
             kept = np.flatnonzero(self._earliest < NO_VOXEL)
             self._batches = [self._batches[index] for index in kept.tolist()]
             self._earliest = self._earliest[kept]
-        empty = np.empty(0, np.int64)
-        return (
-            np.concatenate([empty, *firsts]),
-            np.concatenate([empty, *labels]),
-            np.concatenate([empty, *objects]),
-        )
+        return np.concatenate([np.empty(0, np.int64), *firsts]), pieces

@@ -127,12 +127,19 @@ def test_waiting_objects_are_taken_earliest_first_batch_by_batch() -> None:
     waiting.add(np.array([50, 10, 30], np.int64), np.array([3, 4, 5, 6], np.int64), np.array([1, 0, 2, 1]))
     waiting.add(np.array([20, 60], np.int64), np.array([8, 9], np.int64), np.array([0, 1]))
     assert waiting.objects == 5
-    firsts, labels, of_label = waiting.take_before(5)
-    assert firsts.size == labels.size == 0 and waiting.objects == 5
-    firsts, labels, of_label = waiting.take_before(35)  # 10 and 30 of the first batch, 20 of the second
-    assert sorted(firsts.tolist()) == [10, 20, 30]
-    assert sorted(zip(labels.tolist(), firsts[of_label].tolist(), strict=True)) == [(3, 10), (5, 30), (6, 10), (8, 20)]
+
+    def taken(before: int) -> list[tuple[int, int]]:
+        firsts, pieces = waiting.take_before(before)
+        for labels, _ in pieces:
+            assert np.all(labels[1:] > labels[:-1])  # ascending, as added
+        return sorted(
+            (int(label), int(firsts[of]))
+            for labels, of_label in pieces
+            for label, of in zip(labels, of_label)
+        )
+
+    assert taken(5) == [] and waiting.objects == 5
+    assert taken(35) == [(3, 10), (5, 30), (6, 10), (8, 20)]  # 10 and 30 of the first batch, 20 of the second
     assert waiting.objects == 2
-    firsts, labels, of_label = waiting.take_before(NO_VOXEL)
-    assert sorted(zip(labels.tolist(), firsts[of_label].tolist(), strict=True)) == [(4, 50), (9, 60)]
+    assert taken(NO_VOXEL) == [(4, 50), (9, 60)]
     assert waiting.objects == 0
