@@ -1,14 +1,11 @@
-"""What the end-to-end bench says about where time went: the stages still running after the last
-block was predicted (from Dask's task stream), and the CPU of threads of no known role."""
+"""The end-to-end bench's tail: which stages still ran after the last block was predicted, read from
+Dask's task stream."""
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 from pipeline.bench_tail import stage_of, tail_by_stage
-from pipeline.cpu_time import os_thread_name, other_threads_cpu_seconds
 
 RUN = "7ec25d5f-5da9-48e9-bb36-a1e2e86a0dcb"
 
@@ -44,24 +41,3 @@ def test_stages_still_running_after_the_last_predict_with_their_first_start_and_
         "relabel": {"tasks": 1, "first_start": 1.0, "last_stop": 2.0, "longest": 1.0},
     }
     assert tail_by_stage(stream[2:]) == {}  # no predict task recorded
-
-
-def test_threads_of_no_known_role_are_counted_by_name() -> None:
-    """A busy thread named by nobody we know shows under its name; the main thread is Dask's loop."""
-    stop = threading.Event()
-
-    def spin() -> None:
-        while not stop.is_set():
-            sum(range(1000))
-
-    spinner = threading.Thread(target=spin, name="spinner-for-the-test")
-    spinner.start()
-    try:
-        time.sleep(0.3)
-        seconds = other_threads_cpu_seconds()
-    finally:
-        stop.set()
-        spinner.join()
-    assert seconds["spinner-for-the-test"] > 0.05
-    assert "MainThread" not in seconds
-    assert os_thread_name(threading.get_native_id()) != "?"  # Linux names every thread

@@ -43,6 +43,15 @@ def stand_in_control(folder: Path, exit_code: int = 0, message: str = "", body: 
     return folder / "calls.log"
 
 
+def control_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, str | None]]:
+    """The stand-in control program first on PATH, no daemon of an operator's: its calls log, and
+    what each worker of the next cluster sees (:func:`workers_environment`)."""
+    calls = stand_in_control(tmp_path / "bin")
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv(PIPE, raising=False)
+    return calls, workers_environment(monkeypatch)
+
+
 def workers_environment(monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None]:
     """The GPU check of a cuda run replaced by a record of each worker's MPS pipe folder."""
     seen: dict[str, str | None] = {}
@@ -57,10 +66,7 @@ def workers_environment(monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None
 def test_the_workers_run_under_a_daemon_started_for_the_cluster_and_quit_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = stand_in_control(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.delenv(PIPE, raising=False)
-    seen = workers_environment(monkeypatch)
+    calls, seen = control_on_path(tmp_path, monkeypatch)
     with open_client(CONFIG, device="cuda", forward_logs=False) as client:
         started = calls.read_text().splitlines()
         assert cluster_shape(client)["workers_under_mps"] == 2  # the run record says so
@@ -136,10 +142,7 @@ AUTO = ClusterConfig(workers=2, threads_per_worker=1, memory_limit="1GiB")  # cl
 def test_auto_starts_a_daemon_where_workers_share_a_gpu_and_none_for_one_worker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls = stand_in_control(tmp_path / "bin")
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.delenv(PIPE, raising=False)
-    seen = workers_environment(monkeypatch)
+    calls, seen = control_on_path(tmp_path, monkeypatch)
     assert AUTO.mps == "auto"
     with open_client(AUTO, device="cuda", forward_logs=False) as client:
         assert cluster_shape(client)["workers_under_mps"] == 2
