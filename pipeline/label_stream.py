@@ -244,14 +244,7 @@ def components(nodes: int, node_u: Int64Array, node_w: Int64Array) -> tuple[int,
     """
     if not node_u.size:
         return nodes, np.arange(nodes, dtype=np.int64)
-    ends = np.concatenate([node_u, node_w])
-    order = np.argsort(ends, kind="stable")
-    step = np.empty(ends.size, bool)
-    step[0] = True
-    np.not_equal(ends[order][1:], ends[order][:-1], out=step[1:])
-    involved = ends[order][step]  # ascending
-    inverse = np.empty(ends.size, np.int64)
-    inverse[order] = np.cumsum(step) - 1
+    involved, inverse = np.unique(np.concatenate([node_u, node_w]), return_inverse=True)  # by a sort
     graph = scipy.sparse.coo_matrix(
         (np.ones(node_u.size, np.int8), (inverse[: node_u.size], inverse[node_u.size :])),
         shape=(involved.size, involved.size),
