@@ -604,17 +604,17 @@ def _peak_rss_bytes() -> int:
 def worker_cpu_seconds(client: Client) -> dict[str, float]:
     """CPU seconds the workers' live threads have used so far, summed over workers per role
     (:mod:`pipeline.cpu_time`)."""
-    totals = dict.fromkeys(ROLES, 0.0)
-    for seconds in client.run(cpu_seconds_by_role, on_error="ignore").values():
-        for name, value in seconds.items():
-            totals[name] += value
-    return totals
+    return {**dict.fromkeys(ROLES, 0.0), **_summed_over_workers(client, cpu_seconds_by_role)}
 
 
 def worker_other_threads_cpu_seconds(client: Client) -> dict[str, float]:
     """CPU seconds of the workers' threads of no known role, summed over workers by thread name."""
+    return _summed_over_workers(client, other_threads_cpu_seconds)
+
+
+def _summed_over_workers(client: Client, reading: Callable[[], dict[str, float]]) -> dict[str, float]:
     totals: dict[str, float] = {}
-    for seconds in client.run(other_threads_cpu_seconds, on_error="ignore").values():
+    for seconds in client.run(reading, on_error="ignore").values():
         for name, value in seconds.items():
             totals[name] = totals.get(name, 0.0) + value
     return totals

@@ -10,6 +10,7 @@ loop and codec threads, and Dask's own event loop.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import psutil
 
@@ -47,11 +48,17 @@ def cpu_seconds_by_role() -> dict[str, float]:
     Live threads are read; of those that ended, only what they reported (:func:`count_ended_thread`)
     is known. A worker's Dask, Zarr and batcher threads live as long as it does.
     """
-    names = {thread.native_id: thread.name for thread in threading.enumerate()}
     totals = dict(_ENDED)
-    for thread in psutil.Process().threads():
-        totals[role(names.get(thread.id, ""))] += thread.user_time + thread.system_time
+    for _, name, seconds in _live_threads():
+        totals[role(name)] += seconds
     return totals
+
+
+def _live_threads() -> Iterator[tuple[int, str, float]]:
+    """This process's live threads: OS id, Python name ("" for threads started outside Python), CPU seconds."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    for thread in psutil.Process().threads():
+        yield thread.id, names.get(thread.id, ""), thread.user_time + thread.system_time
 
 
 def other_threads_cpu_seconds() -> dict[str, float]:
@@ -60,13 +67,11 @@ def other_threads_cpu_seconds() -> dict[str, float]:
     Threads started outside Python (CUDA's, torch's, OpenMP's) have no Python name; on Linux their
     own name (``/proc/self/task/<id>/comm``) or the process's says what they are.
     """
-    names = {thread.native_id: thread.name for thread in threading.enumerate()}
     totals: dict[str, float] = {}
-    for thread in psutil.Process().threads():
-        if role(names.get(thread.id, "")) != "other":
-            continue
-        name = names.get(thread.id) or os_thread_name(thread.id)
-        totals[name] = totals.get(name, 0.0) + thread.user_time + thread.system_time
+    for thread_id, name, seconds in _live_threads():
+        if role(name) == "other":
+            name = name or os_thread_name(thread_id)
+            totals[name] = totals.get(name, 0.0) + seconds
     return totals
 
 
