@@ -124,6 +124,8 @@ class UNet(nn.Module):
                 fan_in = module.in_channels * math.prod(module.kernel_size)
             else:
                 continue
+            if module.weight.is_meta:  # built to be loaded (a checkpoint's): no values to draw
+                continue
             nn.init.normal_(module.weight, mean=0.0, std=math.sqrt(2.0 / fan_in))
             assert module.bias is not None
             nn.init.zeros_(module.bias)
