@@ -192,6 +192,7 @@ def measure_end_to_end(
             stage: values["started_after_seconds"] for stage, values in record["stages"].items()
         },
         "predict_worker_seconds": predict["worker_seconds"],
+        "predict_worker_cpu_seconds": predict["worker_cpu_seconds"],  # the task threads' own, same sections
         "cpu_seconds": cpu,  # by role, workers summed (pipeline.cpu_time); the driver's whole process
         "other_threads_cpu_seconds": dict(  # role "other" by thread name, the largest
             sorted(
@@ -358,6 +359,13 @@ def table(report: dict[str, Any]) -> str:
                 f"CPU seconds: {roles}; outside the network {e2e['host_cpu_seconds_per_mpix']:.4f} per Mpix, "
                 f"{e2e['host_cores_at_model_only_rate']:.2f} cores at the model-only rate"
             )
+        if e2e.get("predict_worker_cpu_seconds"):
+            cpu = e2e["predict_worker_cpu_seconds"]
+            sections = ", ".join(
+                f"{name} {seconds:.2f} ({cpu.get(name, 0.0):.2f})"
+                for name, seconds in e2e["predict_worker_seconds"].items()
+            )
+            lines.append(f"predict tasks, seconds summed over blocks (the task thread's CPU): {sections}")
         if (e2e.get("shared_cores_ceiling") or 1.0) < 1.0:
             lines.append(
                 f"the host work shares the cores with the network: end to end at most "

@@ -150,42 +150,55 @@ class BlockReport:
     seconds: dict[str, float] = field(default_factory=dict)
     worker: str = ""
     payload: dict[str, npt.NDArray[Any]] = field(default_factory=dict)  # small: per object, not per voxel
+    cpu_seconds: dict[str, float] = field(default_factory=dict)  # the task thread's own in each of seconds
+
+
+class Sections:
+    """Wall and task-thread CPU seconds of a task's consecutive sections: where a block's time goes,
+    and how much of it the thread computed rather than waited (for the GIL, the device, its files)."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._wall, self._cpu = time.perf_counter(), time.thread_time()
+
+    def end(self, name: str) -> None:
+        """The section since the previous end (or the start) is ``name``'s."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        self.wall[name], self.cpu[name] = wall - self._wall, cpu - self._cpu
+        self._wall, self._cpu = wall, cpu
 
 
 def predict_block(task: PredictTask) -> BlockReport:
     """Predict one block, write its probability shards and local labels, mark it done."""
-    waited = time.perf_counter()
+    sections = Sections()
     batcher = worker_batcher(task.checkpoint, task.profile)  # the first block of a worker loads the model
-    started = time.perf_counter()
+    sections.end("model")
     model = batcher.model
     block, tile = task.block, task.tile
     read = block.read_roi(tile, model.geometry.halo)
     rows, cols = (read.start[1], read.stop[1]), (read.start[2], read.stop[2])
     windows = [read_input(task.input, array, block.planes, rows, cols) for array in reopen_input(task.input)]
-    read_done = time.perf_counter()
+    sections.end("read")
     channels = [stats.apply(window) for stats, window in zip(task.stats, windows, strict=True)]
     del windows
     normalised = (
         channels[0][:, np.newaxis] if len(channels) == 1 else np.stack(channels, axis=1)
     )  # (P, C, H+2h, W+2h)
-    loaded = time.perf_counter()
+    sections.end("normalise")
     probabilities = predict_padded(
         batcher, normalised, tile, shard_tiles=task.shard_tiles
     )  # all but background
     write = block.write_roi(task.volume_shape, tile)
     height, width = write.shape[1:]
     foreground = _foreground(probabilities)[:, :height, :width]
-    predicted = time.perf_counter()
+    sections.end("predict")
     write_region(task.output_url, task.target, write, encode_probability(foreground, task.output_dtype))
-    seconds = {
-        "model": started - waited,
-        "read": read_done - started,
-        "normalise": loaded - read_done,
-        "predict": predicted - loaded,
-    }
-    payload = _label(task.output_url, task.labels, foreground, write, task.volume_shape, seconds, predicted)
+    payload = _label(task.output_url, task.labels, foreground, write, task.volume_shape, sections)
     write_marker(task.output_url, "predict", block.block_id, payload)
-    return BlockReport("predict", block.block_id, write.size, seconds, worker_name(), payload)
+    return BlockReport(
+        "predict", block.block_id, write.size, sections.wall, worker_name(), payload, sections.cpu
+    )
 
 
 def _foreground(probabilities: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -209,7 +222,7 @@ def read_input(
 
 def resample_block(task: ResampleTask) -> BlockReport:
     """Write one block of the output's grid from the model-grid foreground (bilinear), label it, mark it."""
-    started = time.perf_counter()
+    sections = Sections()
     write = task.block.write_roi(task.volume_shape, task.tile)
     scratch = output_array(task.output_url, SCRATCH_PROBABILITY)
     model_grid = VolumeArray(scratch, merge_time=scratch.ndim == 4)
@@ -219,12 +232,13 @@ def resample_block(task: ResampleTask) -> BlockReport:
     foreground = (
         seen[(slice(write.start[0], write.stop[0]), *index)] if seen.ndim == 3 else seen[index][np.newaxis]
     )
-    resampled = time.perf_counter()
+    sections.end("resample")
     write_region(task.output_url, "s0", write, encode_probability(foreground, task.output_dtype))
-    seconds = {"resample": resampled - started}
-    payload = _label(task.output_url, task.labels, foreground, write, task.volume_shape, seconds, resampled)
+    payload = _label(task.output_url, task.labels, foreground, write, task.volume_shape, sections)
     write_marker(task.output_url, "resample", task.block.block_id, payload)
-    return BlockReport("resample", task.block.block_id, write.size, seconds, worker_name(), payload)
+    return BlockReport(
+        "resample", task.block.block_id, write.size, sections.wall, worker_name(), payload, sections.cpu
+    )
 
 
 def _label(
@@ -233,22 +247,19 @@ def _label(
     foreground: npt.NDArray[np.float32],
     write: Roi,
     volume_shape: tuple[int, int, int],
-    seconds: dict[str, float],
-    since: float,
+    sections: Sections,
 ) -> dict[str, npt.NDArray[Any]]:
     """Local labels of a block's foreground into the scratch array; their summary for the merge."""
+    sections.end("write")
     if rule is None:
-        seconds["write"] = time.perf_counter() - since
         return {}
-    written = time.perf_counter()
     local, summary = label_block(foreground >= rule.threshold, write.start, volume_shape, rule.connectivity)
     for level in range(rule.scratch_levels + 1):
         step = 2**level
         write_region(output_url, scratch_labels_path(level), level_roi(write, step), local[:, ::step, ::step])
     if rule.edges is not None:
         _write_edge_lines(output_url, local, write, rule.edges)
-    seconds["label"] = time.perf_counter() - written
-    seconds["write"] = written - since
+    sections.end("label")
     return summary.to_arrays()
 
 
@@ -270,7 +281,7 @@ def _write_edge_lines(
 
 def contact_block(task: ContactTask) -> BlockReport:
     """Pairs of local labels touching across this block's faces; marks the block done."""
-    started = time.perf_counter()
+    sections = Sections()
     shape = task.grid.volume_shape
     write = task.block.write_roi(shape, task.grid.tile)
     scratch = output_array(task.output_url, SCRATCH_LABELS)
@@ -283,8 +294,10 @@ def contact_block(task: ContactTask) -> BlockReport:
         )
     pairs = unique_rows(np.concatenate(found))
     write_marker(task.output_url, "contacts", task.block.block_id, {"pairs": pairs})
-    seconds = {"contacts": time.perf_counter() - started}
-    return BlockReport("contacts", task.block.block_id, 0, seconds, worker_name(), {"pairs": pairs})
+    sections.end("contacts")
+    return BlockReport(
+        "contacts", task.block.block_id, 0, sections.wall, worker_name(), {"pairs": pairs}, sections.cpu
+    )
 
 
 def _slab_reader(task: ContactTask, scratch: Any) -> Callable[[Box], npt.NDArray[np.uint32]]:
@@ -308,13 +321,14 @@ def _slab_reader(task: ContactTask, scratch: Any) -> Callable[[Box], npt.NDArray
 
 def relabel_block(task: RelabelTask) -> BlockReport:
     """Write this block's global label IDs from its local labels; marks the block done."""
-    started = time.perf_counter()
+    sections = Sections()
     write = task.block.write_roi(task.grid.volume_shape, task.grid.tile)
     local = read_region(output_array(task.output_url, SCRATCH_LABELS), write)
     write_region(task.output_url, task.target, write, relabel(local, task.mapping, task.dtype))
     write_marker(task.output_url, "relabel", task.block.block_id)
+    sections.end("relabel")
     return BlockReport(
-        "relabel", task.block.block_id, write.size, {"relabel": time.perf_counter() - started}, worker_name()
+        "relabel", task.block.block_id, write.size, sections.wall, worker_name(), cpu_seconds=sections.cpu
     )
 
 
@@ -324,7 +338,7 @@ def label_level_block(task: LabelLevelTask) -> BlockReport:
 
     The same voxels as relabel followed by ``level`` nearest halvings, without waiting for either.
     """
-    started = time.perf_counter()
+    sections = Sections()
     step = 2**task.level
     roi = task.roi
     scratch = output_array(task.output_url, scratch_labels_path(task.level if task.subsampled else 0))
@@ -349,13 +363,13 @@ def label_level_block(task: LabelLevelTask) -> BlockReport:
         level[tuple(slice(a, a + n) for a, n in zip(at, local.shape))] = relabel(local, mapping, task.dtype)
     write_region(task.output_url, task.target, roi, level)
     write_marker(task.output_url, task.stage, task.block_id)
-    seconds = {"downsample": time.perf_counter() - started}
-    return BlockReport(task.stage, task.block_id, roi.size, seconds, worker_name())
+    sections.end("downsample")
+    return BlockReport(task.stage, task.block_id, roi.size, sections.wall, worker_name(), cpu_seconds=sections.cpu)
 
 
 def pyramid_block(task: PyramidTask) -> BlockReport:
     """Write one shard of a lower-resolution level from the level above it."""
-    started = time.perf_counter()
+    sections = Sections()
     roi = task.roi
     _, source_height, source_width = task.source_shape
     fine = read_region(
@@ -368,8 +382,8 @@ def pyramid_block(task: PyramidTask) -> BlockReport:
     coarse = downsample_mean(fine) if task.method == "mean" else downsample_nearest(fine)
     write_region(task.output_url, task.target, roi, coarse)
     write_marker(task.output_url, task.stage, task.block_id)
-    seconds = {"downsample": time.perf_counter() - started}
-    return BlockReport(task.stage, task.block_id, roi.size, seconds, worker_name())
+    sections.end("downsample")
+    return BlockReport(task.stage, task.block_id, roi.size, sections.wall, worker_name(), cpu_seconds=sections.cpu)
 
 
 def level_roi(roi: Roi, step: int) -> Roi:

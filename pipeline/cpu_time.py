@@ -3,8 +3,9 @@
 A run's wall time on a saturated machine is its CPU time over the cores;
 the bench splits a worker's CPU time into the network (the device batcher's
 thread: the forward passes on CPU, their launches on a GPU), the block tasks
-(reading, labelling, contacts, pyramids: Dask's task threads), Zarr's event
-loop and codec threads, and Dask's own event loop.
+(reading, labelling, contacts, pyramids: Dask's task threads), the threads
+that read and write the tasks' local files, Zarr's event loop and codec
+threads, and Dask's own event loop.
 """
 
 from __future__ import annotations
@@ -16,14 +17,16 @@ import psutil
 
 from pipeline.zarr_direct import FILE_THREADS
 
-ROLES = ("network", "block tasks", "zarr event loop", "zarr codecs", "dask event loop", "other")
+ROLES = ("network", "block tasks", "file threads", "zarr event loop", "zarr codecs", "dask event loop", "other")
 
 
 def role(thread_name: str) -> str:
     if thread_name == "unet-device-batcher":
         return "network"
-    if "Dask-Default-Threads" in thread_name or thread_name.startswith(FILE_THREADS):
-        return "block tasks"  # and the threads that read and write their files
+    if "Dask-Default-Threads" in thread_name:
+        return "block tasks"
+    if thread_name.startswith(FILE_THREADS):
+        return "file threads"
     if thread_name == "zarr_io":
         return "zarr event loop"
     if thread_name.startswith(("asyncio_", "zarr_pool")):

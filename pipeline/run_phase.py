@@ -60,6 +60,7 @@ def run_phase(
     workers = max(1, len(client.scheduler_info(n_workers=-1)["workers"]))
     reports: Reports = {stage: {} for stage in stages}
     seconds: dict[str, dict[str, float]] = {stage: {} for stage in stages}
+    cpu_seconds: dict[str, dict[str, float]] = {stage: {} for stage in stages}
     totals = {stage: graph.stages[stage].computed for stage in stages}
     try:
         with stages_progress(totals, enabled=plan.request.show_progress) as bars:
@@ -81,6 +82,7 @@ def run_phase(
                 stages.extend(new)
                 reports.update({stage: {} for stage in new})
                 seconds.update({stage: {} for stage in new})
+                cpu_seconds.update({stage: {} for stage in new})
                 bars.add({stage: graph.stages[stage].computed - before.get(stage, 0) for stage in joining})
 
             def tell_predicted() -> None:
@@ -91,8 +93,9 @@ def run_phase(
                 if turn is not None:
                     turn.raise_if_interrupted()
                 reports[job.stage][report.block_id] = report
-                for name, value in report.seconds.items():
-                    seconds[job.stage][name] = seconds[job.stage].get(name, 0.0) + value
+                for sums, values in ((seconds[job.stage], report.seconds), (cpu_seconds[job.stage], report.cpu_seconds)):
+                    for name, value in values.items():
+                        sums[name] = sums.get(name, 0.0) + value
                 bars.advance(job.stage, report.pixels)
                 if job.stage == "predict":
                     tell_predicted()
@@ -129,6 +132,8 @@ def run_phase(
                 "pixels": pixels,
                 "mpix_per_second": round(pixels / 1e6 / wall, 3) if wall > 0 and pixels else None,
                 "worker_seconds": {name: round(value, 3) for name, value in seconds[stage].items()},
+                # of those, the task threads' own CPU (what was not waiting), where a task times its sections
+                "worker_cpu_seconds": {name: round(value, 3) for name, value in cpu_seconds[stage].items()},
             }
         if "predict" in stages:
             record["blocks"]["done"] = graph.stages["predict"].blocks

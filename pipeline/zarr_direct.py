@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover
 
 T = TypeVar("T")
 R = TypeVar("R")
-FILE_THREADS = "zarr-direct-files"  # the local files' threads; their CPU time is the block tasks'
+FILE_THREADS = "zarr-direct-files"  # the local files' threads (a CPU-time role of their own)
 EMPTY = np.uint64(2**64 - 1)  # offset and length of an inner chunk the shard does not hold
 BLOSC_SHUFFLES = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
 

@@ -54,6 +54,13 @@ def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> No
     assert e2e["fraction_of_model_only"] == pytest.approx(end_to_end / ((before + after) / 2), abs=6e-4)
     assert e2e["cold_mpix_per_second"] < e2e["mpix_per_second"] and e2e["cluster_start_seconds"] > 0
     assert set(e2e["predict_worker_seconds"]) >= {"read", "normalise", "predict", "write", "label"}
+    # the task thread's own CPU in each section: never more than the section's wall (a clock tick of slack)
+    assert set(e2e["predict_worker_cpu_seconds"]) == set(e2e["predict_worker_seconds"])
+    assert all(
+        0 <= e2e["predict_worker_cpu_seconds"][name] <= seconds + 0.011
+        for name, seconds in e2e["predict_worker_seconds"].items()
+    )
+    assert "predict tasks, seconds summed over blocks (the task thread's CPU): model" in result.output
     # the run's wall is the time before the first block, the predict stage, and the time after its last
     head, tail = e2e["before_first_block_seconds"], e2e["after_last_block_seconds"]
     assert head > 0 and tail > 0  # the set-up, and relabel with the pyramids' last levels

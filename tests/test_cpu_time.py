@@ -30,10 +30,11 @@ def test_thread_names_map_to_roles(name: str, expected: str) -> None:
     assert role(name) == expected
 
 
-def test_the_threads_of_local_files_count_as_block_tasks() -> None:
-    """zarr_direct reads and writes a block's local files in threads of its own: the block's work."""
+def test_the_threads_of_local_files_have_a_role_of_their_own() -> None:
+    """zarr_direct reads and writes a block's local files in threads of its own, counted apart from the
+    task threads: a task's file IO beside its computing."""
     name = zarr_direct._file_threads().submit(lambda: threading.current_thread().name).result()
-    assert role(name) == "block tasks"
+    assert role(name) == "file threads"
 
 
 @contextmanager
