@@ -25,6 +25,8 @@
 #      use it); "run sha256" equal to step 2's: MPS changes no bits,
 #  17. compose's way: `dask scheduler`, `unet-pipeline cluster workers` (8 per GPU, under MPS), then
 #      `segment --cluster tcp://` of 8 x 4656² with the demo model (DEVICE=cpu MPS_FLAG= tries it on a CPU).
+#  18. step 11 under py-spy (its wheel carried in .whl), summarised by benchmarks/profile_summary.py: which code
+#      of the workers' block tasks, file threads and batchers uses the host's CPU.
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
 # Since 2026-11-27 (the H200 session) cluster.mps is auto: the end-to-end steps' 8 GPU-sharing workers run
 # under MPS where nvidia-cuda-mps-control is on PATH (bench prints "under MPS"); earlier sessions' figures of
@@ -146,6 +148,18 @@ for step in $STEPS; do
     echo "== 15. end to end on one volume, cluster shapes ${SHAPES:-12x2:mps,8x3:mps,8x2}, ${WEIGHTS:-demo} weights"
     timeout 290 python3 benchmarks/gpu_cluster_shapes.py --shapes "${SHAPES:-12x2:mps,8x3:mps,8x2}" --weights "${WEIGHTS:-demo}" \
       --json "$OUT/cluster-shapes-gpu.json" 2>&1 | grep -v INFO | tail -12
+    ;;
+  18)
+    echo "== 18. step 11 under py-spy (50 samples a second, native frames): where the host's CPU goes"
+    if [[ -x /tmp/site/bin/py-spy ]]; then
+      timeout 200 /tmp/site/bin/py-spy record --subprocesses --native --rate 50 --format raw \
+        -o "$OUT/pyspy-e2e-demo.txt" -- "${bench[@]}" "${e2e[@]}" --workers 8 --tasks-per-worker 2 \
+        --e2e-weights demo --json "$OUT/bench-gpu-e2e-pyspy.json" 2>&1 | grep -v INFO | tail -8
+      python3 benchmarks/profile_summary.py "$OUT/pyspy-e2e-demo.txt" --top 12 \
+        --json "$OUT/pyspy-e2e-demo-summary.json" | head -90
+    else
+      echo "no py-spy: carry its wheel in .whl (pip download --no-deps --only-binary=:all: py-spy)"
+    fi
     ;;
   16)
     echo "== 16. exactness under MPS"
