@@ -93,6 +93,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
     summary = summarise(args.raw, args.top)
+    if args.json:  # first: a reader that stops early (head) leaves it whole
+        args.json.write_text(json.dumps(summary, indent=1))
     for name, group in summary.items():
         print(
             f"== {name}: {group['active_samples']} active samples ({group['share_of_all_active']:.0%} of all), "
@@ -101,9 +103,7 @@ def main() -> None:
         for heading in ("ours", "innermost"):
             print(f"  {heading}:")
             for frame, share in group[heading].items():
-                print(f"    {share:6.1%}  {frame}")
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=1))
+                print(f"    {share:6.1%}  {frame[:140]}")
 
 
 if __name__ == "__main__":
