@@ -364,7 +364,9 @@ def label_level_block(task: LabelLevelTask) -> BlockReport:
     write_region(task.output_url, task.target, roi, level)
     write_marker(task.output_url, task.stage, task.block_id)
     sections.end("downsample")
-    return BlockReport(task.stage, task.block_id, roi.size, sections.wall, worker_name(), cpu_seconds=sections.cpu)
+    return BlockReport(
+        task.stage, task.block_id, roi.size, sections.wall, worker_name(), cpu_seconds=sections.cpu
+    )
 
 
 def pyramid_block(task: PyramidTask) -> BlockReport:
@@ -383,7 +385,9 @@ def pyramid_block(task: PyramidTask) -> BlockReport:
     write_region(task.output_url, task.target, roi, coarse)
     write_marker(task.output_url, task.stage, task.block_id)
     sections.end("downsample")
-    return BlockReport(task.stage, task.block_id, roi.size, sections.wall, worker_name(), cpu_seconds=sections.cpu)
+    return BlockReport(
+        task.stage, task.block_id, roi.size, sections.wall, worker_name(), cpu_seconds=sections.cpu
+    )
 
 
 def level_roi(roi: Roi, step: int) -> Roi:

@@ -93,7 +93,10 @@ def run_phase(
                 if turn is not None:
                     turn.raise_if_interrupted()
                 reports[job.stage][report.block_id] = report
-                for sums, values in ((seconds[job.stage], report.seconds), (cpu_seconds[job.stage], report.cpu_seconds)):
+                for sums, values in (
+                    (seconds[job.stage], report.seconds),
+                    (cpu_seconds[job.stage], report.cpu_seconds),
+                ):
                     for name, value in values.items():
                         sums[name] = sums.get(name, 0.0) + value
                 bars.advance(job.stage, report.pixels)
