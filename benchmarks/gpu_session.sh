@@ -27,21 +27,25 @@
 #      `segment --cluster tcp://` of 8 x 4656² with the demo model (DEVICE=cpu MPS_FLAG= tries it on a CPU).
 #  18. step 11 under py-spy (its wheel carried in .whl), summarised by benchmarks/profile_summary.py: which code
 #      of the workers' block tasks, file threads and batchers uses the host's CPU.
+#  19. step 11 with the compiled fp16 profile (the model compiled in the driver for the model-only figure first,
+#      so the workers find inductor's cache filled).
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
 # Since 2026-11-27 (the H200 session) cluster.mps is auto: the end-to-end steps' 8 GPU-sharing workers run
 # under MPS where nvidia-cuda-mps-control is on PATH (bench prints "under MPS"); earlier sessions' figures of
 # steps 4, 8, 9, 11 and 14 were without. bench's JSON now holds tail_by_stage and finish_seconds: what ran
 # after the last predict task; since 2026-11-28 also each predict section's task-thread CPU beside its wall
-# (predict_worker_cpu_seconds) and a "file threads" CPU role. The default steps (2 11 18 15: exactness, end
-# to end with cells, the same under py-spy, cluster shapes) take about 7 minutes after the machine starts (2
-# about 50 s, 11 about 100 s, 18 about 130 s, 15 with three shapes about 140 s); speckle (4) left them on
-# 2026-11-28: its labels are a worst case, and the target is read on cells. Step 7 (max-autotune) did not finish in 200 s on 2026-11-27 and now
+# (predict_worker_cpu_seconds) and a "file threads" CPU role, and bench times the second acquisition on its
+# cluster (a one-block one first: the workers' model loaded, and compiled; --no-warm-up for the first). The
+# default steps (11 19 18 2: end to end with cells, the same compiled, the same under py-spy, exactness) take
+# about 8 minutes after the machine starts (11 about 100 s, 19 about 180 s, 18 about 130 s, 2 about 50 s);
+# speckle (4) and the cluster shapes (15) left them on 2026-11-28: speckle's labels are a worst case, the
+# target is read on cells, and 15 ran on 2026-11-27. Step 7 (max-autotune) did not finish in 200 s on 2026-11-27 and now
 # has 420 s: it does not fit a 15-minute session beside the defaults; run it alone (or with 2) in a session of
 # its own. Earlier sessions ran 0 4 11 8 9 2 13, 14 12 5 10, 0 2 4 14 11, 15 7 and 2 16 15 17 (docs/benchmarks.md).
 # Run from the repository root with the wheels in .whl (the list: docs/benchmarks.md).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
-STEPS=${STEPS:-2 11 18 15}
+STEPS=${STEPS:-11 19 18 2}
 VARIANTS=${VARIANTS:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -162,6 +166,12 @@ for step in $STEPS; do
     else
       echo "no py-spy: carry its wheel in .whl (pip download --no-deps --only-binary=:all: py-spy)"
     fi
+    ;;
+  19)
+    echo "== 19. end to end with a compiled profile (fp16 b16: a batch holds one shard's 16 windows), cells"
+    timeout 300 "${bench[@]}" --seconds 2 --profiles bf16:cl:eager:16 --e2e-profile fp16:cl:compiled:16 \
+      --e2e-shape 64x4656x4656 --block-tiles 4 --block-planes 4 --workers 8 --tasks-per-worker 2 \
+      --e2e-weights demo --json "$OUT/bench-gpu-e2e-compiled.json" 2>&1 | grep -v INFO | tail -8
     ;;
   16)
     echo "== 16. exactness under MPS"

@@ -76,21 +76,26 @@ class BenchSettings:
     e2e_weights: str = "random"  # random | demo (the shipped model, cells: widened to base_channels)
     e2e_mps: bool | str = "auto"  # the end-to-end run's workers under an NVIDIA MPS daemon (cluster.mps)
     profiles: tuple[BenchProfile, ...] = ()  # explicit list instead of the matrix (the naive one is added)
+    e2e_profile: BenchProfile | None = (
+        None  # the end-to-end run's (measured model-only too); None: fastest eager
+    )
+    e2e_warm_up: bool = True  # a one-block acquisition first: the workers' model loaded (and compiled)
 
 
 def profiles(settings: BenchSettings) -> list[BenchProfile]:
     """The naive profile first, then every dtype x layout x batch size (x compiled), no repeats."""
     found = [NAIVE]
     if settings.profiles:
-        return found + [profile for profile in settings.profiles if profile != NAIVE]
-    for dtype in settings.dtypes:
-        for channels_last in settings.layouts:
-            for batch in settings.batch_sizes:
-                for compiled in (False, True) if settings.compile else (False,):
-                    profile = BenchProfile(dtype, channels_last, compiled, batch)
-                    if profile not in found:
-                        found.append(profile)
-    return found
+        found += [profile for profile in settings.profiles if profile != NAIVE]
+    else:
+        for dtype in settings.dtypes:
+            for channels_last in settings.layouts:
+                for batch in settings.batch_sizes:
+                    for compiled in (False, True) if settings.compile else (False,):
+                        found.append(BenchProfile(dtype, channels_last, compiled, batch))
+    if settings.e2e_profile is not None and settings.e2e_shape is not None:
+        found.append(settings.e2e_profile)  # its model-only rate is what the run is held against
+    return list(dict.fromkeys(found))
 
 
 def bench_model(settings: BenchSettings, seed: int = 0) -> UNet:

@@ -60,6 +60,19 @@ from pipeline.errors import InputError
     "to --base-channels (the same function at that width's cost).",
 )
 @click.option(
+    "--e2e-profile",
+    help="dtype:layout:mode:batch of the end-to-end run, e.g. fp16:cl:compiled:32 (measured model-only too; "
+    "default: the fastest eager profile).",
+)
+@click.option(
+    "--warm-up/--no-warm-up",
+    default=True,
+    show_default=True,
+    help="End to end: a one-block acquisition first on the same cluster, so the timed run finds the model "
+    "loaded (and compiled) in every worker, as a nightly run's later acquisitions do; --no-warm-up: the "
+    "cluster's first acquisition.",
+)
+@click.option(
     "--mps/--no-mps",
     default=None,
     help="End to end: the workers under an NVIDIA MPS daemon, or not (cluster.mps; cuda only; default: auto, "
@@ -86,6 +99,8 @@ def bench_command(
     block_tiles: int,
     block_planes: int,
     e2e_weights: str,
+    e2e_profile: str | None,
+    warm_up: bool,
     mps: bool | None,
     json_path: Path | None,
 ) -> None:
@@ -98,6 +113,10 @@ def bench_command(
         chosen = tuple(BenchProfile.parse(text) for text in profile_list.split(",")) if profile_list else ()
     except ValueError as error:
         raise InputError(f"--profiles: {error}") from None
+    try:
+        end_to_end = BenchProfile.parse(e2e_profile) if e2e_profile else None
+    except ValueError as error:
+        raise InputError(f"--e2e-profile: {error}") from None
     settings = BenchSettings(
         device=device,
         base_channels=base_channels or (64 if gpu else 16),
@@ -120,6 +139,8 @@ def bench_command(
         e2e_weights=e2e_weights,
         e2e_mps="auto" if mps is None else mps,
         profiles=chosen,
+        e2e_profile=end_to_end,
+        e2e_warm_up=warm_up,
     )
     unknown = set(settings.dtypes) - set(DTYPE_NAMES)
     if unknown:

@@ -92,12 +92,13 @@ def worker_batcher(checkpoint: CheckpointRef, profile: ProfileConfig) -> DeviceB
 
 
 _WARM_UPS: dict[str, float | str] = {}  # by the name its run gave it
+_WARMING: list[threading.Thread] = []  # warm-up threads not waited for yet
 
 
 def start_warm_up(name: str, checkpoint: CheckpointRef, profile: ProfileConfig, window: int) -> None:
     """Make this worker's batcher for a run before its first block asks, in a thread of its own (the
     task threads stay free for the run's set-up): the model read, checked and on the device, and on
-    a GPU one batch of zeros through it (cuDNN's start; the compile, when the profile compiles).
+    a GPU, or where the profile compiles, one batch of zeros through it (cuDNN's start; the compile).
     :func:`warm_up_result` of ``name`` then gives the seconds it took, or the error's text (a block
     meeting the same error reports it in full)."""
 
@@ -105,7 +106,7 @@ def start_warm_up(name: str, checkpoint: CheckpointRef, profile: ProfileConfig, 
         started, cpu = time.perf_counter(), time.thread_time()
         try:
             batcher = worker_batcher(checkpoint, profile)
-            if profile.device == "cuda":
+            if profile.device == "cuda" or profile.compile:
                 batcher.warm_up(window)
             _WARM_UPS[name] = time.perf_counter() - started
         except Exception as error:  # noqa: BLE001 - the first block on this worker fails with it too
@@ -113,7 +114,15 @@ def start_warm_up(name: str, checkpoint: CheckpointRef, profile: ProfileConfig, 
         finally:
             count_ended_thread("other", time.thread_time() - cpu)
 
-    threading.Thread(target=warm, name="unet-warm-up", daemon=True).start()
+    thread = threading.Thread(target=warm, name="unet-warm-up", daemon=True)
+    _WARMING.append(thread)
+    thread.start()
+
+
+def wait_for_warm_ups() -> None:
+    """Return once this worker's warm-ups have ended (a benchmark's clock starts on warm workers)."""
+    while _WARMING:
+        _WARMING.pop().join()
 
 
 def warm_up_result(name: str) -> float | str | None:

@@ -53,6 +53,8 @@ def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> No
     end_to_end = 200 * 200 / e2e["wall_seconds"] / 1e6  # from the least rounded figures
     assert e2e["fraction_of_model_only"] == pytest.approx(end_to_end / ((before + after) / 2), abs=6e-4)
     assert e2e["cold_mpix_per_second"] < e2e["mpix_per_second"] and e2e["cluster_start_seconds"] > 0
+    # the timed run came second on its cluster: a one-block acquisition loaded the model first
+    assert e2e["warm_up_acquisition_seconds"] > 0 and "after a one-block acquisition of" in result.output
     assert set(e2e["predict_worker_seconds"]) >= {"read", "normalise", "predict", "write", "label"}
     # the task thread's own CPU in each section: never more than the section's wall (a clock tick of slack)
     assert set(e2e["predict_worker_cpu_seconds"]) == set(e2e["predict_worker_seconds"])
@@ -84,6 +86,41 @@ def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> No
     assert 0.0 <= agreement["max_abs_probability_difference"] < 1.0
     assert 0.9 <= agreement["foreground_voxels_equal"] <= 1.0
     assert report["machine"]["torch"] and "fp32 NCHW eager b1" in result.output
+
+
+TINY = ["--base-channels", "2", "--depth", "3", "--tile", "36", "--seconds", "0.2", "--threads", "1"]
+
+
+def test_the_end_to_end_profile_can_be_chosen_and_the_first_acquisition_timed(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    args = ["--profiles", "fp32:cl:eager:1", "--e2e-profile", "fp32:nchw:eager:2", "--no-warm-up"]
+    result = CliRunner().invoke(cli, ["bench", *TINY, *args, "--e2e-shape", "1x100x100", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    rows = {row["profile"]: row for row in report["model_only"]}
+    assert list(rows) == ["fp32 NCHW eager b1", "fp32 channels_last eager b1", "fp32 NCHW eager b2"]
+    e2e = report["end_to_end"]
+    assert e2e["profile"] == "fp32 NCHW eager b2"  # asked for, whichever was fastest
+    assert e2e["model_only_before_and_after"][0] == rows["fp32 NCHW eager b2"]["mpix_per_second"]
+    assert e2e["warm_up_acquisition_seconds"] is None and "one-block acquisition" not in result.output
+
+
+def test_a_compiled_profile_runs_end_to_end(tmp_path: Path) -> None:
+    """The workers compile in their warm-up; the bench waits for every worker's before its clock."""
+    out = tmp_path / "bench.json"
+    args = [
+        "--profiles",
+        "fp32:cl:eager:2",
+        "--e2e-profile",
+        "fp32:cl:compiled:2",
+        "--e2e-shape",
+        "1x100x100",
+    ]
+    result = CliRunner().invoke(cli, ["bench", *TINY, *args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    e2e = json.loads(out.read_text())["end_to_end"]
+    assert e2e["profile"] == "fp32 channels_last compiled b2" and e2e["warm_up_acquisition_seconds"] > 0
+    assert e2e["device_batcher"]["windows"] == 9  # 100 x 100 px in 36 px tiles: 3 x 3, the timed run's only
 
 
 def test_an_unknown_precision_is_refused() -> None:
