@@ -111,11 +111,10 @@ def measure_end_to_end(
         source = volume or f"{root}/input.zarr"
         if volume is None:
             write_bench_volume(source, settings.e2e_shape)
-        edge = settings.tile * settings.e2e_block_tiles
-        one_block = tuple(
-            min(n, m) for n, m in zip(settings.e2e_shape, (settings.e2e_block_planes, edge, edge))
-        )
         if settings.e2e_warm_up:
+            planes, height, width = settings.e2e_shape
+            edge = settings.tile * settings.e2e_block_tiles
+            one_block = (min(planes, settings.e2e_block_planes), min(height, edge), min(width, edge))
             write_bench_volume(f"{root}/warm-up.zarr", one_block)
         checkpoint = root / "bench.safetensors"
         if settings.e2e_weights == "demo":
