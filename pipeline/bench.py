@@ -93,11 +93,12 @@ def measure_end_to_end(
 
     The clock runs from the call of `segment` on a started cluster to its complete record, after a
     one-block acquisition on the same cluster (``e2e_warm_up``): a nightly run starts its cluster once
-    for all acquisitions, and only the first loads (and compiles) the model in every worker, as the
-    model-only figures are taken after their warm-up. The cluster's start and the warm-up acquisition
-    are reported too, as the cold figure a one-volume `segment` sees. The model-only rate it is held against is the mean of
-    that profile's pass before the run and one more after it: a shared or virtual machine's speed
-    drifts by several per cent within a minute (measured here: 2.59 to 2.86 Mpix/s).
+    for all acquisitions, only the first loads (and compiles) the model in every worker, and the
+    model-only figures too are taken after their warm-up. The cluster's start and the warm-up
+    acquisition are reported too, as the cold figure a one-volume `segment` sees. The model-only rate
+    the run is held against is the mean of that profile's pass before the run and one more after it:
+    a shared or virtual machine's speed drifts by several per cent within a minute (measured here:
+    2.59 to 2.86 Mpix/s).
 
     ``volume``: a bench volume of ``settings.e2e_shape`` written before (:func:`write_bench_volume`),
     read instead of writing one, so runs of several cluster shapes read the same input.

@@ -76,9 +76,8 @@ class BenchSettings:
     e2e_weights: str = "random"  # random | demo (the shipped model, cells: widened to base_channels)
     e2e_mps: bool | str = "auto"  # the end-to-end run's workers under an NVIDIA MPS daemon (cluster.mps)
     profiles: tuple[BenchProfile, ...] = ()  # explicit list instead of the matrix (the naive one is added)
-    e2e_profile: BenchProfile | None = (
-        None  # the end-to-end run's (measured model-only too); None: fastest eager
-    )
+    # the end-to-end run's profile (its model-only rate measured too); None: the fastest eager one
+    e2e_profile: BenchProfile | None = None
     e2e_warm_up: bool = True  # a one-block acquisition first: the workers' model loaded (and compiled)
 
 

@@ -7,6 +7,7 @@ reads the batchers' running totals before and after itself.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from dataclasses import dataclass
@@ -119,10 +120,15 @@ def start_warm_up(name: str, checkpoint: CheckpointRef, profile: ProfileConfig, 
     thread.start()
 
 
-def wait_for_warm_ups() -> None:
-    """Return once this worker's warm-ups have ended (a benchmark's clock starts on warm workers)."""
+async def wait_for_warm_ups() -> None:
+    """Return once this worker's warm-ups have ended (a benchmark's clock starts on warm workers).
+
+    A coroutine, so ``client.run`` awaits it on the worker's event loop without blocking the loop
+    (its heartbeats) for the seconds a compile takes."""
     while _WARMING:
-        _WARMING.pop().join()
+        thread = _WARMING.pop()
+        while thread.is_alive():
+            await asyncio.sleep(0.02)
 
 
 def warm_up_result(name: str) -> float | str | None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,15 +18,14 @@ from pipeline.worker_device import (
     CheckpointRef,
     device_statistics,
     start_warm_up,
+    wait_for_warm_ups,
     warm_up_result,
     worker_batcher,
 )
 
 
 def wait_for_warm_up(name: str) -> float | str:
-    for thread in threading.enumerate():
-        if thread.name == "unet-warm-up":
-            thread.join(timeout=30)
+    asyncio.run(wait_for_warm_ups())
     result = warm_up_result(name)
     assert result is not None
     assert warm_up_result(name) is None  # read once
@@ -76,6 +77,24 @@ def test_statistics_answer_while_a_model_loads(
     assert answered.is_set()
     assert loading is None  # still loading when the statistics came back
     assert isinstance(wait_for_warm_up("slow"), float)
+
+
+def test_waiting_for_the_warm_ups_outlasts_a_slow_one(
+    narrow_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench's clock starts once every worker's warm-up (a compile: minutes) has ended, not before."""
+    checkpoint = CheckpointRef(str(narrow_checkpoint), load_checkpoint(narrow_checkpoint).sha256)
+    load = worker_device._load_model
+
+    def slow(ref: CheckpointRef, settings: ProfileConfig) -> UNet:
+        time.sleep(0.5)
+        return load(ref, settings)
+
+    monkeypatch.setattr(worker_device, "_load_model", slow)
+    start_warm_up("slower", checkpoint, ProfileConfig(batch_size=9), 188)
+    asyncio.run(wait_for_warm_ups())
+    seconds = warm_up_result("slower")
+    assert isinstance(seconds, float) and seconds >= 0.5
 
 
 def test_a_failed_warm_up_gives_its_error(tmp_path: Path) -> None:
