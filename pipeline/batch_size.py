@@ -43,6 +43,19 @@ def fitting_batch_size(model: UNet, window: int, *, channels_last: bool, ceiling
             size //= 2
 
 
+def even_batch(largest: int, windows: int) -> int:
+    """The batch size for groups of ``windows`` (a batch holds one output shard's windows, no more): as
+    few batches as ``largest`` allows, as equal as they can be, so the fewest zero windows are computed
+    (16 windows and largest 8: 8; 9 windows and largest 8: 5, not 8 with 7 zeros)."""
+    batches = -(-windows // largest)
+    return -(-windows // batches)
+
+
+def zero_windows(batch: int, windows: int) -> int:
+    """The zero windows a group of ``windows`` is padded with in batches of ``batch``."""
+    return -windows % batch
+
+
 def _peak_bytes(model: UNet, batch: int, window: int, channels_last: bool) -> int:
     """Device memory one forward pass of ``batch`` windows adds at its peak."""
     parameter = next(model.parameters())

@@ -35,7 +35,9 @@ class ProfileConfig(_Strict):
     compile: bool = Field(False, description="torch.compile the model in each worker (warm-up: one batch)")
     threads: int = Field(1, ge=1, description="intra-op threads per worker, set explicitly, never inherited")
     batch_size: int | Literal["auto"] = Field(
-        8, description="windows per forward pass (the last batch is padded); auto: the largest that fits"
+        8,
+        description="windows per forward pass, one output shard's at most (a shard's last batch is padded: "
+        "a size dividing tiling.shard_tiles² computes no zeros); auto: the largest that fits, evened out",
     )
     deterministic: bool = Field(True, description="deterministic kernels on GPU (bitwise repeatable)")
 

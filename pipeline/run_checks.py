@@ -8,6 +8,7 @@ from typing import Any
 
 from distributed import Client
 
+from pipeline.batch_size import even_batch, zero_windows
 from pipeline.cluster import CHECK_PRIORITY
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputError
@@ -83,11 +84,29 @@ def replace_previous(plan: RunPlan) -> None:
     log.info("removed the previous output %s (--overwrite)", plan.request.output_url)
 
 
+def warn_on_zero_windows(batch: int, shard_tiles: int) -> None:
+    """A warning where batches of ``batch`` windows are part zeros: a batch holds one output shard's."""
+    windows = shard_tiles**2
+    zeros = zero_windows(batch, windows)
+    if zeros:
+        log.warning(
+            "batch_size %d: a batch holds the windows of one output shard (%d at tiling.shard_tiles %d), so %d "
+            "of every %d windows the device computes are zeros; batch_size %d computes none",
+            batch,
+            windows,
+            shard_tiles,
+            zeros,
+            windows + zeros,
+            even_batch(batch, windows),
+        )
+
+
 def fixed_profile(client: Client, plan: RunPlan, first_run: dict[str, Any] | None) -> ProfileConfig:
     """The run's execution profile with ``batch_size: auto`` settled: as recorded by the run a resumption
     continues, else probed on a worker's device. Every block of the run then uses that size."""
     profile = plan.request.config.profile
     if profile.batch_size != "auto":
+        warn_on_zero_windows(profile.batch_size, plan.request.config.tiling.shard_tiles)
         return profile
     recorded = (first_run or {}).get("execution_profile", {}).get("batch_size")
     if isinstance(recorded, int):

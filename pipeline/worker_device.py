@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.batch_size import fitting_batch_size
+from pipeline.batch_size import even_batch, fitting_batch_size
 from pipeline.batcher import DeviceBatcher
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import ProfileConfig
@@ -152,12 +152,15 @@ def _add(totals: dict[str, float], counts: dict[str, float]) -> None:
 
 def probe_batch_size(checkpoint: CheckpointRef, profile: ProfileConfig, tile: int, shard_tiles: int) -> int:
     """batch_size auto, run on a worker: the largest batch its device fits, at most one shard of windows
-    (a batch never holds two shards' windows: see :mod:`pipeline.batcher`)."""
+    (a batch never holds two shards' windows: see :mod:`pipeline.batcher`), evened out over a shard's."""
     configure_torch(profile)
     model = _load_model(checkpoint, profile)
     try:
         window = model.geometry.input_size(tile)
-        return fitting_batch_size(model, window, channels_last=profile.channels_last, ceiling=shard_tiles**2)
+        windows = shard_tiles**2
+        return even_batch(
+            fitting_batch_size(model, window, channels_last=profile.channels_last, ceiling=windows), windows
+        )
     finally:
         del model
         if profile.device == "cuda":

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.batch_size import fitting_batch_size
+from pipeline.batch_size import even_batch, fitting_batch_size, zero_windows
 from pipeline.batcher import DeviceBatcher
 from pipeline.model import UNet
 
@@ -122,6 +122,20 @@ def test_closed_batcher_refuses_work(narrow_model: UNet, rng: np.random.Generato
 
 def test_auto_batch_size_on_cpu_is_one(narrow_model: UNet) -> None:
     assert fitting_batch_size(narrow_model, 572, channels_last=False) == 1
+
+
+def test_an_evened_batch_takes_the_fewest_batches_and_zeros() -> None:
+    """A group (one shard's windows) in batches no larger than what fits: as few batches as that
+    allows, and fewer zeros than batches; none where the batches can be equal."""
+    for windows in range(1, 70):
+        for largest in range(1, 70):
+            batch = even_batch(largest, windows)
+            batches = -(-windows // batch)
+            assert batch <= largest and batches == -(-windows // largest)
+            assert zero_windows(batch, windows) == batches * batch - windows < batches
+            assert (zero_windows(batch, windows) == 0) == (windows % batches == 0)
+    assert even_batch(8, 16) == 8 and even_batch(8, 9) == 5 and even_batch(32, 16) == 16
+    assert zero_windows(32, 16) == 16 and zero_windows(3, 16) == 2
 
 
 @pytest.mark.gpu

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -292,6 +293,35 @@ def test_run_record_holds_no_secrets(
     run_segment(source, output, narrow_checkpoint, dask_address, **{"output.pyramid_levels": 0})
     text = (output / "zarr.json").read_text()
     assert "do-not-record-me" not in text and "nor-me" not in text
+
+
+def test_batches_of_part_zeros_are_pointed_out(
+    narrow_checkpoint: Path, dask_address: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch holds one output shard's windows: a batch size that does not divide them computes zeros,
+    as many as the warning says."""
+    source = write_volume(tmp_path / "small.zarr", cell_image((2, 500, 400), seed=4), (1, 256, 256))
+    settings = {"output.pyramid_levels": 0, "tiling.shard_tiles": 1}  # a shard: one window
+    padding, warnings = {}, {}
+    for batch in (3, 1):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pipeline.run_checks"):
+            record = run_segment(
+                source,
+                tmp_path / f"b{batch}.ome.zarr",
+                narrow_checkpoint,
+                dask_address,
+                **{**settings, "profile.batch_size": batch},
+            )
+        padding[batch] = record["stages"]["predict"]["device"]["padding_windows"]
+        warnings[batch] = [r.getMessage() for r in caplog.records if "are zeros" in r.getMessage()]
+    assert padding == {3: 2 * 2 * 2 * 2, 1: 0}  # 2 planes of 2 x 2 one-window shards, 2 zeros each
+    assert warnings[1] == []
+    expected = (
+        "batch_size 3: a batch holds the windows of one output shard (1 at tiling.shard_tiles 1), so 2 of "
+        "every 3 windows the device computes are zeros; batch_size 1 computes none"
+    )
+    assert warnings[3] == [expected]
 
 
 def test_output_opens_without_this_package(uint8_run: tuple[Path, dict[str, Any]]) -> None:
