@@ -39,7 +39,12 @@ from pipeline.bench_model import (
 )
 from pipeline.bench_tail import tail_by_stage
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.cluster import open_client, worker_cpu_seconds, worker_other_threads_cpu_seconds
+from pipeline.cluster import (
+    open_client,
+    worker_cpu_seconds,
+    worker_other_threads_cpu_seconds,
+    worker_system_seconds,
+)
 from pipeline.config import load_config
 from pipeline.demo import DEMO_MODEL
 from pipeline.errors import InputError
@@ -161,6 +166,7 @@ def measure_end_to_end(
                 client.run(wait_for_warm_ups)  # a worker the block missed may still be compiling
             workers_before, driver_before = worker_cpu_seconds(client), _process_cpu_seconds()
             others_before = worker_other_threads_cpu_seconds(client)
+            system_before = worker_system_seconds(client)
             with gpu_utilisation(settings.device) as samples, get_task_stream(client) as stream:
                 record = segment(
                     SegmentRequest(
@@ -170,6 +176,10 @@ def measure_end_to_end(
                 )
             workers_after, driver_after = worker_cpu_seconds(client), _process_cpu_seconds()
             others = worker_other_threads_cpu_seconds(client)
+            system = {
+                role: round(seconds - system_before[role], 2)
+                for role, seconds in worker_system_seconds(client).items()
+            }
         shape = zarr.open_array(f"{root}/out.ome.zarr/s0", mode="r").shape
     again = measure_model(
         settings, BenchProfile(**{name: best[name] for name in BenchProfile.__dataclass_fields__})
@@ -221,6 +231,7 @@ def measure_end_to_end(
         "predict_worker_seconds": predict["worker_seconds"],
         "predict_worker_cpu_seconds": predict["worker_cpu_seconds"],  # the task threads' own, same sections
         "cpu_seconds": cpu,  # by role, workers summed (pipeline.cpu_time); the driver's whole process
+        "cpu_system_seconds": system,  # of those, the kernel's (page faults, file IO), workers' live threads
         "other_threads_cpu_seconds": dict(  # role "other" by thread name, the largest
             sorted(
                 (
@@ -396,6 +407,9 @@ def table(report: dict[str, Any]) -> str:
                 f"CPU seconds: {roles}; outside the network {e2e['host_cpu_seconds_per_mpix']:.4f} per Mpix, "
                 f"{e2e['host_cores_at_model_only_rate']:.2f} cores at the model-only rate"
             )
+        if e2e.get("cpu_system_seconds"):
+            kernel = ", ".join(f"{role} {seconds:.2f}" for role, seconds in e2e["cpu_system_seconds"].items())
+            lines.append(f"of those, the kernel's (page faults, file IO), workers: {kernel}")
         if e2e.get("predict_worker_cpu_seconds"):
             cpu = e2e["predict_worker_cpu_seconds"]
             sections = ", ".join(

@@ -39,7 +39,7 @@ from distributed.system import MEMORY_LIMIT
 
 from pipeline.blocks import prepare_worker
 from pipeline.config import SLURM_PREFIX, ClusterConfig
-from pipeline.cpu_time import ROLES, cpu_seconds_by_role, other_threads_cpu_seconds
+from pipeline.cpu_time import ROLES, cpu_seconds_by_role, other_threads_cpu_seconds, system_seconds_by_role
 from pipeline.errors import InputDataError, InputError, PipelineError
 from pipeline.locations import is_url
 from pipeline.mps import PIPE as MPS_PIPE
@@ -605,6 +605,11 @@ def worker_cpu_seconds(client: Client) -> dict[str, float]:
     """CPU seconds the workers' live threads have used so far, summed over workers per role
     (:mod:`pipeline.cpu_time`)."""
     return {**dict.fromkeys(ROLES, 0.0), **_summed_over_workers(client, cpu_seconds_by_role)}
+
+
+def worker_system_seconds(client: Client) -> dict[str, float]:
+    """Of :func:`worker_cpu_seconds`, the kernel's part (page faults, file IO), summed over workers per role."""
+    return {**dict.fromkeys(ROLES, 0.0), **_summed_over_workers(client, system_seconds_by_role)}
 
 
 def worker_other_threads_cpu_seconds(client: Client) -> dict[str, float]:

@@ -17,7 +17,15 @@ import psutil
 
 from pipeline.zarr_direct import FILE_THREADS
 
-ROLES = ("network", "block tasks", "file threads", "zarr event loop", "zarr codecs", "dask event loop", "other")
+ROLES = (
+    "network",
+    "block tasks",
+    "file threads",
+    "zarr event loop",
+    "zarr codecs",
+    "dask event loop",
+    "other",
+)
 
 
 def role(thread_name: str) -> str:
@@ -52,16 +60,25 @@ def cpu_seconds_by_role() -> dict[str, float]:
     is known. A worker's Dask, Zarr and batcher threads live as long as it does.
     """
     totals = dict(_ENDED)
-    for _, name, seconds in _live_threads():
-        totals[role(name)] += seconds
+    for _, name, user, system in _live_threads():
+        totals[role(name)] += user + system
     return totals
 
 
-def _live_threads() -> Iterator[tuple[int, str, float]]:
-    """This process's live threads: OS id, Python name ("" for threads started outside Python), CPU seconds."""
+def system_seconds_by_role() -> dict[str, float]:
+    """Of :func:`cpu_seconds_by_role`, the kernel's part (page faults, file IO, locks), live threads only."""
+    totals = dict.fromkeys(ROLES, 0.0)
+    for _, name, _, system in _live_threads():
+        totals[role(name)] += system
+    return totals
+
+
+def _live_threads() -> Iterator[tuple[int, str, float, float]]:
+    """This process's live threads: OS id, Python name ("" for threads started outside Python), user and
+    system CPU seconds."""
     names = {thread.native_id: thread.name for thread in threading.enumerate()}
     for thread in psutil.Process().threads():
-        yield thread.id, names.get(thread.id, ""), thread.user_time + thread.system_time
+        yield thread.id, names.get(thread.id, ""), thread.user_time, thread.system_time
 
 
 def other_threads_cpu_seconds() -> dict[str, float]:
@@ -71,10 +88,10 @@ def other_threads_cpu_seconds() -> dict[str, float]:
     own name (``/proc/self/task/<id>/comm``) or the process's says what they are.
     """
     totals: dict[str, float] = {}
-    for thread_id, name, seconds in _live_threads():
+    for thread_id, name, user, system in _live_threads():
         if role(name) == "other":
             name = name or os_thread_name(thread_id)
-            totals[name] = totals.get(name, 0.0) + seconds
+            totals[name] = totals.get(name, 0.0) + user + system
     return totals
 
 

@@ -70,6 +70,8 @@ def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> No
     cpu = e2e["cpu_seconds"]
     # a run this small can stay under one clock tick in a role (tests/test_cpu_time.py counts one)
     assert set(cpu) == {*ROLES, "driver (scheduler, client, merge)"} and sum(cpu.values()) > 0
+    kernel = e2e["cpu_system_seconds"]  # the workers' part in the kernel, never more than their CPU time
+    assert set(kernel) == set(ROLES) and all(0 <= kernel[role] <= cpu[role] + 0.011 for role in ROLES)
     host = sum(seconds for role, seconds in cpu.items() if role != "network")
     assert e2e["host_cpu_seconds_per_mpix"] == pytest.approx(host / 0.04, abs=1e-3)  # 200 x 200 px
     assert e2e["host_cores_at_model_only_rate"] == pytest.approx(

@@ -7,10 +7,18 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import pytest
 
 from pipeline import zarr_direct
-from pipeline.cpu_time import ROLES, cpu_seconds_by_role, os_thread_name, other_threads_cpu_seconds, role
+from pipeline.cpu_time import (
+    ROLES,
+    cpu_seconds_by_role,
+    os_thread_name,
+    other_threads_cpu_seconds,
+    role,
+    system_seconds_by_role,
+)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +74,31 @@ def test_a_busy_thread_is_counted_in_its_role() -> None:
         after = cpu_seconds_by_role()
     assert set(after) == set(ROLES)
     assert after["network"] - before["network"] >= 0.15
+
+
+def test_a_threads_page_faults_are_the_kernels_part_of_its_role() -> None:
+    """Fresh memory is the kernel's to map and zero: a task thread touching 1 GiB of it, 64 MiB at a
+    time (each an mmap of its own), spends system time that the role's kernel tally shows."""
+
+    def touch() -> None:
+        for _ in range(16):
+            np.ones(1 << 26, np.uint8)
+        touched.set()
+        stop.wait()  # alive when read: ended threads are not counted
+
+    before_system, before = system_seconds_by_role(), cpu_seconds_by_role()
+    touched, stop = threading.Event(), threading.Event()
+    worker = threading.Thread(target=touch, name="Dask-Default-Threads-9-0")
+    worker.start()
+    try:
+        assert touched.wait(60)
+        system, total = system_seconds_by_role(), cpu_seconds_by_role()
+    finally:
+        stop.set()
+        worker.join()
+    assert set(system) == set(ROLES)
+    kernel = system["block tasks"] - before_system["block tasks"]
+    assert 0.01 <= kernel <= total["block tasks"] - before["block tasks"] + 0.011
 
 
 def test_threads_of_no_known_role_are_counted_by_name() -> None:
