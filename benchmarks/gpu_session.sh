@@ -34,7 +34,7 @@
 # under MPS where nvidia-cuda-mps-control is on PATH (bench prints "under MPS"); earlier sessions' figures of
 # steps 4, 8, 9, 11 and 14 were without. bench's JSON now holds tail_by_stage and finish_seconds: what ran
 # after the last predict task; since 2026-11-28 also each predict section's task-thread CPU beside its wall
-# (predict_worker_cpu_seconds) and a "file threads" CPU role, and bench times the second acquisition on its
+# (predict_worker_cpu_seconds), a "file threads" CPU role, each role's kernel part (cpu_system_seconds), and bench times the second acquisition on its
 # cluster (a one-block one first: the workers' model loaded, and compiled; --no-warm-up for the first). The
 # default steps (11 19 18 2: end to end with cells, the same compiled, the same under py-spy, exactness) take
 # about 8 minutes after the machine starts (11 about 100 s, 19 about 180 s, 18 about 130 s, 2 about 50 s);

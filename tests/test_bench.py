@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from pipeline.bench import batch_seconds_vs_alone, table, usable_cores
 from pipeline.bench_model import NAIVE, BenchSettings, profiles
@@ -22,25 +23,19 @@ def test_the_naive_profile_comes_first_and_no_profile_twice() -> None:
     assert len(found) == len(set(found)) == 2 * 2 * 2 * 2
 
 
-def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    args = [
-        "--base-channels",
-        "2",
-        "--depth",
-        "3",
-        "--tile",
-        "36",
-        "--seconds",
-        "0.2",
-        "--batch-sizes",
-        "1,2",
-    ]
-    result = CliRunner().invoke(
-        cli, ["bench", *args, "--e2e-shape", "1x200x200", "--threads", "1", "--json", str(out)]
-    )
+TINY = ["--base-channels", "2", "--depth", "3", "--tile", "36", "--seconds", "0.2", "--threads", "1"]
+
+
+def bench_tiny(folder: Path, *args: str) -> tuple[Result, dict[str, Any]]:
+    """`bench` of a tiny network (tiles of 36 px): its output and its JSON report."""
+    out = folder / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", *TINY, *args, "--json", str(out)])
     assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
+    return result, json.loads(out.read_text())
+
+
+def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> None:
+    result, report = bench_tiny(tmp_path, "--batch-sizes", "1,2", "--e2e-shape", "1x200x200")
     rows = report["model_only"]
     assert rows[0]["profile"] == "fp32 NCHW eager b1" and rows[0]["speedup_vs_naive"] == 1.0
     assert {row["profile"] for row in rows} >= {"bf16 channels_last eager b2", "fp32 channels_last eager b1"}
@@ -90,15 +85,9 @@ def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> No
     assert report["machine"]["torch"] and "fp32 NCHW eager b1" in result.output
 
 
-TINY = ["--base-channels", "2", "--depth", "3", "--tile", "36", "--seconds", "0.2", "--threads", "1"]
-
-
 def test_the_end_to_end_profile_can_be_chosen_and_the_first_acquisition_timed(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
     args = ["--profiles", "fp32:cl:eager:1", "--e2e-profile", "fp32:nchw:eager:2", "--no-warm-up"]
-    result = CliRunner().invoke(cli, ["bench", *TINY, *args, "--e2e-shape", "1x100x100", "--json", str(out)])
-    assert result.exit_code == 0, result.output
-    report = json.loads(out.read_text())
+    result, report = bench_tiny(tmp_path, *args, "--e2e-shape", "1x100x100")
     rows = {row["profile"]: row for row in report["model_only"]}
     assert list(rows) == ["fp32 NCHW eager b1", "fp32 channels_last eager b1", "fp32 NCHW eager b2"]
     e2e = report["end_to_end"]
@@ -109,18 +98,16 @@ def test_the_end_to_end_profile_can_be_chosen_and_the_first_acquisition_timed(tm
 
 def test_a_compiled_profile_runs_end_to_end(tmp_path: Path) -> None:
     """The workers compile in their warm-up; the bench waits for every worker's before its clock."""
-    out = tmp_path / "bench.json"
-    args = [
+    _, report = bench_tiny(
+        tmp_path,
         "--profiles",
         "fp32:cl:eager:2",
         "--e2e-profile",
         "fp32:cl:compiled:2",
         "--e2e-shape",
         "1x100x100",
-    ]
-    result = CliRunner().invoke(cli, ["bench", *TINY, *args, "--json", str(out)])
-    assert result.exit_code == 0, result.output
-    e2e = json.loads(out.read_text())["end_to_end"]
+    )
+    e2e = report["end_to_end"]
     assert e2e["profile"] == "fp32 channels_last compiled b2" and e2e["warm_up_acquisition_seconds"] > 0
     assert e2e["device_batcher"]["windows"] == 9  # 100 x 100 px in 36 px tiles: 3 x 3, the timed run's only
 
