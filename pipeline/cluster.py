@@ -45,7 +45,7 @@ from pipeline.locations import is_url
 from pipeline.mps import PIPE as MPS_PIPE
 from pipeline.mps import cluster_mps
 from pipeline.schedule import Job, JobGraph, JobName
-from pipeline.worker_environment import MALLOC_ENVIRONMENT, dask_settings, zarr_pool_environment
+from pipeline.worker_environment import MEMORY_ENVIRONMENT, dask_settings, zarr_pool_environment
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +155,10 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
 
 
 def spawn_environment(workers_here: int | None) -> dict[str, str]:
-    """The environment of the worker processes we start: Dask's pre-spawn variables, glibc's malloc
-    settings, and Zarr's codec pool shared out among ``workers_here`` processes on this host (None:
-    Zarr's own pool, as for workers on other hosts and dask-cuda's one per GPU)."""
-    environment = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **MALLOC_ENVIRONMENT}
+    """The environment of the worker processes we start: Dask's pre-spawn variables, glibc's and
+    NumPy's memory settings, and Zarr's codec pool shared out among ``workers_here`` processes on this
+    host (None: Zarr's own pool, as for workers on other hosts and dask-cuda's one per GPU)."""
+    environment = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}), **MEMORY_ENVIRONMENT}
     if workers_here:
         environment.update(zarr_pool_environment(workers_here, os.cpu_count() or 1))
     return environment

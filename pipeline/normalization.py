@@ -117,7 +117,8 @@ class NormalizationStats:
     scale: float
 
     def apply(self, values: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        out = np.asarray(values, dtype=np.float32) - np.float32(self.offset)
+        out = np.array(values, dtype=np.float32)  # a copy, then in place: one array of a block's size
+        out -= np.float32(self.offset)
         out *= np.float32(self.scale)
         return out
 

@@ -8,9 +8,19 @@ import os
 # glibc hands blocks over 32 MiB back to the OS on free, and Dask's nanny asks it to
 # trim at 64 KiB: every forward pass then faults its activations in again (measured on
 # a 2-core CPU, base-8 U-Net: system time as large as user time, a run 2x slower).
-# Workers we start keep up to 1 GiB of freed memory for reuse instead. It changes
-# where memory comes from, never a result.
-MALLOC_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+# Workers we start keep up to 1 GiB of freed memory for reuse instead. Every thread
+# takes it from one arena: in arenas of their own (glibc's default, up to 8 per core),
+# the block tasks' arrays of tens of MiB came from fresh memory again and again, and
+# NumPy's request for transparent huge pages on them made the kernel zero (and compact)
+# 2 MiB at each fault. Without either, a block task's kernel time fell from 0.93-1.17 to
+# 0.15-0.18 CPU-s and its CPU time by a fifth (3 runs each, 16 blocks of 4 x 1552² on a
+# 2-core CPU, docs/benchmarks.md). It changes where memory comes from, never a result.
+MEMORY_ENVIRONMENT = {
+    "MALLOC_MMAP_THRESHOLD_": "1073741824",
+    "MALLOC_TRIM_THRESHOLD_": "1073741824",
+    "MALLOC_ARENA_MAX": "1",
+    "NUMPY_MADVISE_HUGEPAGE": "0",
+}
 
 # Dask's housekeeping, slower than its defaults. An idle 2-worker local cluster used 0.093
 # CPU-s per second with the defaults (4.7 % of a core, the driver and the workers
@@ -49,7 +59,7 @@ def dask_settings(dashboard: bool) -> dict[str, object]:
 def shell_exports(dashboard: bool = False) -> list[str]:
     """``export`` lines for a job script that starts a worker: the same as a local one gets."""
     variables = {
-        **MALLOC_ENVIRONMENT,
+        **MEMORY_ENVIRONMENT,
         **{
             "DASK_" + name.upper().replace(".", "__").replace("-", "_"): str(value)
             for name, value in dask_settings(dashboard).items()

@@ -208,13 +208,17 @@ def test_a_worker_that_leaves_before_its_turn_is_left_out(
     assert seconds < timeout
 
 
-def test_local_workers_get_a_zarr_codec_pool_for_their_share_of_cores(
+def test_local_workers_get_a_zarr_codec_pool_for_their_share_of_cores_and_reused_memory(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(ZARR_CODEC_POOL, raising=False)
     with open_client(ClusterConfig(workers=2, threads_per_worker=1), forward_logs=False) as client:
         pools = client.run(lambda: zarr.config.get("threading.max_workers"))
+        memory = client.run(
+            lambda: (os.environ.get("MALLOC_ARENA_MAX"), np._core.multiarray._get_madvise_hugepage())
+        )
     assert [int(pool) for pool in pools.values()] == [max(2, (os.cpu_count() or 1))] * 2
+    assert set(memory.values()) == {("1", False)}  # one malloc arena, no huge pages asked for by NumPy
     monkeypatch.setenv(ZARR_CODEC_POOL, "3")
     assert zarr_pool_environment(2, 16) == {}  # the operator's setting stands
 
