@@ -56,6 +56,11 @@ def zero_windows(batch: int, windows: int) -> int:
     return -windows % batch
 
 
+def dividing_batch(largest: int, windows: int) -> int:
+    """The largest batch size up to ``largest`` that pads a group of ``windows`` with no zeros."""
+    return max(size for size in range(1, min(largest, windows) + 1) if windows % size == 0)
+
+
 def _peak_bytes(model: UNet, batch: int, window: int, channels_last: bool) -> int:
     """Device memory one forward pass of ``batch`` windows adds at its peak."""
     parameter = next(model.parameters())

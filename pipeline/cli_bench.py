@@ -61,8 +61,8 @@ from pipeline.errors import InputError
 )
 @click.option(
     "--e2e-profile",
-    help="dtype:layout:mode:batch of the end-to-end run, e.g. fp16:cl:compiled:32 (measured model-only too; "
-    "default: the fastest eager profile).",
+    help="dtype:layout:mode:batch of the end-to-end run, e.g. fp16:cl:compiled:16 (measured model-only too; "
+    "default: the fastest eager profile; a batch holds one shard's windows at most: 16 here).",
 )
 @click.option(
     "--warm-up/--no-warm-up",

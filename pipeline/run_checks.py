@@ -8,7 +8,7 @@ from typing import Any
 
 from distributed import Client
 
-from pipeline.batch_size import even_batch, zero_windows
+from pipeline.batch_size import dividing_batch, zero_windows
 from pipeline.cluster import CHECK_PRIORITY
 from pipeline.config import ProfileConfig
 from pipeline.errors import InputError
@@ -97,7 +97,7 @@ def warn_on_zero_windows(batch: int, shard_tiles: int) -> None:
             shard_tiles,
             zeros,
             windows + zeros,
-            even_batch(batch, windows),
+            dividing_batch(batch, windows),
         )
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.batch_size import even_batch, fitting_batch_size, zero_windows
+from pipeline.batch_size import dividing_batch, even_batch, fitting_batch_size, zero_windows
 from pipeline.batcher import DeviceBatcher
 from pipeline.model import UNet
 
@@ -134,8 +134,11 @@ def test_an_evened_batch_takes_the_fewest_batches_and_zeros() -> None:
             assert batch <= largest and batches == -(-windows // largest)
             assert zero_windows(batch, windows) == batches * batch - windows < batches
             assert (zero_windows(batch, windows) == 0) == (windows % batches == 0)
+            divisor = dividing_batch(largest, windows)
+            assert divisor <= largest and zero_windows(divisor, windows) == 0
+            assert all(zero_windows(size, windows) for size in range(divisor + 1, min(largest, windows) + 1))
     assert even_batch(8, 16) == 8 and even_batch(8, 9) == 5 and even_batch(32, 16) == 16
-    assert zero_windows(32, 16) == 16 and zero_windows(3, 16) == 2
+    assert zero_windows(32, 16) == 16 and zero_windows(3, 16) == 2 and dividing_batch(3, 16) == 2
 
 
 @pytest.mark.gpu
