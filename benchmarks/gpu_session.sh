@@ -27,6 +27,8 @@
 #      `segment --cluster tcp://` of 8 x 4656² with the demo model (DEVICE=cpu MPS_FLAG= tries it on a CPU).
 #  18. step 11 under py-spy (its wheel carried in .whl), summarised by benchmarks/profile_summary.py: which code
 #      of the workers' block tasks, file threads and batchers uses the host's CPU.
+#  20. step 11 with the workers' memory settings of before 2026-11-28 (MALLOC_ARENA_MAX=0, NUMPY_MADVISE_HUGEPAGE=1
+#      in the environment): the A/B of one malloc arena and no NumPy huge pages on a GPU host.
 #  19. step 11 with the compiled fp16 profile (the model compiled in the driver for the model-only figure first,
 #      so the workers find inductor's cache filled).
 # Each step has its own time limit and writes JSON under $OUT, so a late failure keeps the rest.
@@ -34,10 +36,12 @@
 # under MPS where nvidia-cuda-mps-control is on PATH (bench prints "under MPS"); earlier sessions' figures of
 # steps 4, 8, 9, 11 and 14 were without. bench's JSON now holds tail_by_stage and finish_seconds: what ran
 # after the last predict task; since 2026-11-28 also each predict section's task-thread CPU beside its wall
-# (predict_worker_cpu_seconds), a "file threads" CPU role, each role's kernel part (cpu_system_seconds), and bench times the second acquisition on its
-# cluster (a one-block one first: the workers' model loaded, and compiled; --no-warm-up for the first). The
-# default steps (11 19 18 2: end to end with cells, the same compiled, the same under py-spy, exactness) take
-# about 8 minutes after the machine starts (11 about 100 s, 19 about 180 s, 18 about 130 s, 2 about 50 s);
+# (predict_worker_cpu_seconds), a "file threads" CPU role, each role's kernel part (cpu_system_seconds),
+# and bench times the second acquisition on its cluster (a one-block one first: the workers' model loaded,
+# and compiled; --no-warm-up for the first). The default steps (11 20 18 19: end to end with cells, the same
+# with the memory settings of before, under py-spy, compiled) take about 8.5 minutes after the machine starts
+# (11 and 20 about 100 s each, 18 about 130 s, 19 about 180 s, its compile the least known: last, so a cut
+# call keeps the rest): one call has 10 minutes at most, so exactness (2, about 50 s) goes in a second call;
 # speckle (4) and the cluster shapes (15) left them on 2026-11-28: speckle's labels are a worst case, the
 # target is read on cells, and 15 ran on 2026-11-27. Step 7 (max-autotune) did not finish in 200 s on 2026-11-27 and now
 # has 420 s: it does not fit a 15-minute session beside the defaults; run it alone (or with 2) in a session of
@@ -45,7 +49,7 @@
 # Run from the repository root with the wheels in .whl (the list: docs/benchmarks.md).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
-STEPS=${STEPS:-11 19 18 2}
+STEPS=${STEPS:-11 20 18 19}
 VARIANTS=${VARIANTS:-}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -172,6 +176,13 @@ for step in $STEPS; do
     timeout 300 "${bench[@]}" --seconds 2 --profiles bf16:cl:eager:16 --e2e-profile fp16:cl:compiled:16 \
       --e2e-shape 64x4656x4656 --block-tiles 4 --block-planes 4 --workers 8 --tasks-per-worker 2 \
       --e2e-weights demo --json "$OUT/bench-gpu-e2e-compiled.json" 2>&1 | grep -v INFO | tail -8
+    ;;
+  20)
+    echo "== 20. step 11 with the workers' memory as before 2026-11-28 (glibc's arenas, NumPy's huge pages)"
+    # a variable in the environment outranks the one the workers are given (Dask's pre-spawn-environ)
+    MALLOC_ARENA_MAX=0 NUMPY_MADVISE_HUGEPAGE=1 timeout 150 "${bench[@]}" "${e2e[@]}" --workers 8 \
+      --tasks-per-worker 2 --e2e-weights demo --json "$OUT/bench-gpu-e2e-demo-memory-before.json" 2>&1 \
+      | grep -v INFO | tail -6
     ;;
   16)
     echo "== 16. exactness under MPS"
