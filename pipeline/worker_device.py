@@ -116,7 +116,8 @@ def start_warm_up(name: str, checkpoint: CheckpointRef, profile: ProfileConfig, 
             count_ended_thread("other", time.thread_time() - cpu)
 
     thread = threading.Thread(target=warm, name="unet-warm-up", daemon=True)
-    _WARMING.append(thread)
+    # one a run for as long as the worker lives: ended ones are let go, waited for or not
+    _WARMING[:] = [*(warming for warming in _WARMING if warming.is_alive()), thread]
     thread.start()
 
 

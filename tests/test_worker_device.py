@@ -97,6 +97,19 @@ def test_waiting_for_the_warm_ups_outlasts_a_slow_one(
     assert isinstance(seconds, float) and seconds >= 0.5
 
 
+def test_ended_warm_ups_are_let_go_in_a_long_lived_worker(tmp_path: Path) -> None:
+    """A worker serves a run a night for months: the warm-ups nobody waited for are not kept."""
+    missing = CheckpointRef(str(tmp_path / "gone.safetensors"), "0" * 64)
+    for night in range(5):
+        start_warm_up(f"night-{night}", missing, ProfileConfig(batch_size=10), 188)
+        for thread in list(worker_device._WARMING):
+            thread.join(timeout=30)
+        assert isinstance(warm_up_result(f"night-{night}"), str)
+    start_warm_up("tonight", missing, ProfileConfig(batch_size=10), 188)
+    assert len(worker_device._WARMING) == 1
+    wait_for_warm_up("tonight")
+
+
 def test_a_failed_warm_up_gives_its_error(tmp_path: Path) -> None:
     missing = CheckpointRef(str(tmp_path / "gone.safetensors"), "0" * 64)
     profile = ProfileConfig(batch_size=7)
