@@ -38,8 +38,10 @@
 # after the last predict task; since 2026-11-28 also each predict section's task-thread CPU beside its wall
 # (predict_worker_cpu_seconds), a "file threads" CPU role, each role's kernel part (cpu_system_seconds),
 # and bench times the second acquisition on its cluster (a one-block one first: the workers' model loaded,
-# and compiled; --no-warm-up for the first). The default steps (11 20 18 19: end to end with cells, the same
-# with the memory settings of before, under py-spy, compiled) take about 8.5 minutes after the machine starts
+# and compiled; --no-warm-up for the first). Since 2026-11-28 (seventeenth session) each end-to-end step
+# also draws its run (timeline-*.svg: every task on its worker thread, the GPU's busy time beneath).
+# The default steps (11 20 18 19: end to end with cells, the same with the memory settings of before,
+# under py-spy, compiled) take about 8.5 minutes after the machine starts
 # (11 and 20 about 100 s each, 18 about 130 s, 19 about 180 s, its compile the least known: last, so a cut
 # call keeps the rest): one call has 10 minutes at most, so exactness (2, about 50 s) goes in a second call;
 # speckle (4) and the cluster shapes (15) left them on 2026-11-28: speckle's labels are a worst case, the
@@ -86,12 +88,12 @@ for step in $STEPS; do
   4)
     echo "== 4. end to end, 8 workers x 2 tasks"
     timeout 150 "${bench[@]}" "${e2e[@]}" --workers 8 --tasks-per-worker 2 \
-      --json "$OUT/bench-gpu-e2e.json" 2>&1 | grep -v INFO | tail -5
+      --timeline "$OUT/timeline-gpu-e2e.svg" --json "$OUT/bench-gpu-e2e.json" 2>&1 | grep -v INFO | tail -5
     ;;
   5)
     echo "== 5. end to end, one worker of 12 threads"
     timeout 150 "${bench[@]}" "${e2e[@]}" --workers 1 --tasks-per-worker 12 \
-      --json "$OUT/bench-gpu-e2e-one-worker.json" 2>&1 | grep -v INFO | tail -5
+      --timeline "$OUT/timeline-gpu-e2e-one-worker.svg" --json "$OUT/bench-gpu-e2e-one-worker.json" 2>&1 | grep -v INFO | tail -5
     ;;
   6)
     echo "== 6. model-only variants"
@@ -112,14 +114,14 @@ for step in $STEPS; do
   8)
     echo "== 8. end to end, 8 workers x 3 tasks, Zarr's codec pool at 4 threads per worker"
     ZARR_THREADING__MAX_WORKERS=4 timeout 150 "${bench[@]}" "${e2e[@]}" --workers 8 --tasks-per-worker 3 \
-      --json "$OUT/bench-gpu-e2e-8x3.json" 2>&1 | grep -v INFO | tail -5
+      --timeline "$OUT/timeline-gpu-e2e-8x3.svg" --json "$OUT/bench-gpu-e2e-8x3.json" 2>&1 | grep -v INFO | tail -5
     ;;
   9)
     for shape in "2 8" "4 4"; do
       set -- $shape
       echo "== 9. end to end, $1 workers x $2 tasks"
       timeout 150 "${bench[@]}" "${e2e[@]}" --workers "$1" --tasks-per-worker "$2" \
-        --json "$OUT/bench-gpu-e2e-${1}x${2}.json" 2>&1 | grep -v INFO | tail -5
+        --timeline "$OUT/timeline-gpu-e2e-${1}x${2}.svg" --json "$OUT/bench-gpu-e2e-${1}x${2}.json" 2>&1 | grep -v INFO | tail -5
     done
     ;;
   10)
@@ -134,7 +136,7 @@ for step in $STEPS; do
   11)
     echo "== 11. end to end, 8 workers x 2 tasks, the demo model at paper width (cells)"
     timeout 150 "${bench[@]}" "${e2e[@]}" --workers 8 --tasks-per-worker 2 --e2e-weights demo \
-      --json "$OUT/bench-gpu-e2e-demo-weights.json" 2>&1 | grep -v INFO | tail -5
+      --timeline "$OUT/timeline-gpu-e2e-demo-weights.svg" --json "$OUT/bench-gpu-e2e-demo-weights.json" 2>&1 | grep -v INFO | tail -5
     ;;
   12)
     echo "== 12. acquisitions back to back: one after another, then taking turns"
@@ -152,7 +154,7 @@ for step in $STEPS; do
   14)
     echo "== 14. end to end, 8 workers x 2 tasks, blocks of one plane"
     timeout 150 "${bench[@]}" "${e2e[@]}" --block-planes 1 --workers 8 --tasks-per-worker 2 \
-      --json "$OUT/bench-gpu-e2e-one-plane-blocks.json" 2>&1 | grep -v INFO | tail -5
+      --timeline "$OUT/timeline-gpu-e2e-one-plane-blocks.svg" --json "$OUT/bench-gpu-e2e-one-plane-blocks.json" 2>&1 | grep -v INFO | tail -5
     ;;
   15)
     echo "== 15. end to end on one volume, cluster shapes ${SHAPES:-12x2:mps,8x3:mps,8x2}, ${WEIGHTS:-demo} weights"
@@ -164,7 +166,7 @@ for step in $STEPS; do
     if [[ -x /tmp/site/bin/py-spy ]]; then
       timeout 200 /tmp/site/bin/py-spy record --subprocesses --native --rate 50 --format raw \
         -o "$OUT/pyspy-e2e-demo.txt" -- "${bench[@]}" "${e2e[@]}" --workers 8 --tasks-per-worker 2 \
-        --e2e-weights demo --json "$OUT/bench-gpu-e2e-pyspy.json" 2>&1 | grep -v INFO | tail -8
+        --e2e-weights demo --timeline "$OUT/timeline-gpu-e2e-pyspy.svg" --json "$OUT/bench-gpu-e2e-pyspy.json" 2>&1 | grep -v INFO | tail -8
       python3 benchmarks/profile_summary.py "$OUT/pyspy-e2e-demo.txt" --top 12 \
         --json "$OUT/pyspy-e2e-demo-summary.json" | head -90
     else
@@ -175,13 +177,13 @@ for step in $STEPS; do
     echo "== 19. end to end with a compiled profile (fp16 b16: a batch holds one shard's 16 windows), cells"
     timeout 300 "${bench[@]}" --seconds 2 --profiles bf16:cl:eager:16 --e2e-profile fp16:cl:compiled:16 \
       --e2e-shape 64x4656x4656 --block-tiles 4 --block-planes 4 --workers 8 --tasks-per-worker 2 \
-      --e2e-weights demo --json "$OUT/bench-gpu-e2e-compiled.json" 2>&1 | grep -v INFO | tail -8
+      --e2e-weights demo --timeline "$OUT/timeline-gpu-e2e-compiled.svg" --json "$OUT/bench-gpu-e2e-compiled.json" 2>&1 | grep -v INFO | tail -8
     ;;
   20)
     echo "== 20. step 11 with the workers' memory as before 2026-11-28 (glibc's arenas, NumPy's huge pages)"
     # a variable in the environment outranks the one the workers are given (Dask's pre-spawn-environ)
     MALLOC_ARENA_MAX=0 NUMPY_MADVISE_HUGEPAGE=1 timeout 150 "${bench[@]}" "${e2e[@]}" --workers 8 \
-      --tasks-per-worker 2 --e2e-weights demo --json "$OUT/bench-gpu-e2e-demo-memory-before.json" 2>&1 \
+      --tasks-per-worker 2 --e2e-weights demo --timeline "$OUT/timeline-gpu-e2e-demo-memory-before.svg" --json "$OUT/bench-gpu-e2e-demo-memory-before.json" 2>&1 \
       | grep -v INFO | tail -6
     ;;
   16)

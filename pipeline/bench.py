@@ -37,7 +37,8 @@ from pipeline.bench_model import (
     precision_agreement,
     profiles,
 )
-from pipeline.bench_tail import tail_by_stage
+from pipeline.bench_tail import computes, tail_by_stage
+from pipeline.bench_timeline import timeline_svg
 from pipeline.checkpoint import load_checkpoint, save_checkpoint
 from pipeline.cluster import (
     open_client,
@@ -168,12 +169,14 @@ def measure_end_to_end(
             others_before = worker_other_threads_cpu_seconds(client)
             system_before = worker_system_seconds(client)
             with gpu_utilisation(settings.device) as samples, get_task_stream(client) as stream:
+                called = time.time()  # the task stream's clock
                 record = segment(
                     SegmentRequest(
                         source, str(root / "out.ome.zarr"), checkpoint, config, show_progress=False
                     ),
                     client,
                 )
+                returned = time.time()
             workers_after, driver_after = worker_cpu_seconds(client), _process_cpu_seconds()
             others = worker_other_threads_cpu_seconds(client)
             system = {
@@ -187,6 +190,15 @@ def measure_end_to_end(
     model_only = (best["mpix_per_second"] + again["mpix_per_second"]) / 2
     predict = record["stages"]["predict"]
     end_to_end = predict["pixels"] / record["wall_seconds"] / 1e6
+    if settings.e2e_timeline:
+        title = (
+            f"segment {'x'.join(map(str, shape))} on {settings.device}, {best['profile']}, "
+            f"{settings.e2e_workers} worker(s) x {settings.e2e_tasks_per_worker} tasks: "
+            f"{end_to_end:.1f} Mpix/s, {end_to_end / model_only:.0%} of model-only ({time.strftime('%Y-%m-%d')})"
+        )
+        Path(settings.e2e_timeline).write_text(
+            timeline_svg(computes(stream.data), called, returned, title, [(t, u) for t, u, _ in samples])
+        )
     cpu = {role: round(workers_after[role] - workers_before[role], 2) for role in workers_after}
     cpu["driver (scheduler, client, merge)"] = round(driver_after - driver_before, 2)
     host = sum(seconds for role, seconds in cpu.items() if role != "network")
@@ -253,8 +265,8 @@ def measure_end_to_end(
         # above 1: the device was shared (processes' CUDA contexts taking turns, or cores on a CPU)
         "batch_seconds_vs_alone": batch_seconds_vs_alone(predict.get("device", {}), best),
         "peak_worker_rss_bytes": record.get("worker_peak_rss_bytes"),
-        "gpu_utilisation_percent": round(float(np.mean([u for u, _ in samples])), 1) if samples else None,
-        "gpu_memory_used_peak_mib": max(m for _, m in samples) if samples else None,
+        "gpu_utilisation_percent": round(float(np.mean([u for _, u, _ in samples])), 1) if samples else None,
+        "gpu_memory_used_peak_mib": max(m for _, _, m in samples) if samples else None,
     }
 
 
@@ -329,9 +341,10 @@ def write_bench_volume(url: str, shape: tuple[int, int, int]) -> None:
 
 
 @contextlib.contextmanager
-def gpu_utilisation(device: str) -> Iterator[list[tuple[float, float]]]:
-    """(utilisation %, memory used MiB) of the GPU (nvidia-smi, 5 per second) while the block runs."""
-    samples: list[tuple[float, float]] = []
+def gpu_utilisation(device: str) -> Iterator[list[tuple[float, float, float]]]:
+    """(time, utilisation %, memory used MiB) of the GPU (nvidia-smi, 5 per second) while the block runs:
+    the percentage of the last sample period in which a kernel ran."""
+    samples: list[tuple[float, float, float]] = []
     if device != "cuda":
         yield samples
         return
@@ -352,7 +365,7 @@ def gpu_utilisation(device: str) -> Iterator[list[tuple[float, float]]]:
                     check=True,
                 ).stdout
                 utilisation, memory = out.splitlines()[0].split(",")
-                samples.append((float(utilisation), float(memory)))
+                samples.append((time.time(), float(utilisation), float(memory)))
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()

@@ -79,6 +79,7 @@ class BenchSettings:
     # the end-to-end run's profile (its model-only rate measured too); None: the fastest eager one
     e2e_profile: BenchProfile | None = None
     e2e_warm_up: bool = True  # a one-block acquisition first: the workers' model loaded (and compiled)
+    e2e_timeline: str | None = None  # an SVG of the timed run's tasks on the worker threads (bench_timeline)
 
 
 def profiles(settings: BenchSettings) -> list[BenchProfile]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 # a run's Dask keys: "<stage, dashed>-<block>-<run id>", "+N" when N more jobs share the task, "~k" when sent again
 KEY = re.compile(r"^(?P<stage>.+)-\d+-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -23,8 +23,19 @@ def stage_of(key: object) -> str | None:
     return found["stage"] if found else None
 
 
-def computes(task_stream: Iterable[dict[str, Any]]) -> list[tuple[str, str, float, float]]:
-    """(stage, worker, start, stop) of every compute of a run's tasks in the stream."""
+class Compute(NamedTuple):
+    """One compute of a run's task: its stage, key, worker and thread, start and stop (host clock)."""
+
+    stage: str
+    key: str
+    worker: str
+    thread: int
+    start: float
+    stop: float
+
+
+def computes(task_stream: Iterable[dict[str, Any]]) -> list[Compute]:
+    """Every compute of a run's tasks in the stream (other tasks left out), by start."""
     found = []
     for task in task_stream:
         stage = stage_of(task.get("key"))
@@ -32,19 +43,28 @@ def computes(task_stream: Iterable[dict[str, Any]]) -> list[tuple[str, str, floa
             continue
         for step in task.get("startstops", ()):
             if step.get("action") == "compute":
-                found.append((stage, str(task.get("worker")), float(step["start"]), float(step["stop"])))
-    return found
+                found.append(
+                    Compute(
+                        stage,
+                        str(task.get("key")),
+                        str(task.get("worker")),
+                        int(task.get("thread") or 0),
+                        float(step["start"]),
+                        float(step["stop"]),
+                    )
+                )
+    return sorted(found, key=lambda compute: compute.start)
 
 
 def tail_by_stage(task_stream: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per stage, its tasks still computing after the last predict stopped (see the module's doc)."""
     found = computes(task_stream)
-    predicted = [stop for stage, _, _, stop in found if stage == "predict"]
+    predicted = [compute.stop for compute in found if compute.stage == "predict"]
     if not predicted:
         return {}
     last = max(predicted)
     tail: dict[str, dict[str, float]] = {}
-    for stage, _, start, stop in sorted(found, key=lambda compute: compute[2]):
+    for stage, _, _, _, start, stop in found:
         if stop <= last or stage == "predict":
             continue
         figures = tail.setdefault(stage, {"tasks": 0, "first_start": start - last, "last_stop": stop - last})

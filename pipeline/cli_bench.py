@@ -79,6 +79,11 @@ from pipeline.errors import InputError
     "under MPS where several workers share a GPU and NVIDIA's control program is there).",
 )
 @click.option(
+    "--timeline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="End to end: the timed run as a picture (SVG): each task on its worker thread, by stage.",
+)
+@click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
 )
 def bench_command(
@@ -102,6 +107,7 @@ def bench_command(
     e2e_profile: str | None,
     warm_up: bool,
     mps: bool | None,
+    timeline: Path | None,
     json_path: Path | None,
 ) -> None:
     """Throughput of the model over execution profiles (the naive one included) and of segment end to end."""
@@ -141,12 +147,15 @@ def bench_command(
         profiles=chosen,
         e2e_profile=end_to_end,
         e2e_warm_up=warm_up,
+        e2e_timeline=str(timeline) if timeline else None,
     )
     unknown = set(settings.dtypes) - set(DTYPE_NAMES)
     if unknown:
         raise InputError(f"--dtypes: unknown {', '.join(sorted(unknown))}; use fp32, tf32, bf16, fp16")
     report = run_bench(settings)
     click.echo(bench_table(report))
+    if timeline is not None and report.get("end_to_end"):
+        click.echo(f"wrote {timeline}")
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2) + "\n")
         click.echo(f"wrote {json_path}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner, Result
@@ -35,7 +36,9 @@ def bench_tiny(folder: Path, *args: str) -> tuple[Result, dict[str, Any]]:
 
 
 def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> None:
-    result, report = bench_tiny(tmp_path, "--batch-sizes", "1,2", "--e2e-shape", "1x200x200")
+    timeline = tmp_path / "timeline.svg"
+    args = ["--batch-sizes", "1,2", "--e2e-shape", "1x200x200", "--timeline", str(timeline)]
+    result, report = bench_tiny(tmp_path, *args)
     rows = report["model_only"]
     assert rows[0]["profile"] == "fp32 NCHW eager b1" and rows[0]["speedup_vs_naive"] == 1.0
     assert {row["profile"] for row in rows} >= {"bf16 channels_last eager b2", "fp32 channels_last eager b1"}
@@ -83,6 +86,11 @@ def test_bench_reports_model_only_end_to_end_and_agreement(tmp_path: Path) -> No
     assert 0.0 <= agreement["max_abs_probability_difference"] < 1.0
     assert 0.9 <= agreement["foreground_voxels_equal"] <= 1.0
     assert report["machine"]["torch"] and "fp32 NCHW eager b1" in result.output
+    # the picture of the timed run: its predict tasks (the warm-up acquisition's not among them)
+    drawn = ElementTree.parse(timeline).getroot()
+    stages = {rect.get("data-stage") for rect in drawn.iter("{http://www.w3.org/2000/svg}rect")}
+    assert {"predict", "contacts", "relabel"} <= stages and f"wrote {timeline}" in result.output
+    assert "segment 1x200x200 on cpu" in "".join(drawn.itertext())
 
 
 def test_the_end_to_end_profile_can_be_chosen_and_the_first_acquisition_timed(tmp_path: Path) -> None:
