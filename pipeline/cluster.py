@@ -44,7 +44,7 @@ from pipeline.errors import InputDataError, InputError, PipelineError
 from pipeline.locations import is_url
 from pipeline.mps import PIPE as MPS_PIPE
 from pipeline.mps import cluster_mps
-from pipeline.schedule import Job, JobGraph, JobName
+from pipeline.schedule import Job, JobGraph, JobName, WorkerSlots
 from pipeline.worker_environment import MEMORY_ENVIRONMENT, dask_settings, zarr_pool_environment
 
 log = logging.getLogger(__name__)
@@ -340,6 +340,8 @@ def run_jobs(
     BlockFailedError names it.
     """
     by_key: dict[str, list[Job]] = {}
+    placed: dict[str, str | None] = {}  # main jobs' tasks: the worker each was placed on
+    slots = WorkerSlots(lambda: client.scheduler_info(n_workers=-1)["workers"])
     attempts: Counter[JobName] = Counter()
     again: set[JobName] = set()  # jobs sent again: their tasks' keys get a count
     resent = itertools.count(1)
@@ -379,6 +381,10 @@ def run_jobs(
                     name = f"{name}~{next(resent)}"
                 by_key[name] = jobs
                 sent[follow_up] += 1
+                where = {}  # a follow-up goes wherever Dask sends it
+                if not follow_up:
+                    placed[name] = slots.take()
+                    where = _placed_on(placed[name])
                 window.add(
                     client.submit(
                         run_together,
@@ -386,6 +392,7 @@ def run_jobs(
                         key=name,
                         pure=False,
                         priority=1 + jobs[0].precedence if follow_up else 0,
+                        **where,
                     )
                 )
 
@@ -419,6 +426,8 @@ def run_jobs(
                 raise _failed(lost[0], error, describe, retries) from error
             for future, jobs, (job_results, failure) in zip(finished, taken, results, strict=True):
                 sent[jobs[0].follow_up] -= 1
+                if not jobs[0].follow_up:
+                    slots.give_back(placed.pop(future.key))
                 future.release()
                 for job, result in zip(jobs[: len(job_results)], job_results, strict=True):
                     graph.finish(job)
@@ -445,6 +454,12 @@ def run_jobs(
             client.cancel(leftover)
     if graph.unfinished:
         raise PipelineError(f"internal: {graph.unfinished} block tasks wait for tasks that never ran")
+
+
+def _placed_on(worker: str | None) -> dict[str, Any]:
+    """``client.submit``'s arguments for a task placed on ``worker``: there while it is alive, elsewhere
+    if it leaves (and open to Dask's work stealing), unplaced where no worker is known."""
+    return {"workers": [worker], "allow_other_workers": True} if worker else {}
 
 
 def run_together(calls: tuple[tuple[Callable[[Any], Any], Any], ...]) -> tuple[list[Any], Exception | None]:

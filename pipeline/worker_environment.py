@@ -26,16 +26,22 @@ MEMORY_ENVIRONMENT = {
 # CPU-s per second with the defaults (4.7 % of a core, the driver and the workers
 # together) and 0.022 with these; with the defaults, a 17 s bench run spent about 2 CPU-s
 # on it. The event loop's
-# tick (20 ms) only measures the loop's responsiveness, the system monitor (500 ms) and
-# the sampling profiler (every thread's stack every 10 ms) only feed the dashboard, and
-# work stealing has little to move when the run submits a few blocks per worker at a time.
+# tick (20 ms) only measures the loop's responsiveness, and the system monitor (500 ms) and
+# the sampling profiler (every thread's stack every 10 ms) only feed the dashboard.
 # The memory monitor, which pauses or restarts a worker over its limit, stays quick.
 HOUSEKEEPING = {
     "distributed.admin.tick.interval": "500ms",
     "distributed.admin.system-monitor.interval": "2s",
-    "distributed.scheduler.work-stealing-interval": "500ms",
     "distributed.worker.memory.monitor-interval": "250ms",
 }
+
+# A run places each block's predict on the worker holding the fewest of its blocks
+# (pipeline.schedule.WorkerSlots): a worker's blocks share its one device. Dask's work
+# stealing moves a task waiting in one worker to another its estimates call idle, blocks
+# first (they have no inputs to move), and with it on, placed blocks ran elsewhere (tested).
+# Schedulers we start (local, cuda, SLURM) do not steal; with one of yours, turn it off
+# there too (DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING=False, as docker/compose.yaml does).
+PLACEMENT = {"distributed.scheduler.work-stealing": False}
 PROFILER = "distributed.worker.profile.enabled"  # on only with the dashboard
 
 # Zarr encodes and decodes every chunk in a thread pool of cores + 4 threads in every
@@ -53,7 +59,7 @@ def zarr_pool_environment(workers: int, cores: int) -> dict[str, str]:
 
 
 def dask_settings(dashboard: bool) -> dict[str, object]:
-    return {**HOUSEKEEPING, PROFILER: dashboard}
+    return {**HOUSEKEEPING, **PLACEMENT, PROFILER: dashboard}
 
 
 def shell_exports(dashboard: bool = False) -> list[str]:

@@ -23,6 +23,8 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
+from pipeline.worker_environment import PLACEMENT
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yaml"
 BIN = Path(sys.executable).parent
@@ -64,6 +66,15 @@ def test_compose_parses_and_has_the_four_services() -> None:
         mounts = {interpolate(v, example_environment()).split(":")[1] for v in services[name]["volumes"]}
         nightly = yaml.safe_load((ROOT / "docker" / "nightly.yaml").read_text())
         assert {nightly["input_root"], nightly["output_root"], str(Path(nightly["model"]).parent)} <= mounts
+
+
+def test_composes_scheduler_places_blocks_as_the_schedulers_a_run_starts() -> None:
+    """A run places each block on a worker itself; the schedulers it starts do not steal work, and
+    neither does compose's (Dask reads DASK_* variables as its settings)."""
+    environment = compose()["services"]["dask-scheduler"]["environment"]
+    for name, value in PLACEMENT.items():
+        variable = "DASK_" + name.upper().replace(".", "__").replace("-", "_")
+        assert yaml.safe_load(str(environment.get(variable))) == value, variable
 
 
 def test_published_ports_are_bound_to_localhost() -> None:

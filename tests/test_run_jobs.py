@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 from distributed import Client, get_worker
 
-from pipeline.cluster import JOBS_TOGETHER, BadInputBlockError, BlockFailedError, run_jobs
+from pipeline.cluster import JOBS_TOGETHER, BadInputBlockError, BlockFailedError, open_client, run_jobs
+from pipeline.config import ClusterConfig
 from pipeline.errors import InputDataError
 from pipeline.schedule import Job, JobGraph, JobName
 
@@ -130,3 +132,44 @@ def test_each_job_in_a_shared_task_has_retries_of_its_own(
         )
     assert results == {("relabel", block): claim for block, claim in enumerate(claims)}
     assert caplog.text.count("failed (attempt 1 of 2), sent again: OSError") == 8
+
+
+def sleep_on_worker(seconds: float) -> str:
+    time.sleep(seconds)
+    return str(get_worker().address)
+
+
+def placed_main_tasks(dask_scheduler: Any) -> dict[str, tuple[str, list[str]]]:
+    """Each main task the scheduler has at a worker: that worker and the workers it was placed on."""
+    return {
+        str(key): (task.processing_on.address, sorted(task.worker_restrictions or ()))
+        for key, task in dask_scheduler.tasks.items()
+        if str(key).startswith("predict-") and task.processing_on is not None
+    }
+
+
+def test_main_jobs_are_placed_on_the_worker_with_the_fewest() -> None:
+    """The driver places each main job (a block's predict) on the worker holding the fewest of the
+    run's, and on a cluster we start it runs there (no work stealing): none holds more than its
+    share of those in flight, for a worker's blocks share its one device."""
+    # blocks of 20 to 80 ms, and long follow-ups beside them that Dask places where it likes
+    graph = JobGraph(
+        [Job("predict", block, sleep_on_worker, 0.02 + 0.03 * (block % 3)) for block in range(24)]
+        + [Job("contacts", block, sleep_on_worker, 0.3, follow_up=True) for block in range(4)]
+    )
+    seen: list[dict[str, tuple[str, list[str]]]] = []
+    ran: Counter[str] = Counter()
+    with open_client(ClusterConfig(workers=2, threads_per_worker=2), forward_logs=False) as client:
+        workers = list(client.scheduler_info(n_workers=-1)["workers"])
+        assert not client.run_on_scheduler(lambda dask_scheduler: "stealing" in dask_scheduler.extensions)
+
+        def check(job: Job, worker: str) -> None:
+            ran[worker] += job.stage == "predict"
+            seen.append(client.run_on_scheduler(placed_main_tasks))
+
+        # 3 a worker of 2 threads, as a run sends them: one waits in each worker for a free thread
+        run(client, graph, in_flight=3 * len(workers), follow_ups_in_flight=1, on_result=check)
+    assert sum(ran.values()) == 24 and set(ran) == set(workers)
+    tasks = [task for moment in seen for task in moment.values()]
+    assert tasks and all(placed == [at] for at, placed in tasks)
+    assert all(max(Counter(at for at, _ in moment.values()).values(), default=0) <= 3 for moment in seen)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline.geometry import BlockGrid
-from pipeline.schedule import Job, JobGraph
+from pipeline.schedule import Job, JobGraph, WorkerSlots
 
 
 def job(stage: str, block_id: int, *needs: tuple[str, int], follow_up: bool = False) -> Job:
@@ -107,3 +107,50 @@ def test_block_ids_in_a_box_are_the_blocks_it_touches() -> None:
             }
         )
         assert grid.block_ids_in(start, stop) == expected
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_next_main_job_goes_to_the_worker_with_the_fewest_in_flight() -> None:
+    slots = WorkerSlots(lambda: ["tcp://a", "tcp://b"])
+    assert [slots.take() for _ in range(4)] == ["tcp://a", "tcp://b", "tcp://a", "tcp://b"]
+    slots.give_back("tcp://b")  # b's block finished first: the next one goes there
+    assert slots.take() == "tcp://b"
+    slots.give_back("tcp://a")
+    slots.give_back("tcp://a")
+    assert [slots.take(), slots.take(), slots.take()] == ["tcp://a", "tcp://a", "tcp://a"]
+    assert slots.in_flight("tcp://a") == 3 and slots.in_flight("tcp://b") == 2
+    slots.give_back(None)  # a job placed nowhere (no worker was known)
+
+
+def test_workers_that_join_take_blocks_and_workers_that_left_get_none() -> None:
+    live, clock = ["tcp://a", "tcp://b"], Clock()
+    asked: list[float] = []
+
+    def workers() -> list[str]:
+        asked.append(clock.now)
+        return list(live)
+
+    slots = WorkerSlots(workers, refresh_seconds=2.0, clock=clock)
+    assert [slots.take() for _ in range(4)] == ["tcp://a", "tcp://b"] * 2
+    live[:] = ["tcp://b", "tcp://c"]  # a left, c joined: seen at the next refresh
+    clock.now = 1.9
+    assert slots.take() == "tcp://a" and asked == [0.0]
+    clock.now = 2.0
+    # b holds 2, c none: c takes two, then the first listed among equals
+    assert [slots.take() for _ in range(3)] == ["tcp://c", "tcp://c", "tcp://b"] and asked == [0.0, 2.0]
+    assert slots.take() == "tcp://c" and slots.in_flight("tcp://a") == 3  # a's blocks are still out
+
+
+def test_while_no_worker_is_known_jobs_are_placed_nowhere_and_workers_are_asked_again() -> None:
+    live: list[str] = []
+    slots = WorkerSlots(lambda: live, refresh_seconds=60.0, clock=Clock())
+    assert slots.take() is None
+    live.append("tcp://a")
+    assert slots.take() == "tcp://a"
