@@ -193,6 +193,7 @@ def measure_end_to_end(
     if settings.e2e_timeline:
         title = (
             f"segment {'x'.join(map(str, shape))} on {settings.device}, {best['profile']}, "
+            f"{'the demo model (cells)' if settings.e2e_weights == 'demo' else 'random weights (speckle)'}, "
             f"{settings.e2e_workers} worker(s) x {settings.e2e_tasks_per_worker} tasks: "
             f"{end_to_end:.1f} Mpix/s, {end_to_end / model_only:.0%} of model-only ({time.strftime('%Y-%m-%d')})"
         )

@@ -79,7 +79,7 @@ def timeline_svg(
             'font-family="sans-serif" font-size="11">'
         ),
         f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
-        f'<text x="{LEFT}" y="18" font-size="13">{escape(title)}</text>',
+        f'<text x="10" y="18" font-size="13">{escape(title)}</text>',
     ]
     predicted = [compute for compute in computes if compute.stage == "predict"]
     if predicted:
@@ -92,7 +92,7 @@ def timeline_svg(
                     f'height="{bottom - TOP + 8}" fill="#eeeeee"/>'
                 )
         parts.append(
-            f'<text x="{LEFT}" y="32" fill="#555">no block predicted: {first - started:.2f} s before the '
+            f'<text x="10" y="32" fill="#555">no block predicted: {first - started:.2f} s before the '
             f"first, {finished - last:.2f} s after the last, of {finished - started:.2f} s</text>"
         )
     for row, y in row_top.items():
