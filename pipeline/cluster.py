@@ -333,8 +333,10 @@ def run_jobs(
     than their free slots, up to ``JOBS_TOGETHER`` of them go as one task, run
     one after the other (each task costs the driver a round trip through the
     scheduler: benchmarks/driver_cpu_per_job.py). A main job always goes
-    alone: a task's results come back together, and the contacts, merge and
-    relabel behind a block would wait for the last block of its task. A job that raises is
+    alone (a task's results come back together, and the contacts, merge and
+    relabel behind a block would wait for the last block of its task), to the
+    worker holding the fewest of the run's main jobs
+    (:class:`pipeline.schedule.WorkerSlots`). A job that raises is
     sent again, with the jobs after it in its task, up to ``retries`` times
     (jobs are idempotent); if it still fails, the others are cancelled and
     BlockFailedError names it.
