@@ -35,6 +35,7 @@ import fsspec
 from dask.utils import key_split
 from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster, as_completed, wait
 from distributed.comm.core import CommClosedError
+from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.system import MEMORY_LIMIT
 
 from pipeline.blocks import prepare_worker
@@ -141,6 +142,8 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
             except OSError as error:
                 raise InputError(f"cannot reach the Dask scheduler at {config.address}: {error}") from None
             _wait_for_workers(client, config.address, config.connect_timeout_seconds)
+        if config.address in ("local", "cuda"):  # worker processes of this driver's, on this host
+            client.register_plugin(OwnProcessGroup(), name="own-process-group")
         if forward_logs:
             client.forward_logging("pipeline", level=logging.INFO)
         if client.dashboard_link and config.dashboard:
@@ -152,6 +155,22 @@ def open_client(config: ClusterConfig, *, device: str = "cpu", forward_logs: boo
             on_each_worker(client, partial(prepare_worker, device))
         log.info("workers ready for blocks in %.1f s", time.perf_counter() - started)
         yield client
+
+
+class OwnProcessGroup(WorkerPlugin):
+    """A worker process the driver started leaves the driver's process group (a worker its nanny
+    starts again too): a signal to the group reaches the driver only, which ends the run (its record
+    "interrupted", its output resumable) and then stops its workers. Prefect cancels a flow run by
+    SIGTERM to the run's process group, a terminal's Ctrl-C goes to the foreground group: with the
+    driver, the workers died and took their blocks with them, and the nannies started new ones
+    (measured: a 3-s task's result after 7.9 s), while the cancelled run waited for their results
+    to see that it was cancelled. Where the driver is killed outright, a worker ends with its parent
+    (Dask's nanny children watch it)."""
+
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        os.setpgid(0, 0)
 
 
 def spawn_environment(workers_here: int | None) -> dict[str, str]:

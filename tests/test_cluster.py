@@ -6,11 +6,13 @@ as an operator starts them on several nodes; the run only gets the address.
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -331,3 +333,50 @@ def test_a_worker_that_cannot_see_the_input_is_named(
     assert f"error: {source} is not visible to 1 of 3 Dask workers" in text
     assert "mount it at the same path on every node" in text
     assert not (tmp_path / "out.ome.zarr").exists()
+
+
+SIGNALLED_DRIVER = """
+import os, signal, sys, time
+from pipeline.cluster import open_client
+from pipeline.config import ClusterConfig
+
+def block(seconds):
+    time.sleep(seconds)
+    return os.getpid()
+
+if __name__ == "__main__":
+    signalled = []
+    signal.signal(signal.SIGTERM, lambda *_: signalled.append(True))
+    with open_client(ClusterConfig(workers=2, threads_per_worker=1), forward_logs=False) as client:
+        groups = client.run(lambda: (os.getpid(), os.getpgrp()))
+        print("groups", sorted(groups.values()), os.getpgrp(), flush=True)
+        futures = [client.submit(block, 1.5, pure=False) for _ in range(2)]
+        print("running", flush=True)
+        ran_in = sorted(client.gather(futures))
+        print("ran in", ran_in, "signalled", signalled, flush=True)
+"""
+
+
+def test_a_signal_to_the_drivers_process_group_reaches_the_driver_only() -> None:
+    """Prefect cancels a flow run with SIGTERM to its process group (a terminal's Ctrl-C goes to the
+    foreground group): the driver ends the run; the workers it started are in groups of their own,
+    so the blocks in flight finish in the processes that ran them, not again in new ones."""
+    driver = subprocess.Popen(
+        [sys.executable, "-c", SIGNALLED_DRIVER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,  # a group of its own, as Prefect starts a flow run
+    )
+    lines = []
+    assert driver.stdout is not None
+    for line in driver.stdout:
+        lines.append(line.strip())
+        if line.startswith("running"):
+            time.sleep(0.3)
+            os.killpg(driver.pid, signal.SIGTERM)
+    assert driver.wait(timeout=60) == 0, lines
+    groups = ast.literal_eval(lines[0].split(" ", 1)[1].rsplit(" ", 1)[0])
+    assert all(pid == group != driver.pid for pid, group in groups), lines  # each worker leads its own
+    ran_in = ast.literal_eval(lines[-1].split("ran in ", 1)[1].split(" signalled", 1)[0])
+    assert ran_in == sorted(pid for pid, _ in groups) and lines[-1].endswith("signalled [True]"), lines
