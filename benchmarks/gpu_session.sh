@@ -200,7 +200,8 @@ for step in $STEPS; do
     cli=(python3 -c "from pipeline.cli import main; main()")
     rm -rf /tmp/tcp-in.zarr /tmp/tcp-out.ome.zarr /tmp/tcp-scheduler.json
     "${cli[@]}" synth /tmp/tcp-in.zarr --shape 8x4656x4656 --chunks 1x512x512 --seed 3 > /dev/null
-    python3 -c "from distributed.cli.dask_scheduler import main; main()" --host 127.0.0.1 --port 0 \
+    DASK_DISTRIBUTED__SCHEDULER__WORK_STEALING=False \
+      python3 -c "from distributed.cli.dask_scheduler import main; main()" --host 127.0.0.1 --port 0 \
       --no-dashboard --scheduler-file /tmp/tcp-scheduler.json > "$OUT/tcp-scheduler.log" 2>&1 &
     scheduler=$!
     for _ in $(seq 60); do [[ -s /tmp/tcp-scheduler.json ]] && break; sleep 0.5; done
