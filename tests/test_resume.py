@@ -421,6 +421,11 @@ def test_a_cluster_left_without_workers_fails_its_blocks_instead_of_waiting() ->
             failures.append(error)
 
     with open_client(ClusterConfig(workers=1, no_workers_timeout_seconds=1), forward_logs=False) as client:
+        # the cluster's set-up results forgotten first: a worker holding one has nowhere to move it
+        deadline = time.monotonic() + 10
+        while client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+            assert time.monotonic() < deadline, "the set-up's results were never released"
+            time.sleep(0.05)
         client.retire_workers(close_workers=True)
         waiting = threading.Thread(target=run_one_block, args=(client,), daemon=True)
         waiting.start()
