@@ -170,7 +170,8 @@ class OwnProcessGroup(WorkerPlugin):
     idempotent = True
 
     def setup(self, worker: Any) -> None:
-        os.setpgid(0, 0)
+        with suppress(OSError):  # a session leader cannot (and gets no signal meant for a group)
+            os.setpgid(0, 0)
 
 
 def spawn_environment(workers_here: int | None) -> dict[str, str]:
