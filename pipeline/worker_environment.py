@@ -62,13 +62,15 @@ def dask_settings(dashboard: bool) -> dict[str, object]:
     return {**HOUSEKEEPING, **PLACEMENT, PROFILER: dashboard}
 
 
+def dask_variable(setting: str) -> str:
+    """The environment variable Dask reads a setting from: ``a.b-c`` -> ``DASK_A__B_C``."""
+    return "DASK_" + setting.upper().replace(".", "__").replace("-", "_")
+
+
 def shell_exports(dashboard: bool = False) -> list[str]:
     """``export`` lines for a job script that starts a worker: the same as a local one gets."""
     variables = {
         **MEMORY_ENVIRONMENT,
-        **{
-            "DASK_" + name.upper().replace(".", "__").replace("-", "_"): str(value)
-            for name, value in dask_settings(dashboard).items()
-        },
+        **{dask_variable(name): str(value) for name, value in dask_settings(dashboard).items()},
     }
     return [f"export {name}={value}" for name, value in variables.items()]

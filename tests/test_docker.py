@@ -23,7 +23,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from pipeline.worker_environment import PLACEMENT
+from pipeline.worker_environment import PLACEMENT, dask_variable
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker" / "compose.yaml"
@@ -73,8 +73,7 @@ def test_composes_scheduler_places_blocks_as_the_schedulers_a_run_starts() -> No
     neither does compose's (Dask reads DASK_* variables as its settings)."""
     environment = compose()["services"]["dask-scheduler"]["environment"]
     for name, value in PLACEMENT.items():
-        variable = "DASK_" + name.upper().replace(".", "__").replace("-", "_")
-        assert yaml.safe_load(str(environment.get(variable))) == value, variable
+        assert yaml.safe_load(str(environment.get(dask_variable(name)))) == value, name
 
 
 def test_published_ports_are_bound_to_localhost() -> None:
